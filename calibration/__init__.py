@@ -1,0 +1,1 @@
+"""Calibration for potkernels: PoTPTQ two-step PTQ, QAT, calibration data and evaluation."""

@@ -1,0 +1,25 @@
+"""potkernels: power-of-two weight quantization for LLMs.
+
+Layers, bottom up: ``format`` (codes, packing, reference decode; spec in FORMAT.md) →
+``kernels`` (Triton, one file per batch regime) → ``ops`` (registered custom ops) → ``nn``
+(PoTLinear / IntLinear) → ``integrations`` (Hugging Face swap, save/load).
+"""
+from .format import (
+    IntConfig,
+    IntWeight,
+    PoTConfig,
+    PoTWeight,
+    QuantConfig,
+    quantize_weight,
+    sqnr_db,
+)
+from .integrations import LayerReport, quantize_model
+from .nn import IntLinear, PoTLinear
+from .ops import dequantize, int_matmul, pot_matmul
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "IntConfig", "IntLinear", "IntWeight", "LayerReport", "PoTConfig", "PoTLinear", "PoTWeight",
+    "QuantConfig", "dequantize", "int_matmul", "pot_matmul", "quantize_model", "quantize_weight", "sqnr_db",
+]

@@ -1,0 +1,21 @@
+"""The storage format: configs, bit-plane packing, quantize and the reference decode.
+
+Pure PyTorch, no Triton: everything above (kernels, ops, nn, calibration) builds on this.
+The written spec is ``potkernels/FORMAT.md``.
+"""
+from .common import sqnr_db
+from .config import GROUP_SIZES, INT_BITS, POT_BITS, IntConfig, PoTConfig, QuantConfig, config_from_dict
+from .packing import pack_codes, packed_rows, plane_row_offsets, plane_widths, unpack_codes
+from .pot import PoTWeight, clamp_scales, decode_pot, exponent_codes, pot_fake_quant, quantize_pot, rtn_scales, scale_range
+from .uniform import IntWeight, clamp_int_scales, decode_int, quantize_int, rtn_int_params
+
+QuantWeight = PoTWeight | IntWeight
+
+
+def quantize_weight(w, cfg: QuantConfig) -> QuantWeight:
+    """Round-to-nearest quantization of ``w [out_features, in_features]`` to the code of ``cfg``."""
+    if isinstance(cfg, PoTConfig):
+        return quantize_pot(w, cfg)
+    if isinstance(cfg, IntConfig):
+        return quantize_int(w, cfg)
+    raise TypeError(f"cfg must be PoTConfig or IntConfig, got {type(cfg).__name__}")

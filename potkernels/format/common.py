@@ -1,0 +1,55 @@
+"""Checks and group helpers shared by the PoT and uniform-int formats."""
+from __future__ import annotations
+
+import torch
+
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+DECODE_DTYPES = (torch.float16, torch.bfloat16)
+
+
+def check_weight(w: torch.Tensor) -> None:
+    """A weight to quantize: 2-D ``[out_features, in_features]``, floating, finite."""
+    if not isinstance(w, torch.Tensor):
+        raise TypeError(f"weight must be a torch.Tensor, got {type(w).__name__}")
+    if w.dim() != 2:
+        raise ValueError(f"weight must be 2-D [out_features, in_features], got shape {tuple(w.shape)}")
+    if w.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"weight must be a floating tensor {FLOAT_DTYPES}, got {w.dtype}")
+    if w.shape[0] == 0 or w.shape[1] == 0:
+        raise ValueError(f"weight must not be empty, got shape {tuple(w.shape)}")
+    if not bool(torch.isfinite(w).all()):
+        bad = int((~torch.isfinite(w)).sum())
+        raise ValueError(f"weight has {bad} NaN/Inf entries; refusing to quantize it")
+
+
+def check_decode_dtype(dtype: torch.dtype) -> None:
+    if dtype not in DECODE_DTYPES:
+        raise TypeError(f"decode dtype must be torch.float16 or torch.bfloat16, got {dtype}")
+
+
+def grouped(w: torch.Tensor, group_size: int) -> torch.Tensor:
+    """``[N, K]`` → ``[N, n_groups, group_size]``, the partial last group padded with zeros."""
+    n, k = w.shape
+    n_groups = -(-k // group_size)
+    w = torch.nn.functional.pad(w, (0, n_groups * group_size - k))
+    return w.view(n, n_groups, group_size)
+
+
+def group_mask(in_features: int, group_size: int, device: torch.device | str | None = None) -> torch.Tensor:
+    """Bool ``[n_groups, group_size]``: True where a padded group slot is a real column."""
+    n_groups = -(-in_features // group_size)
+    return (torch.arange(n_groups * group_size, device=device) < in_features).view(n_groups, group_size)
+
+
+def expand_groups(per_group: torch.Tensor, group_size: int, in_features: int) -> torch.Tensor:
+    """Stored ``[n_groups, N]`` per-group values → ``[N, in_features]`` per weight."""
+    return per_group.t().repeat_interleave(group_size, dim=1)[:, :in_features]
+
+
+def sqnr_db(w: torch.Tensor, w_hat: torch.Tensor) -> float:
+    """Signal-to-quantization-noise ratio 10·log10(‖w‖² / ‖w − ŵ‖²) in dB (inf when exact)."""
+    w = w.double()
+    noise = (w - w_hat.double()).pow(2).sum()
+    if noise == 0:
+        return float("inf")
+    return float(10 * torch.log10(w.pow(2).sum() / noise))

@@ -1,0 +1,100 @@
+"""Swap the linear layers of a Hugging Face model (GPT-2 ``Conv1D``, Llama ``nn.Linear``) in place."""
+from __future__ import annotations
+
+import fnmatch
+import logging
+from dataclasses import asdict, dataclass
+from typing import Any, Callable, Iterable, Iterator, Optional
+
+import torch
+from torch import nn
+
+from ..format import IntConfig, PoTConfig, sqnr_db
+from ..nn import _PackedLinear, float_weight, is_conv1d, linear_class_for
+
+log = logging.getLogger("potkernels")
+
+
+@dataclass
+class LayerReport:
+    """One swapped layer: its name, ``[out, in]`` shape, storage and weight SQNR."""
+
+    name: str
+    out_features: int
+    in_features: int
+    bits_per_weight: float
+    sqnr_db: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _skipped(name: str, skip: Iterable[str]) -> bool:
+    """A pattern skips a layer when it equals the last name part, a glob of the full name, or a prefix."""
+    for pat in skip:
+        if name == pat or name.split(".")[-1] == pat or fnmatch.fnmatch(name, pat) or name.startswith(pat + "."):
+            return True
+    return False
+
+
+def eligible_linears(model: nn.Module, skip: Iterable[str] = ("lm_head",)) -> Iterator[tuple[str, nn.Module]]:
+    """(qualified name, module) of every ``nn.Linear`` / ``Conv1D`` not matched by ``skip``."""
+    skip = tuple(skip)
+    for name, module in model.named_modules():
+        if isinstance(module, _PackedLinear):
+            continue
+        if (isinstance(module, nn.Linear) or is_conv1d(module)) and not _skipped(name, skip):
+            yield name, module
+
+
+def set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, new)
+
+
+@torch.no_grad()
+def quantize_model(model: nn.Module, cfg: PoTConfig | IntConfig, skip: Iterable[str] = ("lm_head",),
+                   params: Optional[Callable[[str, nn.Module], dict[str, torch.Tensor]]] = None,
+                   verbose: bool = False) -> nn.Module:
+    """Replace every eligible linear layer of ``model`` by a :class:`PoTLinear` / :class:`IntLinear`.
+
+    Args:
+        model: a GPT-2 or Llama-family model (any ``nn.Module`` with ``nn.Linear``/``Conv1D``).
+        cfg: the code to use.
+        skip: layer names, last name parts or globs left in float (default: ``lm_head``, so tied
+            embeddings stay untouched).
+        params: optional ``(name, module) -> {"scales": …}`` with calibrated per-group
+            parameters (``[out_features, n_groups]``) for a layer; RTN when it returns ``{}``.
+        verbose: also print the report.
+    Returns:
+        The same model, modified in place. ``model.quantization_report`` holds one
+        :class:`LayerReport` per swapped layer and ``model.quantization_config`` the config.
+    """
+    cls = linear_class_for(cfg)
+    report: list[LayerReport] = []
+    for name, module in list(eligible_linears(model, skip)):
+        w = float_weight(module)
+        extra = params(name, module) if params is not None else {}
+        layer = cls.from_float(module, cfg, **extra)
+        layer.to(w.device)
+        report.append(LayerReport(name, layer.out_features, layer.in_features, layer.packed.bits_per_weight,
+                                  sqnr_db(w, layer.dequantize(torch.float16))))
+        set_submodule(model, name, layer)
+    if not report:
+        raise ValueError("quantize_model found no nn.Linear/Conv1D layer to quantize (check `skip`)")
+    model.quantization_report = report
+    model.quantization_config = cfg
+    msg = summarize_report(report)
+    log.info(msg)
+    if verbose:
+        print(msg)
+    return model
+
+
+def summarize_report(report: list[LayerReport]) -> str:
+    sq = [r.sqnr_db for r in report]
+    n_w = sum(r.out_features * r.in_features for r in report)
+    bpw = sum(r.bits_per_weight * r.out_features * r.in_features for r in report) / n_w
+    return (f"quantized {len(report)} layers ({n_w / 1e6:.1f} M weights), {bpw:.3f} bits/weight, "
+            f"weight SQNR {min(sq):.2f} … {max(sq):.2f} dB (mean {sum(sq) / len(sq):.2f})")

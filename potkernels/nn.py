@@ -1,0 +1,169 @@
+"""``nn.Module`` layers holding packed weights: drop-in replacements for ``nn.Linear`` / GPT-2 ``Conv1D``.
+
+The packed tensors are buffers (so ``state_dict``, ``.to(device)`` and safetensors see them);
+their dtypes are part of the format and survive ``model.half()`` / ``model.to(bf16)``. The
+forward calls the registered op, which runs the Triton kernel on CUDA and the reference decode
+elsewhere (``layer.backend = "triton"`` forces the kernels, e.g. under the interpreter).
+"""
+from __future__ import annotations
+
+from typing import Any, ClassVar, Optional
+
+import torch
+from torch import nn
+
+from . import ops
+from .format import IntConfig, IntWeight, PoTConfig, PoTWeight, quantize_int, quantize_pot
+from .format.packing import packed_rows
+
+
+def float_weight(module: nn.Module) -> torch.Tensor:
+    """The ``[out_features, in_features]`` weight of an ``nn.Linear`` or transformers ``Conv1D``.
+
+    GPT-2's ``Conv1D`` stores its weight transposed, ``[in_features, out_features]``.
+    """
+    if isinstance(module, nn.Linear):
+        return module.weight.detach()
+    if is_conv1d(module):
+        return module.weight.detach().t()
+    raise TypeError(f"expected nn.Linear or transformers Conv1D, got {type(module).__name__}")
+
+
+def is_conv1d(module: nn.Module) -> bool:
+    try:
+        from transformers.pytorch_utils import Conv1D
+    except ImportError:  # transformers is a dependency, but keep the format usable without it
+        return False
+    return isinstance(module, Conv1D)
+
+
+class _PackedLinear(nn.Module):
+    """Shared body of :class:`PoTLinear` and :class:`IntLinear`; subclasses name their tensors."""
+
+    config_cls: ClassVar[type]
+    weight_cls: ClassVar[type]
+    tensor_names: ClassVar[tuple[str, ...]]
+
+    def __init__(self, in_features: int, out_features: int, config: Any, bias: bool = True,
+                 device: torch.device | str | None = None) -> None:
+        super().__init__()
+        if not isinstance(config, self.config_cls):
+            raise TypeError(f"{type(self).__name__} needs a {self.config_cls.__name__}, got {type(config).__name__}")
+        self.in_features, self.out_features, self.config = in_features, out_features, config
+        self.backend: ops.Backend = None
+        for name, (dtype, shape) in self._buffer_specs().items():
+            self.register_buffer(name, torch.zeros(shape, dtype=dtype, device=device))
+        self.bias: Optional[torch.Tensor]
+        self.register_buffer("bias", torch.zeros(out_features, device=device) if bias else None)
+
+    def _buffer_specs(self) -> dict[str, tuple[torch.dtype, tuple[int, int]]]:
+        raise NotImplementedError
+
+    @classmethod
+    def _quantize(cls, w: torch.Tensor, config: Any, **params: torch.Tensor):
+        raise NotImplementedError
+
+    @classmethod
+    def from_float(cls, module: nn.Module, config: Any, **params: torch.Tensor) -> "_PackedLinear":
+        """Quantize an ``nn.Linear`` or ``Conv1D`` (``params``: optional calibrated scales etc.)."""
+        w = float_weight(module)
+        layer = cls.from_weight(cls._quantize(w, config, **params), module.bias)
+        return layer
+
+    @classmethod
+    def from_weight(cls, packed: Any, bias: Optional[torch.Tensor] = None) -> "_PackedLinear":
+        """Wrap an already packed weight (``PoTWeight`` / ``IntWeight``)."""
+        n, k = packed.shape
+        device = packed.scales.device
+        layer = cls(k, n, packed.config, bias=bias is not None, device=device)
+        layer.load_packed(packed)
+        if bias is not None:
+            layer.bias = bias.detach().clone().to(device)
+        return layer
+
+    def load_packed(self, packed: Any) -> None:
+        packed.validate()
+        if packed.shape != (self.out_features, self.in_features) or packed.config != self.config:
+            raise ValueError(f"packed weight {packed.shape} {packed.config} does not fit {self}")
+        for name, t in packed.tensors().items():
+            getattr(self, name).copy_(t)
+
+    @property
+    def packed(self):
+        """The buffers as a ``PoTWeight`` / ``IntWeight`` (shares storage)."""
+        return self.weight_cls(*(getattr(self, n) for n in self.tensor_names), self.in_features, self.config)
+
+    def dequantize(self, dtype: torch.dtype = torch.float16) -> torch.Tensor:
+        """Decoded weight ``[out_features, in_features]``."""
+        return ops.dequantize(self.packed, dtype, backend=self.backend)
+
+    def _apply(self, fn, recurse=True):
+        # model.half()/.to(bf16) must not cast the packed tensors: their dtypes are the format.
+        dtypes = {n: getattr(self, n).dtype for n in self.tensor_names}
+        super()._apply(fn, recurse)
+        for n, dt in dtypes.items():
+            t = getattr(self, n)
+            if t.dtype != dt:
+                setattr(self, n, t.to(dt))
+        return self
+
+    def extra_repr(self) -> str:
+        g = self.config.group_size or "channel"
+        return (f"in_features={self.in_features}, out_features={self.out_features}, bits={self.config.bits}, "
+                f"group_size={g}, bias={self.bias is not None}")
+
+
+class PoTLinear(_PackedLinear):
+    """Linear layer with a packed power-of-two weight (sign plane + exponent planes + fp16 scales)."""
+
+    config_cls = PoTConfig
+    weight_cls = PoTWeight
+    tensor_names = ("qexp", "qsign", "scales")
+
+    def _buffer_specs(self):
+        k, n = self.in_features, self.out_features
+        _, groups = self.config.groups_in(k)
+        return {
+            "qexp": (torch.int32, (packed_rows(k, self.config.bits - 1), n)),
+            "qsign": (torch.int32, (packed_rows(k, 1), n)),
+            "scales": (torch.float16, (groups, n)),
+        }
+
+    @classmethod
+    def _quantize(cls, w, config, scales: Optional[torch.Tensor] = None):
+        return quantize_pot(w, config, scales=scales)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return ops.pot_matmul(x, self.packed, self.bias, backend=self.backend)
+
+
+class IntLinear(_PackedLinear):
+    """Linear layer with a packed uniform-int weight: the baseline twin of :class:`PoTLinear`."""
+
+    config_cls = IntConfig
+    weight_cls = IntWeight
+    tensor_names = ("qweight", "scales", "zeros")
+
+    def _buffer_specs(self):
+        k, n = self.in_features, self.out_features
+        _, groups = self.config.groups_in(k)
+        return {
+            "qweight": (torch.int32, (packed_rows(k, self.config.bits), n)),
+            "scales": (torch.float16, (groups, n)),
+            "zeros": (torch.uint8, (groups, n)),
+        }
+
+    @classmethod
+    def _quantize(cls, w, config, scales: Optional[torch.Tensor] = None, zeros: Optional[torch.Tensor] = None):
+        return quantize_int(w, config, scales=scales, zeros=zeros)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return ops.int_matmul(x, self.packed, self.bias, backend=self.backend)
+
+
+def linear_class_for(config: Any) -> type[_PackedLinear]:
+    if isinstance(config, PoTConfig):
+        return PoTLinear
+    if isinstance(config, IntConfig):
+        return IntLinear
+    raise TypeError(f"config must be PoTConfig or IntConfig, got {type(config).__name__}")
