@@ -1,0 +1,247 @@
+"""Host side: check the packed tensors, pick a regime and a config, launch.
+
+Public entry points (the ones ``potkernels.ops`` calls) are re-exported by ``__init__``. Every
+function takes the raw packed tensors so the registered custom ops can call it directly.
+``config=`` (a dict) overrides the table lookup, ``regime=`` the dispatch by M; tests and the
+tuner use both.
+"""
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import torch
+import triton
+
+from ..format.packing import packed_rows, padded_k, plane_widths
+from . import configs
+from .dequant import dequant_kernel
+from .gemm import gemm_kernel
+from .gemv import gemv_kernel, splitk_reduce_kernel
+from .small_batch import small_batch_kernel
+
+ACT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+REGIMES = ("gemv", "small_batch", "gemm")
+
+
+class Packed:
+    """The packed tensors of one weight, checked once: code planes, signs, scales, zeros."""
+
+    def __init__(self, kind: str, q: torch.Tensor, sign: Optional[torch.Tensor], scales: torch.Tensor,
+                 zeros: Optional[torch.Tensor], bits: int, group_size: int, in_features: int):
+        self.kind, self.bits, self.K = kind, int(bits), int(in_features)
+        code_bits = self.bits - 1 if kind == "pot" else self.bits
+        allowed = (2, 3, 4) if kind == "pot" else (2, 3, 4, 8)
+        if self.bits not in allowed:
+            raise ValueError(f"{kind} bits must be one of {allowed}, got {bits}")
+        if self.K <= 0:
+            raise ValueError(f"in_features must be positive, got {in_features}")
+        self.G = int(group_size)
+        if self.G <= 0 or (self.G != self.K and self.G % 32 != 0):
+            raise ValueError(f"group_size must be a multiple of 32 or in_features ({self.K}), got {group_size}")
+        if scales.dim() != 2 or scales.dtype != torch.float16:
+            raise TypeError(f"scales must be a 2-D fp16 tensor [n_groups, N], got {scales.dtype} {tuple(scales.shape)}")
+        self.N = scales.shape[1]
+        n_groups = -(-self.K // self.G)
+        _expect("scales", scales, torch.float16, (n_groups, self.N))
+        _expect("packed codes", q, torch.int32, (packed_rows(self.K, code_bits), self.N))
+        if kind == "pot":
+            _expect("qsign", sign, torch.int32, (packed_rows(self.K, 1), self.N))
+        else:
+            _expect("zeros", zeros, torch.uint8, (n_groups, self.N))
+        widths = plane_widths(code_bits)
+        self.W0, self.W1 = widths[0], (widths[1] if len(widths) > 1 else 0)
+        self.KP = padded_k(self.K)
+        self.q, self.scales = q.contiguous(), scales.contiguous()
+        # Unused pointer slots get a real tensor of the right device (never dereferenced).
+        self.sign = sign.contiguous() if sign is not None else self.q
+        self.zeros = zeros.contiguous() if zeros is not None else self.scales
+        self.device = q.device
+        for name, t in (("scales", scales), ("qsign", sign), ("zeros", zeros)):
+            if t is not None and t.device != self.device:
+                raise ValueError(f"{name} is on {t.device} but the packed codes are on {self.device}")
+
+    @property
+    def is_pot(self) -> bool:
+        return self.kind == "pot"
+
+    def scale_per_tile(self, block_k: int) -> bool:
+        return self.G % block_k == 0 or self.G >= self.K
+
+    def args(self):
+        return self.q, self.sign, self.scales, self.zeros
+
+
+def _expect(name: str, t: Optional[torch.Tensor], dtype: torch.dtype, shape: tuple[int, ...]) -> None:
+    if t is None:
+        raise ValueError(f"{name} is required")
+    if t.dtype != dtype or tuple(t.shape) != tuple(shape):
+        raise ValueError(f"{name} must be {dtype} {list(shape)}, got {t.dtype} {list(t.shape)}")
+
+
+def _cfg(regime: str, w: Packed, m: int, config: Optional[dict[str, Any]]) -> dict[str, Any]:
+    return dict(config) if config is not None else configs.lookup(regime, w.kind, w.bits, m, w.N, w.K)
+
+
+def _launch_opts(cfg: dict[str, Any]) -> dict[str, int]:
+    return {"num_warps": int(cfg.get("num_warps", 4)), "num_stages": int(cfg.get("num_stages", 2))}
+
+
+# ------------------------------------------------------------------ dequant
+def dequantize(w: Packed, dtype: torch.dtype, config: Optional[dict[str, Any]] = None,
+               out: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Decoded ``[N, K]`` fp16/bf16 weight, bit-exact with the reference decode."""
+    if dtype not in (torch.float16, torch.bfloat16):
+        raise TypeError(f"dequantize dtype must be torch.float16 or torch.bfloat16, got {dtype}")
+    cfg = _cfg("dequant", w, 1, config)
+    bk, bn = int(cfg["BLOCK_K"]), int(cfg["BLOCK_N"])
+    out = torch.empty((w.N, w.K), dtype=dtype, device=w.device) if out is None else out
+    grid = (triton.cdiv(w.KP, bk), triton.cdiv(w.N, bn))
+    dequant_kernel[grid](*w.args(), out, w.N, w.K, w.KP, w.G,
+                         IS_POT=w.is_pot, W0=w.W0, W1=w.W1, IS_BF16=dtype == torch.bfloat16,
+                         EXPAND=bool(cfg.get("EXPAND", False)), SCALE_PER_TILE=w.scale_per_tile(bk),
+                         BLOCK_K=bk, BLOCK_N=bn, **_launch_opts(cfg))
+    return out
+
+
+# ------------------------------------------------------------------ matmul regimes
+def _n_split(tiles: int, k_steps: int, cfg: dict[str, Any], device: torch.device) -> int:
+    """Split K until tiles × splits covers ``waves`` × #SMs (never more splits than K steps)."""
+    if "split" in cfg:
+        return max(1, min(int(cfg["split"]), k_steps))
+    target = int(cfg.get("waves", 2)) * configs.sm_count(device.index)
+    return max(1, min(triton.cdiv(target, tiles), k_steps))
+
+
+def _reduce(part: torch.Tensor, bias: Optional[torch.Tensor], y: torch.Tensor, n_split: int, n: int) -> None:
+    mn = y.numel()
+    block = 1024
+    splitk_reduce_kernel[(triton.cdiv(mn, block),)](part, bias if bias is not None else part, y, mn, n, n_split,
+                                                     HAS_BIAS=bias is not None, BLOCK=block, num_warps=4)
+
+
+def gemv(x: torch.Tensor, w: Packed, bias: Optional[torch.Tensor], y: torch.Tensor,
+         config: Optional[dict[str, Any]] = None) -> torch.Tensor:
+    """``y[m] = W x[m] (+ bias)`` one row at a time (M = 1 regime); x any of fp16/bf16/fp32."""
+    cfg = _cfg("gemv", w, x.shape[0], config)
+    br, bn = int(cfg["BLOCK_R"]), int(cfg["BLOCK_N"])
+    n_rows = w.KP // 32
+    tiles = triton.cdiv(w.N, bn)
+    n_split = _n_split(tiles * x.shape[0], triton.cdiv(n_rows, br), cfg, w.device)
+    rows_per_split = triton.cdiv(triton.cdiv(n_rows, n_split), br) * br
+    n_split = triton.cdiv(n_rows, rows_per_split)
+    split = n_split > 1
+    part = torch.empty((n_split, w.N), dtype=torch.float32, device=w.device) if split else y
+    bias_arg = bias if bias is not None else w.scales
+    for m in range(x.shape[0]):  # M = 1 in practice; more rows re-read W (use small_batch)
+        gemv_kernel[(tiles, n_split)](x[m], *w.args(), bias_arg, y[m], part, w.N, w.K, w.KP, w.G, rows_per_split,
+                                      IS_POT=w.is_pot, W0=w.W0, W1=w.W1, IS_BF16=x.dtype == torch.bfloat16,
+                                      HAS_BIAS=bias is not None, SPLIT=split, BLOCK_R=br, BLOCK_N=bn,
+                                      **_launch_opts(cfg))
+        if split:
+            _reduce(part, bias, y[m], n_split, w.N)
+    return y
+
+
+def small_batch(x: torch.Tensor, w: Packed, bias: Optional[torch.Tensor], y: torch.Tensor,
+                config: Optional[dict[str, Any]] = None) -> torch.Tensor:
+    """Split-K ``tl.dot`` regime (M = 2 … 64); x fp16/bf16."""
+    m = x.shape[0]
+    cfg = _cfg("small_batch", w, m, config)
+    bm, bn, bk = int(cfg["BLOCK_M"]), int(cfg["BLOCK_N"]), int(cfg["BLOCK_K"])
+    tiles = triton.cdiv(w.N, bn) * triton.cdiv(m, bm)
+    k_steps = triton.cdiv(w.KP, bk)
+    n_split = _n_split(tiles, k_steps, cfg, w.device)
+    k_per_split = triton.cdiv(k_steps, n_split) * bk
+    n_split = triton.cdiv(w.KP, k_per_split)
+    split = n_split > 1
+    part = torch.empty((n_split, m, w.N), dtype=torch.float32, device=w.device) if split else y
+    grid = (triton.cdiv(w.N, bn), n_split, triton.cdiv(m, bm))
+    small_batch_kernel[grid](x, *w.args(), bias if bias is not None else w.scales, y, part,
+                             m, w.N, w.K, w.KP, w.G, x.stride(0), k_per_split,
+                             IS_POT=w.is_pot, W0=w.W0, W1=w.W1, IS_BF16=x.dtype == torch.bfloat16,
+                             HAS_BIAS=bias is not None, SPLIT=split, EXPAND=bool(cfg.get("EXPAND", False)),
+                             SCALE_PER_TILE=w.scale_per_tile(bk), BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk,
+                             **_launch_opts(cfg))
+    if split:
+        _reduce(part, bias, y, n_split, w.N)
+    return y
+
+
+def gemm(x: torch.Tensor, w: Packed, bias: Optional[torch.Tensor], y: torch.Tensor,
+         config: Optional[dict[str, Any]] = None) -> torch.Tensor:
+    """Tiled ``tl.dot`` regime for large M (prefill); x fp16/bf16."""
+    m = x.shape[0]
+    cfg = _cfg("gemm", w, m, config)
+    bm, bn, bk = int(cfg["BLOCK_M"]), int(cfg["BLOCK_N"]), int(cfg["BLOCK_K"])
+    grid = (triton.cdiv(m, bm) * triton.cdiv(w.N, bn),)
+    gemm_kernel[grid](x, *w.args(), bias if bias is not None else w.scales, y,
+                      m, w.N, w.K, w.KP, w.G, x.stride(0),
+                      IS_POT=w.is_pot, W0=w.W0, W1=w.W1, IS_BF16=x.dtype == torch.bfloat16,
+                      HAS_BIAS=bias is not None, EXPAND=bool(cfg.get("EXPAND", False)),
+                      SCALE_PER_TILE=w.scale_per_tile(bk), BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk,
+                      GROUP_M=int(cfg.get("GROUP_M", 8)), **_launch_opts(cfg))
+    return y
+
+
+_REGIME_FN = {"gemv": gemv, "small_batch": small_batch, "gemm": gemm}
+
+
+def pick_regime(w: Packed, m: int) -> str:
+    """M = 1 → gemv, M ≤ small_batch_max_m → small_batch, larger → gemm (thresholds in the table)."""
+    d = configs.lookup("dispatch", w.kind, w.bits, m, w.N, w.K)
+    if m <= int(d["gemv_max_m"]):
+        return "gemv"
+    return "small_batch" if m <= int(d["small_batch_max_m"]) else "gemm"
+
+
+def matmul(x2d: torch.Tensor, w: Packed, bias: Optional[torch.Tensor] = None, regime: Optional[str] = None,
+           config: Optional[dict[str, Any]] = None, out: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """``x2d [M, K] @ W^T (+ bias) → [M, N]`` in x's dtype (fp32 x computes in fp16 on the dot paths)."""
+    if not isinstance(x2d, torch.Tensor) or x2d.dtype not in ACT_DTYPES:
+        raise TypeError(f"x must be an fp16, bf16 or fp32 tensor, got {getattr(x2d, 'dtype', type(x2d))}")
+    if x2d.dim() != 2 or x2d.shape[1] != w.K:
+        raise ValueError(f"x must be [M, {w.K}] (in_features = {w.K}), got {list(x2d.shape)}")
+    if x2d.device != w.device:
+        raise ValueError(f"x is on {x2d.device} but the weight is on {w.device}")
+    if bias is not None and (bias.shape != (w.N,) or bias.device != w.device):
+        raise ValueError(f"bias must be [{w.N}] on {w.device}, got {list(bias.shape)} on {bias.device}")
+    m = x2d.shape[0]
+    y = torch.empty((m, w.N), dtype=x2d.dtype, device=w.device) if out is None else out
+    if m == 0:
+        return y
+    regime = regime or pick_regime(w, m)
+    if regime not in _REGIME_FN:
+        raise ValueError(f"regime must be one of {REGIMES}, got {regime!r}")
+    x = x2d.contiguous()
+    bias = bias.contiguous() if bias is not None else None
+    if regime != "gemv" and x.dtype == torch.float32:
+        y16 = _REGIME_FN[regime](x.to(torch.float16), w, bias, torch.empty((m, w.N), dtype=torch.float16,
+                                                                            device=w.device), config)
+        y.copy_(y16)
+        return y
+    return _REGIME_FN[regime](x, w, bias, y, config)
+
+
+# ------------------------------------------------------------------ the four entry points of ops.py
+def pot_dequantize_triton(qexp, qsign, scales, bits, group_size, in_features, dtype, *, config=None, out=None):
+    """PoT planes → ``[N, K]`` fp16/bf16 (bit-exact with ``format.pot.decode_pot``)."""
+    return dequantize(Packed("pot", qexp, qsign, scales, None, bits, group_size, in_features), dtype, config, out)
+
+
+def int_dequantize_triton(qweight, scales, zeros, bits, group_size, in_features, dtype, *, config=None, out=None):
+    """Int planes → ``[N, K]`` fp16/bf16 (bit-exact with ``format.uniform.decode_int``)."""
+    return dequantize(Packed("int", qweight, None, scales, zeros, bits, group_size, in_features), dtype, config, out)
+
+
+def pot_matmul_triton(x2d, qexp, qsign, scales, bias, bits, group_size, in_features, *,
+                      regime=None, config=None, out=None):
+    """``x2d [M, K] @ W_pot^T (+ bias) → [M, N]`` in x's dtype; regime picked by M unless given."""
+    w = Packed("pot", qexp, qsign, scales, None, bits, group_size, in_features)
+    return matmul(x2d, w, bias, regime, config, out)
+
+
+def int_matmul_triton(x2d, qweight, scales, zeros, bias, bits, group_size, in_features, *,
+                      regime=None, config=None, out=None):
+    """``x2d [M, K] @ W_int^T (+ bias) → [M, N]`` in x's dtype; the uniform-int twin."""
+    w = Packed("int", qweight, None, scales, zeros, bits, group_size, in_features)
+    return matmul(x2d, w, bias, regime, config, out)

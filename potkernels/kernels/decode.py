@@ -1,0 +1,192 @@
+"""@triton.jit decode helpers shared by every kernel (dequant, GEMV, small batch, GEMM, bench).
+
+Layout recap (see ``format/packing.py``): a code of ``CODE_BITS`` bits is split into a widest
+plane of ``W0 ∈ {1, 2, 4, 8}`` bits and, for 3-bit codes, a 1-bit plane (``W1 = 1``). A plane
+of width w packs ``epw = 32 // w`` codes of one column per int32 word, contiguously along K;
+words are stored ``[rows, N]`` so a tile of words is a coalesced load along N. Plane 0 starts
+at row 0, the 1-bit plane at row ``KP * W0 // 32`` (KP = K padded to 32).
+
+Two ways to get a ``[BLOCK_K, BLOCK_N]`` tile of codes:
+
+* ``codes_dup``: gather words at rows ``k // epw`` for every k (the same word is read
+  ``epw`` times, from L1) — simple, any BLOCK_K multiple of 32.
+* ``codes_expand``: read each word exactly once as ``[R, W0, BN]`` (R rows of 32 k), expand in
+  registers to ``[R, W0, epw, BN]`` by broadcast shifts and reshape to ``[R*32, BN]``
+  (k = 32·r + epw·u + j keeps the natural order).
+
+Decoders are integer-only for PoT (add ``E << mantissa_bits`` into the scale's bits, OR the
+sign) and a bit-exact ``(q − z)·s`` for int (see ``int_decode16``).
+"""
+import os
+
+import triton
+import triton.language as tl
+
+# The interpreter's fp32 → bf16 cast truncates (and its "rtne" mode mishandles carries), so
+# there bf16 rounding is done by integer arithmetic; compiled kernels use the hardware RNE cast.
+INTERPRETER = tl.constexpr(os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"))
+
+
+# ------------------------------------------------------------------ code extraction
+@triton.jit
+def _plane_dup(ptr, row0, offs_k, offs_n, N, mask, WIDTH: tl.constexpr):
+    """Codes of one plane for k offsets ``offs_k [BK]`` × columns ``offs_n [BN]`` → int32 [BK, BN]."""
+    EPW: tl.constexpr = 32 // WIDTH
+    rows = row0 + offs_k // EPW
+    words = tl.load(ptr + rows[:, None] * N + offs_n[None, :], mask=mask, other=0)
+    return (words >> ((offs_k % EPW) * WIDTH)[:, None]) & ((1 << WIDTH) - 1)
+
+
+@triton.jit
+def codes_dup(ptr, offs_k, offs_n, N, KP, mask, W0: tl.constexpr, W1: tl.constexpr):
+    """Unsigned codes ``[BK, BN]`` int32 (planes W0 [+ a 1-bit plane W1]) by gathered loads."""
+    c = _plane_dup(ptr, 0, offs_k, offs_n, N, mask, W0)
+    if W1 > 0:
+        c |= _plane_dup(ptr, KP * W0 // 32, offs_k, offs_n, N, mask, 1) << W0
+    return c
+
+
+@triton.jit
+def _bit_expand(word_rows, W0: tl.constexpr):
+    """1-bit plane words ``[R, BN]`` → bits ``[R, W0, 32 // W0, BN]`` in the same k order."""
+    EPW: tl.constexpr = 32 // W0
+    u = tl.arange(0, W0)
+    j = tl.arange(0, EPW)
+    kk = u[:, None] * EPW + j[None, :]  # [W0, EPW]: k within the 32-k row
+    return (word_rows[:, None, None, :] >> kk[None, :, :, None]) & 1
+
+
+@triton.jit
+def codes_expand(ptr, offs_r, offs_n, N, KP, mask_rn, W0: tl.constexpr, W1: tl.constexpr):
+    """Unsigned codes ``[R, W0, 32 // W0, BN]`` int32 for rows ``offs_r [R]`` of 32 k each.
+
+    Every word is loaded once (``[R, W0, BN]``, coalesced along N) and expanded in registers.
+    ``mask_rn [R, BN]``. Reshape the result to ``[R * 32, BN]`` for k = 32·r + (index).
+    """
+    EPW: tl.constexpr = 32 // W0
+    u = tl.arange(0, W0)
+    j = tl.arange(0, EPW)
+    ptrs = ptr + (offs_r[:, None, None] * W0 + u[None, :, None]) * N + offs_n[None, None, :]
+    words = tl.load(ptrs, mask=mask_rn[:, None, :], other=0)  # [R, W0, BN]
+    c = (words[:, :, None, :] >> (j * W0)[None, None, :, None]) & ((1 << W0) - 1)
+    if W1 > 0:
+        w1 = tl.load(ptr + (KP * W0 // 32 + offs_r)[:, None] * N + offs_n[None, :], mask=mask_rn, other=0)
+        c |= _bit_expand(w1, W0) << W0
+    return c
+
+
+# ------------------------------------------------------------------ decoders
+@triton.jit
+def to_bf16_rne(x):
+    """fp32 → bf16, round to nearest even (finite inputs), identical on GPU and interpreter."""
+    if INTERPRETER:
+        b = x.to(tl.int32, bitcast=True)
+        r = (b + 0x7FFF + ((b >> 16) & 1)) >> 16
+        return r.to(tl.int16).to(tl.bfloat16, bitcast=True)
+    return x.to(tl.bfloat16, fp_downcast_rounding="rtne")
+
+
+@triton.jit
+def scale_bits16(s, IS_BF16: tl.constexpr):
+    """fp16 scales → int32 holding the 16-bit pattern of S in the decode dtype (bf16: RNE first)."""
+    if IS_BF16:
+        b = to_bf16_rne(s.to(tl.float32)).to(tl.int16, bitcast=True)
+    else:
+        b = s.to(tl.int16, bitcast=True)
+    return b.to(tl.int32) & 0xFFFF
+
+
+@triton.jit
+def pot_decode16(e, sgn, sbits, IS_BF16: tl.constexpr):
+    """(-1)^sgn · S · 2^e as fp16/bf16 by integer add into the exponent field — no multiply.
+
+    ``sbits`` from :func:`scale_bits16`; the scale range guarantees no exponent overflow.
+    """
+    MANT: tl.constexpr = 7 if IS_BF16 else 10
+    bits = (sbits + (e << MANT)) | (sgn << 15)
+    if IS_BF16:
+        return bits.to(tl.int16).to(tl.bfloat16, bitcast=True)
+    return bits.to(tl.int16).to(tl.float16, bitcast=True)
+
+
+@triton.jit
+def int_zero16(z, IS_BF16: tl.constexpr):
+    """Zero points (int) → the constant subtracted by :func:`int_decode16` (once per scale tile)."""
+    if IS_BF16:
+        return z.to(tl.float32) + 8388608.0  # 2^23 + z, exact in fp32
+    return (z + 1024).to(tl.float16)  # 1024 + z, exact in fp16
+
+
+@triton.jit
+def int_decode16(q, zc, s, IS_BF16: tl.constexpr):
+    """(q − z)·s rounded once to fp16/bf16, bit-exact with ``format.uniform.decode_int``.
+
+    fp16: ``q | 0x6400`` is the fp16 number 1024 + q; minus ``zc = 1024 + z`` is exactly q − z
+    and one fp16 multiply by the fp16 s rounds the exact product once. bf16: the same trick at
+    2^23 in fp32 gives q − z exactly, the fp32 product with s is exact (≤ 9 + 11 significant
+    bits), then one RNE rounding to bf16. ``zc`` from :func:`int_zero16`.
+    """
+    if IS_BF16:
+        qf = (q | 0x4B000000).to(tl.float32, bitcast=True) - zc
+        return to_bf16_rne(qf * s.to(tl.float32))
+    qh = (q | 0x6400).to(tl.int16).to(tl.float16, bitcast=True)
+    return (qh - zc) * s
+
+
+@triton.jit
+def scale_bits32(s, IS_BF16: tl.constexpr):
+    """fp16 scales → int32 fp32 bit pattern of S (bf16 activations: S rounded to bf16 first)."""
+    if IS_BF16:
+        b = to_bf16_rne(s.to(tl.float32)).to(tl.int16, bitcast=True).to(tl.int32)
+        return b << 16
+    return s.to(tl.float32).to(tl.int32, bitcast=True)
+
+
+@triton.jit
+def pot_decode32_bits(e_at23, sgn_at31, sbits32):
+    """PoT weight as fp32 from fp32 scale bits: exact S·2^E (S normal, no overflow) with sign."""
+    return ((sbits32 + e_at23) | sgn_at31).to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def decode_tile(q_ptr, sg_ptr, sc_ptr, z_ptr, k0, offs_n, mask_n, N, K, KP, G,
+                IS_POT: tl.constexpr, W0: tl.constexpr, W1: tl.constexpr, IS_BF16: tl.constexpr,
+                EXPAND: tl.constexpr, SCALE_PER_TILE: tl.constexpr, BLOCK_K: tl.constexpr):
+    """Decoded weights ``W^T[k0 : k0 + BLOCK_K, offs_n]`` as fp16/bf16 ``[BLOCK_K, BN]``.
+
+    ``q_ptr`` = qexp (PoT) / qweight (int); ``sg_ptr`` = qsign (PoT only); ``z_ptr`` = zeros
+    (int only). Rows k ≥ K decode to finite values (zero codes or masked words): callers mask
+    x (or the store) there. ``SCALE_PER_TILE``: the whole K tile lies in one group.
+    """
+    if EXPAND:
+        R: tl.constexpr = BLOCK_K // 32
+        offs_r = k0 // 32 + tl.arange(0, R)
+        mask_rn = (offs_r < KP // 32)[:, None] & mask_n[None, :]
+        c = codes_expand(q_ptr, offs_r, offs_n, N, KP, mask_rn, W0, W1)  # [R, W0, EPW, BN]
+        grp = (offs_r * 32) // G
+        s_ptrs = grp[:, None] * N + offs_n[None, :]
+        s = tl.load(sc_ptr + s_ptrs, mask=mask_rn, other=0.0)[:, None, None, :]
+        if IS_POT:
+            sw = tl.load(sg_ptr + offs_r[:, None] * N + offs_n[None, :], mask=mask_rn, other=0)
+            w = pot_decode16(c, _bit_expand(sw, W0), scale_bits16(s, IS_BF16), IS_BF16)
+        else:
+            z = tl.load(z_ptr + s_ptrs, mask=mask_rn, other=0).to(tl.int32)[:, None, None, :]
+            w = int_decode16(c, int_zero16(z, IS_BF16), s, IS_BF16)
+        return tl.reshape(w, [BLOCK_K, w.shape[3]])
+    else:
+        offs_k = k0 + tl.arange(0, BLOCK_K)
+        mask = (offs_k < KP)[:, None] & mask_n[None, :]
+        c = codes_dup(q_ptr, offs_k, offs_n, N, KP, mask, W0, W1)
+        if SCALE_PER_TILE:
+            s_ptrs = (k0 // G) * N + offs_n[None, :]
+            s_mask = mask_n[None, :]
+        else:
+            s_ptrs = (offs_k // G)[:, None] * N + offs_n[None, :]
+            s_mask = (offs_k < K)[:, None] & mask_n[None, :]  # per-channel: no group past K
+        s = tl.load(sc_ptr + s_ptrs, mask=s_mask, other=0.0)
+        if IS_POT:
+            sgn = _plane_dup(sg_ptr, 0, offs_k, offs_n, N, mask, 1)
+            return pot_decode16(c, sgn, scale_bits16(s, IS_BF16), IS_BF16)
+        else:
+            z = tl.load(z_ptr + s_ptrs, mask=s_mask, other=0).to(tl.int32)
+            return int_decode16(c, int_zero16(z, IS_BF16), s, IS_BF16)

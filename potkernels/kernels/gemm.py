@@ -1,0 +1,43 @@
+"""Large-M fused decode + tl.dot (prefill), tiled, fp32 accumulation.
+
+Compute bound once M is in the hundreds: each program owns a ``[BLOCK_M, BLOCK_N]`` output
+tile, decodes its ``[BLOCK_K, BLOCK_N]`` weight tile once per K step (amortized over BLOCK_M
+rows) and runs ``tl.dot``. Program ids are swizzled in groups of ``GROUP_M`` row-tiles so
+neighbouring programs share weight tiles in L2.
+"""
+import triton
+import triton.language as tl
+
+from .decode import decode_tile
+
+
+@triton.jit
+def gemm_kernel(x_ptr, q_ptr, sg_ptr, sc_ptr, z_ptr, b_ptr, y_ptr,
+                M, N, K, KP, G, stride_xm,
+                IS_POT: tl.constexpr, W0: tl.constexpr, W1: tl.constexpr, IS_BF16: tl.constexpr,
+                HAS_BIAS: tl.constexpr, EXPAND: tl.constexpr, SCALE_PER_TILE: tl.constexpr,
+                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
+    pid = tl.program_id(0)
+    n_m = tl.cdiv(M, BLOCK_M)
+    n_n = tl.cdiv(N, BLOCK_N)
+    per_group = GROUP_M * n_n
+    first_m = (pid // per_group) * GROUP_M
+    group_m = tl.minimum(n_m - first_m, GROUP_M)
+    pid_m = first_m + (pid % per_group) % group_m
+    pid_n = (pid % per_group) // group_m
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask_m = offs_m < M
+    mask_n = offs_n < N
+    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    for k0 in range(0, KP, BLOCK_K):
+        offs_k = k0 + tl.arange(0, BLOCK_K)
+        xt = tl.load(x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :],
+                     mask=mask_m[:, None] & (offs_k < K)[None, :], other=0.0)
+        w = decode_tile(q_ptr, sg_ptr, sc_ptr, z_ptr, k0, offs_n, mask_n, N, K, KP, G,
+                        IS_POT, W0, W1, IS_BF16, EXPAND, SCALE_PER_TILE, BLOCK_K)
+        acc = tl.dot(xt, w, acc)
+    if HAS_BIAS:
+        acc += tl.load(b_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
+    mask = mask_m[:, None] & mask_n[None, :]
+    tl.store(y_ptr + offs_m[:, None] * N + offs_n[None, :], acc.to(y_ptr.dtype.element_ty), mask=mask)

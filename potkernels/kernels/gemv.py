@@ -1,0 +1,86 @@
+"""M = 1 fused decode + matvec (decode regime), fp32 accumulation, split-K.
+
+Each program owns ``BLOCK_N`` output columns and a K-chunk of whole 32-k *rows* (one sign word
+each). It reads every packed word exactly once as a ``[BLOCK_R, BLOCK_N]`` tile (coalesced
+along N) and walks the 32 codes of each word with a static loop: code j of row r is weight
+k = 32·r + j, decoded straight to an fp32 value and FMA'd with x[k] — no layout shuffles, no
+tensor cores (M = 1 has nothing to reuse), no per-weight multiply for PoT:
+
+* PoT: fp32 bits = bits(S) + (E << 23) | sign << 31 — exact S·2^E (S normal, no overflow);
+* int: ``(q | 0x4B000000)`` is the fp32 2^23 + q, minus (2^23 + z), times s.
+
+With ``SPLIT`` the per-chunk column sums go to an fp32 ``[n_split, N]`` buffer and
+:func:`splitk_reduce_kernel` adds them in a fixed order (deterministic), adds the bias and casts.
+"""
+import triton
+import triton.language as tl
+
+from .decode import scale_bits32
+
+
+@triton.jit
+def gemv_kernel(x_ptr, q_ptr, sg_ptr, sc_ptr, z_ptr, b_ptr, y_ptr, part_ptr,
+                N, K, KP, G, rows_per_split,
+                IS_POT: tl.constexpr, W0: tl.constexpr, W1: tl.constexpr, IS_BF16: tl.constexpr,
+                HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr):
+    EPW0: tl.constexpr = 32 // W0
+    MASK0: tl.constexpr = (1 << W0) - 1
+    pid_n = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask_n = offs_n < N
+    n_rows = KP // 32
+    r_lo = pid_k * rows_per_split
+    r_hi = tl.minimum(r_lo + rows_per_split, n_rows)
+    acc = tl.zeros([BLOCK_R, BLOCK_N], dtype=tl.float32)
+    for r0 in range(r_lo, r_hi, BLOCK_R):
+        offs_r = r0 + tl.arange(0, BLOCK_R)
+        mask_r = offs_r < r_hi
+        m2 = mask_r[:, None] & mask_n[None, :]
+        row_ptrs = offs_r[:, None] * N + offs_n[None, :]
+        s_ptrs = ((offs_r * 32) // G)[:, None] * N + offs_n[None, :]
+        s = tl.load(sc_ptr + s_ptrs, mask=m2, other=0.0)
+        if IS_POT:
+            sb = scale_bits32(s, IS_BF16)
+            sw = tl.load(sg_ptr + row_ptrs, mask=m2, other=0)
+        else:
+            zc = tl.load(z_ptr + s_ptrs, mask=m2, other=0).to(tl.float32) + 8388608.0
+            sf = s.to(tl.float32)
+        if W1 > 0:
+            w1 = tl.load(q_ptr + (KP * W0 // 32) * N + row_ptrs, mask=m2, other=0)
+        for u in tl.static_range(W0):
+            w0 = tl.load(q_ptr + (offs_r[:, None] * W0 + u) * N + offs_n[None, :], mask=m2, other=0)
+            for jj in tl.static_range(EPW0):
+                j = u * EPW0 + jj  # k = 32 r + j
+                c = (w0 >> (jj * W0)) & MASK0
+                if W1 > 0:
+                    c |= ((w1 >> j) & 1) << W0
+                kx = offs_r * 32 + j
+                xk = tl.load(x_ptr + kx, mask=kx < K, other=0.0).to(tl.float32)
+                if IS_POT:
+                    bits = (sb + (c << 23)) | (((sw >> j) & 1) << 31)
+                    w = bits.to(tl.float32, bitcast=True)
+                else:
+                    w = ((c | 0x4B000000).to(tl.float32, bitcast=True) - zc) * sf
+                acc += xk[:, None] * w
+    y = tl.sum(acc, axis=0)
+    if SPLIT:
+        tl.store(part_ptr + pid_k * N + offs_n, y, mask=mask_n)
+    else:
+        if HAS_BIAS:
+            y += tl.load(b_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)
+        tl.store(y_ptr + offs_n, y.to(y_ptr.dtype.element_ty), mask=mask_n)
+
+
+@triton.jit
+def splitk_reduce_kernel(part_ptr, b_ptr, y_ptr, MN, N, n_split,
+                         HAS_BIAS: tl.constexpr, BLOCK: tl.constexpr):
+    """``y[i] = Σ_s part[s, i] (+ bias[i % N])`` over a flat ``[n_split, MN]`` fp32 buffer, in order."""
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < MN
+    acc = tl.zeros([BLOCK], dtype=tl.float32)
+    for s in range(0, n_split):
+        acc += tl.load(part_ptr + s * MN + offs, mask=mask, other=0.0)
+    if HAS_BIAS:
+        acc += tl.load(b_ptr + offs % N, mask=mask, other=0.0).to(tl.float32)
+    tl.store(y_ptr + offs, acc.to(y_ptr.dtype.element_ty), mask=mask)

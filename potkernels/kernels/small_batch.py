@@ -1,0 +1,45 @@
+"""M = 2 … 64 fused decode + tl.dot (small-batch decode), split-K, fp32 accumulation.
+
+Still weight-bandwidth bound: one program owns a ``[BLOCK_M, BLOCK_N]`` output tile and a
+K-chunk; each K step decodes a ``[BLOCK_K, BLOCK_N]`` weight tile to fp16/bf16 once (shared by
+the BLOCK_M rows) and feeds ``tl.dot``. Splitting K keeps every SM streaming weights when
+N / BLOCK_N alone is too few programs; partial sums go to an fp32 ``[n_split, M, N]`` buffer
+reduced in order by :func:`gemv.splitk_reduce_kernel`.
+"""
+import triton
+import triton.language as tl
+
+from .decode import decode_tile
+
+
+@triton.jit
+def small_batch_kernel(x_ptr, q_ptr, sg_ptr, sc_ptr, z_ptr, b_ptr, y_ptr, part_ptr,
+                       M, N, K, KP, G, stride_xm, k_per_split,
+                       IS_POT: tl.constexpr, W0: tl.constexpr, W1: tl.constexpr, IS_BF16: tl.constexpr,
+                       HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr, EXPAND: tl.constexpr,
+                       SCALE_PER_TILE: tl.constexpr,
+                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    pid_n = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    pid_m = tl.program_id(2)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask_m = offs_m < M
+    mask_n = offs_n < N
+    k_lo = pid_k * k_per_split
+    k_hi = tl.minimum(k_lo + k_per_split, KP)
+    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    for k0 in range(k_lo, k_hi, BLOCK_K):
+        offs_k = k0 + tl.arange(0, BLOCK_K)
+        xt = tl.load(x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :],
+                     mask=mask_m[:, None] & (offs_k < K)[None, :], other=0.0)
+        w = decode_tile(q_ptr, sg_ptr, sc_ptr, z_ptr, k0, offs_n, mask_n, N, K, KP, G,
+                        IS_POT, W0, W1, IS_BF16, EXPAND, SCALE_PER_TILE, BLOCK_K)
+        acc = tl.dot(xt, w, acc)
+    mask = mask_m[:, None] & mask_n[None, :]
+    if SPLIT:
+        tl.store(part_ptr + (pid_k * M + offs_m[:, None]) * N + offs_n[None, :], acc, mask=mask)
+    else:
+        if HAS_BIAS:
+            acc += tl.load(b_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
+        tl.store(y_ptr + offs_m[:, None] * N + offs_n[None, :], acc.to(y_ptr.dtype.element_ty), mask=mask)
