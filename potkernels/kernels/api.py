@@ -38,9 +38,11 @@ class Packed:
         self.G = int(group_size)
         if self.G <= 0 or (self.G != self.K and self.G % 32 != 0):
             raise ValueError(f"group_size must be a multiple of 32 or in_features ({self.K}), got {group_size}")
-        if scales.dim() != 2 or scales.dtype != torch.float16:
-            raise TypeError(f"scales must be a 2-D fp16 tensor [n_groups, N], got {scales.dtype} {tuple(scales.shape)}")
-        self.N = scales.shape[1]
+        if scales.dtype != torch.float16:
+            raise TypeError(f"scales must be fp16 [n_groups, N], got {scales.dtype} {list(scales.shape)}")
+        if q.dim() != 2:
+            raise ValueError(f"packed codes must be a 2-D int32 [rows, N] tensor, got shape {list(q.shape)}")
+        self.N = q.shape[1]
         n_groups = -(-self.K // self.G)
         _expect("scales", scales, torch.float16, (n_groups, self.N))
         _expect("packed codes", q, torch.int32, (packed_rows(self.K, code_bits), self.N))

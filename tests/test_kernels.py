@@ -1,0 +1,196 @@
+"""Triton kernels vs the reference decode, on fresh random weights and activations.
+
+Runs under the Triton interpreter on CPU (conftest sets TRITON_INTERPRET=1) and compiled on a
+GPU when ``TRITON_INTERPRET=0`` and CUDA is available (``bench/gpu_check.sh``); the GPU run adds
+bigger shapes and bf16 ``tl.dot`` paths, which the interpreter cannot run (its bf16 dot is wrong).
+Outputs are poisoned with NaN before each launch so an unwritten element cannot pass.
+"""
+import pytest
+import torch
+
+from potkernels.format import IntConfig, PoTConfig, quantize_int, quantize_pot
+from potkernels.kernels import api, configs
+from potkernels.kernels import int_dequantize_triton, int_matmul_triton, pot_dequantize_triton, pot_matmul_triton
+
+ON_GPU = torch.cuda.is_available() and not configs.interpreting()
+DEVICE = "cuda" if ON_GPU else "cpu"
+gpu_only = pytest.mark.skipif(not ON_GPU, reason="compiled GPU run only (TRITON_INTERPRET=0 with CUDA)")
+
+
+def make_weight(kind: str, bits: int, group: int | None, n: int, k: int):
+    """Random [n, k] weight quantized on CPU (RTN), moved to the test device."""
+    w = torch.randn(n, k) * torch.rand(n, 1)  # rows of different magnitude → varied scales
+    cfg = PoTConfig(bits, group) if kind == "pot" else IntConfig(bits, group)
+    packed = quantize_pot(w, cfg) if kind == "pot" else quantize_int(w, cfg)
+    return packed.to(DEVICE)
+
+
+def dequant(packed, dtype, **kw):
+    if isinstance(packed.config, PoTConfig):
+        return pot_dequantize_triton(packed.qexp, packed.qsign, packed.scales, packed.config.bits,
+                                     packed.group_size, packed.in_features, dtype, **kw)
+    return int_dequantize_triton(packed.qweight, packed.scales, packed.zeros, packed.config.bits,
+                                 packed.group_size, packed.in_features, dtype, **kw)
+
+
+def matmul(x, packed, bias, **kw):
+    if isinstance(packed.config, PoTConfig):
+        return pot_matmul_triton(x, packed.qexp, packed.qsign, packed.scales, bias, packed.config.bits,
+                                 packed.group_size, packed.in_features, **kw)
+    return int_matmul_triton(x, packed.qweight, packed.scales, packed.zeros, bias, packed.config.bits,
+                             packed.group_size, packed.in_features, **kw)
+
+
+def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
+    assert not torch.isnan(out).any(), "output has NaN (unwritten or bad decode)"
+    return float((out.double() - ref.double()).norm() / ref.double().norm())
+
+
+# K deliberately not a multiple of the group (partial last group) and N odd where cheap.
+GROUP_K = {32: 100, 64: 200, 128: 576, 256: 300, None: 100}
+DEQUANT_CASES = [("pot", b, g) for b in (2, 3, 4) for g in GROUP_K] + \
+                [("int", b, g) for b in (2, 3, 4, 8) for g in GROUP_K]
+
+
+@pytest.mark.parametrize("kind,bits,group", DEQUANT_CASES)
+def test_dequant_bit_exact(kind, bits, group):
+    """Every bits × group size, fp16 and bf16, both tile loaders: identical bits to the reference."""
+    packed = make_weight(kind, bits, group, 37, GROUP_K[group])
+    for i, dtype in enumerate((torch.float16, torch.bfloat16)):
+        ref = packed.dequantize(dtype)
+        expand = (bits + i + (group or 0) // 32) % 2 == 1  # alternate the loaders across the suite
+        out = torch.full_like(ref, float("nan"))
+        dequant(packed, dtype, config={"BLOCK_K": 64, "BLOCK_N": 32, "EXPAND": expand}, out=out)
+        assert torch.equal(out.view(torch.int16), ref.view(torch.int16)), (dtype, expand)
+
+
+def test_dequant_default_config_large_tile():
+    """Table config (BLOCK_K larger than K) on the K = 576, N = 1536 shape."""
+    packed = make_weight("pot", 4, 128, 1536, 576)
+    ref = packed.dequantize(torch.float16)
+    assert torch.equal(dequant(packed, torch.float16).view(torch.int16), ref.view(torch.int16))
+
+
+# (kind, bits, group, M, N, K, regime, x dtype, config override)
+F16, BF16, F32 = torch.float16, torch.bfloat16, torch.float32
+SB_EXPAND = {"BLOCK_M": 16, "BLOCK_N": 64, "BLOCK_K": 64, "EXPAND": True, "split": 2}
+MATMUL_CASES = [
+    ("pot", 4, 128, 1, 1536, 576, "gemv", F16, None),
+    ("int", 4, 128, 1, 1536, 576, "gemv", F16, None),
+    ("pot", 4, 128, 16, 1536, 576, "small_batch", F16, None),
+    ("int", 4, 128, 16, 1536, 576, "small_batch", F16, None),
+    ("pot", 4, 128, 130, 1536, 576, "gemm", F16, None),
+    ("int", 4, 128, 130, 96, 576, "gemm", F16, None),
+    ("pot", 3, 32, 3, 37, 100, "small_batch", F16, SB_EXPAND),
+    ("int", 8, None, 3, 37, 100, "small_batch", F16, None),
+    ("pot", 2, 64, 64, 96, 200, "small_batch", F16, None),
+    ("int", 3, 64, 64, 96, 200, "small_batch", F16, SB_EXPAND),
+    ("pot", 2, None, 130, 40, 100, "gemm", F16, {"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_K": 64, "EXPAND": True}),
+    ("int", 2, 32, 130, 40, 100, "gemm", F16, None),
+    ("pot", 3, 256, 1, 33, 300, "gemv", BF16, {"BLOCK_R": 4, "BLOCK_N": 16, "split": 3}),
+    ("int", 2, 256, 1, 33, 300, "gemv", BF16, {"BLOCK_R": 4, "BLOCK_N": 16, "split": 3}),
+    ("pot", 4, None, 1, 64, 576, "gemv", BF16, None),
+    ("int", 8, 64, 1, 65, 200, "gemv", BF16, None),
+    ("pot", 4, 32, 1, 50, 96, "gemv", F32, None),
+    ("int", 3, 128, 3, 50, 576, "gemv", F32, None),
+    ("pot", 2, 128, 16, 50, 576, "small_batch", F32, None),
+    ("pot", 3, 64, 130, 64, 200, None, F16, None),
+    ("int", 4, 256, 16, 64, 300, None, F16, None),
+    ("pot", 4, 256, 1, 64, 300, None, F16, None),
+]
+
+
+@pytest.mark.parametrize("kind,bits,group,m,n,k,regime,dtype,config", MATMUL_CASES)
+def test_matmul_vs_reference(kind, bits, group, m, n, k, regime, dtype, config):
+    packed = make_weight(kind, bits, group, n, k)
+    x = torch.randn(m, k, device=DEVICE).to(dtype)
+    bias = torch.randn(n, device=DEVICE) if (m + bits) % 2 else None
+    w_dec = packed.dequantize(torch.bfloat16 if dtype == BF16 else F16).float()
+    ref = x.float() @ w_dec.t() + (bias if bias is not None else 0)
+    out = torch.full((m, n), float("nan"), dtype=dtype, device=DEVICE)
+    res = matmul(x, packed, bias, regime=regime, config=config, out=out)
+    assert res.dtype == dtype and res.shape == (m, n)
+    assert rel_err(out, ref) <= 1e-2
+
+
+@pytest.mark.parametrize("split", [1, 4])
+def test_gemv_split_k_deterministic(split):
+    """Split-K partial sums are reduced in a fixed order: two runs give identical bits."""
+    packed = make_weight("pot", 4, 64, 48, 320)
+    x = torch.randn(1, 320, device=DEVICE, dtype=F16)
+    cfg = {"BLOCK_R": 4, "BLOCK_N": 32, "split": split}
+    a, b = matmul(x, packed, None, regime="gemv", config=cfg), matmul(x, packed, None, regime="gemv", config=cfg)
+    assert torch.equal(a, b)
+    ref = x.float() @ packed.dequantize(F16).float().t()
+    assert rel_err(a, ref) <= 1e-2
+
+
+def test_dispatch_by_m():
+    packed = make_weight("pot", 4, 128, 64, 256)
+    w = api.Packed("pot", packed.qexp, packed.qsign, packed.scales, None, 4, 128, 256)
+    d = configs.lookup("dispatch", "pot", 4, 1, 64, 256)
+    assert api.pick_regime(w, 1) == "gemv"
+    assert api.pick_regime(w, int(d["small_batch_max_m"])) == "small_batch"
+    assert api.pick_regime(w, int(d["small_batch_max_m"]) + 1) == "gemm"
+
+
+def test_empty_batch():
+    packed = make_weight("int", 4, 32, 16, 64)
+    y = matmul(torch.randn(0, 64, device=DEVICE, dtype=F16), packed, None)
+    assert y.shape == (0, 16)
+
+
+def test_clear_errors():
+    packed = make_weight("pot", 4, 32, 16, 64)
+    with pytest.raises(ValueError, match="in_features"):
+        matmul(torch.randn(2, 63, device=DEVICE, dtype=F16), packed, None)
+    with pytest.raises(TypeError, match="fp16, bf16 or fp32"):
+        matmul(torch.ones(2, 64, device=DEVICE, dtype=torch.int32), packed, None)
+    with pytest.raises(ValueError, match="scales must be"):
+        pot_matmul_triton(torch.randn(2, 64, device=DEVICE, dtype=F16), packed.qexp, packed.qsign,
+                          packed.scales[:, :8], None, 4, 32, 64)
+    with pytest.raises(TypeError, match="fp16"):
+        pot_matmul_triton(torch.randn(2, 64, device=DEVICE, dtype=F16), packed.qexp, packed.qsign,
+                          packed.scales.float(), None, 4, 32, 64)
+    with pytest.raises(ValueError, match="bits"):
+        pot_matmul_triton(torch.randn(2, 64, device=DEVICE, dtype=F16), packed.qexp, packed.qsign,
+                          packed.scales, None, 5, 32, 64)
+    with pytest.raises(ValueError, match="(packed codes|scales) must be"):  # wrong K
+        pot_matmul_triton(torch.randn(2, 96, device=DEVICE, dtype=F16), packed.qexp, packed.qsign,
+                          packed.scales, None, 4, 32, 96)
+    with pytest.raises(ValueError, match="bias"):
+        matmul(torch.randn(2, 64, device=DEVICE, dtype=F16), packed, torch.zeros(15, device=DEVICE))
+    with pytest.raises(TypeError, match="dtype"):
+        dequant(packed, torch.float32)
+    with pytest.raises(ValueError, match="regime"):
+        matmul(torch.randn(2, 64, device=DEVICE, dtype=F16), packed, None, regime="bogus")
+
+
+# ------------------------------------------------------------------ GPU-only (compiled) checks
+LLAMA = [(4096, 4096), (4096, 1024), (14336, 4096)]  # (K, N)
+
+
+@gpu_only
+@pytest.mark.parametrize("kind,bits", [("pot", 4), ("pot", 3), ("pot", 2), ("int", 4), ("int", 8)])
+@pytest.mark.parametrize("m", [1, 2, 16, 64, 512])
+@pytest.mark.parametrize("dtype", [F16, BF16])
+def test_gpu_large_shapes(kind, bits, m, dtype):
+    for k, n in LLAMA:
+        packed = make_weight(kind, bits, 128, n, k)
+        x = torch.randn(m, k, device=DEVICE).to(dtype)
+        ref = x.float() @ packed.dequantize(dtype).float().t()
+        out = torch.full((m, n), float("nan"), dtype=dtype, device=DEVICE)
+        matmul(x, packed, None, out=out)
+        assert rel_err(out, ref) <= 1e-2, (k, n)
+
+
+@gpu_only
+@pytest.mark.parametrize("expand", [False, True])
+@pytest.mark.parametrize("regime,m", [("small_batch", 16), ("gemm", 256)])
+def test_gpu_bf16_dot_and_loaders(expand, regime, m):
+    packed = make_weight("pot", 4, 128, 1000, 1100)
+    cfg = dict(configs.lookup(regime, "pot", 4, m, 1000, 1100), EXPAND=expand)
+    for dtype in (F16, BF16):
+        x = torch.randn(m, 1100, device=DEVICE).to(dtype)
+        ref = x.float() @ packed.dequantize(dtype).float().t()
+        assert rel_err(matmul(x, packed, None, regime=regime, config=cfg), ref) <= 1e-2
