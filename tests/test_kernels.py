@@ -18,11 +18,10 @@ gpu_only = pytest.mark.skipif(not ON_GPU, reason="compiled GPU run only (TRITON_
 
 
 def make_weight(kind: str, bits: int, group: int | None, n: int, k: int):
-    """Random [n, k] weight quantized on CPU (RTN), moved to the test device."""
-    w = torch.randn(n, k) * torch.rand(n, 1)  # rows of different magnitude → varied scales
+    """Random [n, k] weight quantized (RTN) on the test device."""
+    w = torch.randn(n, k, device=DEVICE) * torch.rand(n, 1, device=DEVICE)  # rows of varied magnitude
     cfg = PoTConfig(bits, group) if kind == "pot" else IntConfig(bits, group)
-    packed = quantize_pot(w, cfg) if kind == "pot" else quantize_int(w, cfg)
-    return packed.to(DEVICE)
+    return quantize_pot(w, cfg) if kind == "pot" else quantize_int(w, cfg)
 
 
 def dequant(packed, dtype, **kw):
@@ -172,7 +171,7 @@ LLAMA = [(4096, 4096), (4096, 1024), (14336, 4096)]  # (K, N)
 
 @gpu_only
 @pytest.mark.parametrize("kind,bits", [("pot", 4), ("pot", 3), ("pot", 2), ("int", 4), ("int", 8)])
-@pytest.mark.parametrize("m", [1, 2, 16, 64, 512])
+@pytest.mark.parametrize("m", [1, 2, 16, 64, 512])  # one regime boundary each side
 @pytest.mark.parametrize("dtype", [F16, BF16])
 def test_gpu_large_shapes(kind, bits, m, dtype):
     for k, n in LLAMA:
@@ -194,3 +193,18 @@ def test_gpu_bf16_dot_and_loaders(expand, regime, m):
         x = torch.randn(m, 1100, device=DEVICE).to(dtype)
         ref = x.float() @ packed.dequantize(dtype).float().t()
         assert rel_err(matmul(x, packed, None, regime=regime, config=cfg), ref) <= 1e-2
+
+
+def test_decode_bench_checksum():
+    """The decode-bound kernel with reps = 1 (flip = 0) sums x · W over the tile = Σ (x @ W^T)."""
+    from potkernels.kernels.decode_bench import decode_reduce
+
+    for kind, bits in (("pot", 3), ("int", 4)):
+        packed = make_weight(kind, bits, 64, 40, 200)
+        w = api.Packed(kind, packed.qexp if kind == "pot" else packed.qweight,
+                       packed.qsign if kind == "pot" else None, packed.scales,
+                       None if kind == "pot" else packed.zeros, bits, 64, 200)
+        x = torch.randn(200, device=DEVICE, dtype=F16)
+        sums = decode_reduce(w, x, reps=1, block_r=4, block_n=16)
+        ref = (x.float() @ packed.dequantize(F16).float().t()).sum()
+        assert abs(float(sums.sum()) - float(ref)) <= 1e-2 * float(ref.abs() + 1)

@@ -13,7 +13,7 @@ import torch
 import triton
 
 from ..format.packing import packed_rows, padded_k, plane_widths
-from . import configs
+from . import configs, tune
 from .dequant import dequant_kernel
 from .gemm import gemm_kernel
 from .gemv import gemv_kernel, splitk_reduce_kernel
@@ -80,8 +80,13 @@ def _expect(name: str, t: Optional[torch.Tensor], dtype: torch.dtype, shape: tup
         raise ValueError(f"{name} must be {dtype} {list(shape)}, got {t.dtype} {list(t.shape)}")
 
 
-def _cfg(regime: str, w: Packed, m: int, config: Optional[dict[str, Any]]) -> dict[str, Any]:
-    return dict(config) if config is not None else configs.lookup(regime, w.kind, w.bits, m, w.N, w.K)
+def _cfg(regime: str, w: Packed, m: int, config: Optional[dict[str, Any]],
+         dtype: torch.dtype = torch.float16) -> dict[str, Any]:
+    if config is not None:
+        return dict(config)
+    if tune.autotune_enabled():
+        tune.maybe_tune(regime, w, m, dtype)
+    return configs.lookup(regime, w.kind, w.bits, m, w.N, w.K)
 
 
 def _launch_opts(cfg: dict[str, Any]) -> dict[str, int]:
@@ -94,7 +99,7 @@ def dequantize(w: Packed, dtype: torch.dtype, config: Optional[dict[str, Any]] =
     """Decoded ``[N, K]`` fp16/bf16 weight, bit-exact with the reference decode."""
     if dtype not in (torch.float16, torch.bfloat16):
         raise TypeError(f"dequantize dtype must be torch.float16 or torch.bfloat16, got {dtype}")
-    cfg = _cfg("dequant", w, 1, config)
+    cfg = _cfg("dequant", w, 1, config, dtype)
     bk, bn = int(cfg["BLOCK_K"]), int(cfg["BLOCK_N"])
     out = torch.empty((w.N, w.K), dtype=dtype, device=w.device) if out is None else out
     grid = (triton.cdiv(w.KP, bk), triton.cdiv(w.N, bn))
@@ -124,7 +129,7 @@ def _reduce(part: torch.Tensor, bias: Optional[torch.Tensor], y: torch.Tensor, n
 def gemv(x: torch.Tensor, w: Packed, bias: Optional[torch.Tensor], y: torch.Tensor,
          config: Optional[dict[str, Any]] = None) -> torch.Tensor:
     """``y[m] = W x[m] (+ bias)`` one row at a time (M = 1 regime); x any of fp16/bf16/fp32."""
-    cfg = _cfg("gemv", w, x.shape[0], config)
+    cfg = _cfg("gemv", w, x.shape[0], config, x.dtype)
     br, bn = int(cfg["BLOCK_R"]), int(cfg["BLOCK_N"])
     n_rows = w.KP // 32
     tiles = triton.cdiv(w.N, bn)
@@ -148,7 +153,7 @@ def small_batch(x: torch.Tensor, w: Packed, bias: Optional[torch.Tensor], y: tor
                 config: Optional[dict[str, Any]] = None) -> torch.Tensor:
     """Split-K ``tl.dot`` regime (M = 2 … 64); x fp16/bf16."""
     m = x.shape[0]
-    cfg = _cfg("small_batch", w, m, config)
+    cfg = _cfg("small_batch", w, m, config, x.dtype)
     bm, bn, bk = int(cfg["BLOCK_M"]), int(cfg["BLOCK_N"]), int(cfg["BLOCK_K"])
     tiles = triton.cdiv(w.N, bn) * triton.cdiv(m, bm)
     k_steps = triton.cdiv(w.KP, bk)
@@ -173,7 +178,7 @@ def gemm(x: torch.Tensor, w: Packed, bias: Optional[torch.Tensor], y: torch.Tens
          config: Optional[dict[str, Any]] = None) -> torch.Tensor:
     """Tiled ``tl.dot`` regime for large M (prefill); x fp16/bf16."""
     m = x.shape[0]
-    cfg = _cfg("gemm", w, m, config)
+    cfg = _cfg("gemm", w, m, config, x.dtype)
     bm, bn, bk = int(cfg["BLOCK_M"]), int(cfg["BLOCK_N"]), int(cfg["BLOCK_K"])
     grid = (triton.cdiv(m, bm) * triton.cdiv(w.N, bn),)
     gemm_kernel[grid](x, *w.args(), bias if bias is not None else w.scales, y,

@@ -15,7 +15,46 @@ With ``SPLIT`` the per-chunk column sums go to an fp32 ``[n_split, N]`` buffer a
 import triton
 import triton.language as tl
 
-from .decode import scale_bits32
+from .decode import pot_decode32_bits, scale_bits32
+
+
+@triton.jit
+def rows_dot(acc, x_ptr, q_ptr, sg_ptr, sc_ptr, z_ptr, offs_r, mask_r, offs_n, mask_n, N, K, KP, G, flip,
+             IS_POT: tl.constexpr, W0: tl.constexpr, W1: tl.constexpr, IS_BF16: tl.constexpr):
+    """``acc[r, n] += Σ_j x[32 r + j] · W[n, 32 r + j]`` for rows ``offs_r [BLOCK_R]`` of 32 k.
+
+    Each packed word is loaded once and its codes walked by a static loop. ``flip`` is XORed
+    into every code word (0 here; the decode benchmark varies it so the decode cannot be hoisted).
+    """
+    EPW0: tl.constexpr = 32 // W0
+    MASK0: tl.constexpr = (1 << W0) - 1
+    m2 = mask_r[:, None] & mask_n[None, :]
+    row_ptrs = offs_r[:, None] * N + offs_n[None, :]
+    s_ptrs = ((offs_r * 32) // G)[:, None] * N + offs_n[None, :]
+    s = tl.load(sc_ptr + s_ptrs, mask=m2, other=0.0)
+    if IS_POT:
+        sb = scale_bits32(s, IS_BF16)
+        sw = tl.load(sg_ptr + row_ptrs, mask=m2, other=0) ^ flip
+    else:
+        zc = tl.load(z_ptr + s_ptrs, mask=m2, other=0).to(tl.float32) + 8388608.0
+        sf = s.to(tl.float32)
+    if W1 > 0:
+        w1 = tl.load(q_ptr + (KP * W0 // 32) * N + row_ptrs, mask=m2, other=0) ^ flip
+    for u in tl.static_range(W0):
+        w0 = tl.load(q_ptr + (offs_r[:, None] * W0 + u) * N + offs_n[None, :], mask=m2, other=0) ^ flip
+        for jj in tl.static_range(EPW0):
+            j = u * EPW0 + jj  # k = 32 r + j
+            c = (w0 >> (jj * W0)) & MASK0
+            if W1 > 0:
+                c |= ((w1 >> j) & 1) << W0
+            kx = offs_r * 32 + j
+            xk = tl.load(x_ptr + kx, mask=kx < K, other=0.0).to(tl.float32)
+            if IS_POT:
+                w = pot_decode32_bits(c << 23, ((sw >> j) & 1) << 31, sb)
+            else:
+                w = ((c | 0x4B000000).to(tl.float32, bitcast=True) - zc) * sf
+            acc += xk[:, None] * w
+    return acc
 
 
 @triton.jit
@@ -23,8 +62,6 @@ def gemv_kernel(x_ptr, q_ptr, sg_ptr, sc_ptr, z_ptr, b_ptr, y_ptr, part_ptr,
                 N, K, KP, G, rows_per_split,
                 IS_POT: tl.constexpr, W0: tl.constexpr, W1: tl.constexpr, IS_BF16: tl.constexpr,
                 HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr):
-    EPW0: tl.constexpr = 32 // W0
-    MASK0: tl.constexpr = (1 << W0) - 1
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -35,34 +72,8 @@ def gemv_kernel(x_ptr, q_ptr, sg_ptr, sc_ptr, z_ptr, b_ptr, y_ptr, part_ptr,
     acc = tl.zeros([BLOCK_R, BLOCK_N], dtype=tl.float32)
     for r0 in range(r_lo, r_hi, BLOCK_R):
         offs_r = r0 + tl.arange(0, BLOCK_R)
-        mask_r = offs_r < r_hi
-        m2 = mask_r[:, None] & mask_n[None, :]
-        row_ptrs = offs_r[:, None] * N + offs_n[None, :]
-        s_ptrs = ((offs_r * 32) // G)[:, None] * N + offs_n[None, :]
-        s = tl.load(sc_ptr + s_ptrs, mask=m2, other=0.0)
-        if IS_POT:
-            sb = scale_bits32(s, IS_BF16)
-            sw = tl.load(sg_ptr + row_ptrs, mask=m2, other=0)
-        else:
-            zc = tl.load(z_ptr + s_ptrs, mask=m2, other=0).to(tl.float32) + 8388608.0
-            sf = s.to(tl.float32)
-        if W1 > 0:
-            w1 = tl.load(q_ptr + (KP * W0 // 32) * N + row_ptrs, mask=m2, other=0)
-        for u in tl.static_range(W0):
-            w0 = tl.load(q_ptr + (offs_r[:, None] * W0 + u) * N + offs_n[None, :], mask=m2, other=0)
-            for jj in tl.static_range(EPW0):
-                j = u * EPW0 + jj  # k = 32 r + j
-                c = (w0 >> (jj * W0)) & MASK0
-                if W1 > 0:
-                    c |= ((w1 >> j) & 1) << W0
-                kx = offs_r * 32 + j
-                xk = tl.load(x_ptr + kx, mask=kx < K, other=0.0).to(tl.float32)
-                if IS_POT:
-                    bits = (sb + (c << 23)) | (((sw >> j) & 1) << 31)
-                    w = bits.to(tl.float32, bitcast=True)
-                else:
-                    w = ((c | 0x4B000000).to(tl.float32, bitcast=True) - zc) * sf
-                acc += xk[:, None] * w
+        acc = rows_dot(acc, x_ptr, q_ptr, sg_ptr, sc_ptr, z_ptr, offs_r, offs_r < r_hi, offs_n, mask_n,
+                       N, K, KP, G, 0, IS_POT, W0, W1, IS_BF16)
     y = tl.sum(acc, axis=0)
     if SPLIT:
         tl.store(part_ptr + pid_k * N + offs_n, y, mask=mask_n)

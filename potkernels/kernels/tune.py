@@ -1,0 +1,117 @@
+"""Optional autotuning: time a few candidate configs per regime and write the best into the table.
+
+Never runs by itself. Call :func:`tune` (e.g. from ``bench/matmul.py --tune``) or set
+``POTKERNELS_AUTOTUNE=1`` so the first call of an untuned (regime, code, M bucket, size) key on
+this GPU tunes it once (a few seconds) and stores it. Needs a GPU: under the interpreter the
+fixed "interpreter" config is always used.
+"""
+from __future__ import annotations
+
+import itertools
+import os
+from typing import Any, Optional
+
+import torch
+
+from . import configs
+
+
+def _grid(**axes) -> list[dict[str, Any]]:
+    keys = list(axes)
+    return [dict(zip(keys, vals)) for vals in itertools.product(*(axes[k] for k in keys))]
+
+
+def candidates(regime: str, m: int) -> list[dict[str, Any]]:
+    """A small search space per regime (≤ ~24 configs, so tuning one key takes seconds)."""
+    if regime == "gemv":
+        return _grid(BLOCK_R=[4, 8, 16], BLOCK_N=[64, 128, 256], num_warps=[4], num_stages=[2], waves=[2, 4, 8]) + \
+            _grid(BLOCK_R=[8], BLOCK_N=[128, 256], num_warps=[2, 8], num_stages=[2], waves=[4])
+    if regime == "small_batch":
+        bm = max(16, min(64, configs.m_bucket(m)))
+        return _grid(BLOCK_M=[bm], BLOCK_N=[32, 64, 128], BLOCK_K=[64, 128, 256], EXPAND=[False, True],
+                     num_warps=[4], num_stages=[3], waves=[2]) + \
+            _grid(BLOCK_M=[bm], BLOCK_N=[64], BLOCK_K=[128], EXPAND=[False], num_warps=[4, 8], num_stages=[2, 4],
+                  waves=[1, 4])
+    if regime == "gemm":
+        return _grid(BLOCK_M=[64, 128], BLOCK_N=[128, 256], BLOCK_K=[32, 64], EXPAND=[False, True], GROUP_M=[8],
+                     num_warps=[8], num_stages=[3]) + \
+            _grid(BLOCK_M=[128], BLOCK_N=[128], BLOCK_K=[64], EXPAND=[False], GROUP_M=[8], num_warps=[4], num_stages=[2, 4])
+    if regime == "dequant":
+        return _grid(BLOCK_K=[32, 64, 128], BLOCK_N=[64, 128, 256], EXPAND=[False, True], num_warps=[4], num_stages=[1])
+    raise ValueError(f"no candidates for regime {regime!r}")
+
+
+def tune_packed(regime: str, w, m: int, dtype: torch.dtype = torch.float16, write: bool = True,
+                rep_ms: int = 20) -> tuple[dict[str, Any], float]:
+    """Best config for ``regime`` on the live packed weight ``w`` (an ``api.Packed``) at batch ``m``."""
+    import triton.testing
+
+    from . import api
+
+    if configs.interpreting() or not w.device.type == "cuda":
+        raise RuntimeError("tuning needs a CUDA device with TRITON_INTERPRET unset")
+    x = torch.randn(max(m, 1), w.K, device=w.device, dtype=dtype)
+    y = torch.empty(max(m, 1), w.N, device=w.device, dtype=dtype)
+    best: Optional[tuple[float, dict[str, Any]]] = None
+    for cfg in candidates(regime, m):
+        if regime == "dequant":
+            fn = lambda: api.dequantize(w, dtype, config=cfg)  # noqa: E731
+        else:
+            fn = lambda: api.matmul(x, w, None, regime=regime, config=cfg, out=y)  # noqa: E731
+        try:
+            ms = triton.testing.do_bench(fn, warmup=5, rep=rep_ms)
+        except Exception:  # a config that does not compile / fit (shared memory, registers): skip it
+            continue
+        if best is None or ms < best[0]:
+            best = (ms, cfg)
+    if best is None:
+        raise RuntimeError(f"no candidate config ran for {regime}")
+    if write:
+        configs.store(regime, configs.make_key(w.kind, w.bits, m, w.N, w.K), best[1])
+    return best[1], best[0]
+
+
+def tune(kind: str, bits: int, ms: list[int], shapes: list[tuple[int, int]], group_size: int = 128,
+         regimes: Optional[list[str]] = None, write: bool = True) -> list[dict[str, Any]]:
+    """Tune every (M, K×N shape) on random weights; returns one record per key, writes the table."""
+    from ..format import IntConfig, PoTConfig, quantize_int, quantize_pot
+    from . import api
+
+    out = []
+    for k, n in shapes:
+        wf = torch.randn(n, k, device="cuda")
+        if kind == "pot":
+            p = quantize_pot(wf, PoTConfig(bits, group_size))
+            w = api.Packed("pot", p.qexp, p.qsign, p.scales, None, bits, p.group_size, k)
+        else:
+            p = quantize_int(wf, IntConfig(bits, group_size))
+            w = api.Packed("int", p.qweight, None, p.scales, p.zeros, bits, p.group_size, k)
+        for m in ms:
+            regime_list = regimes or [api.pick_regime(w, m)]
+            for regime in regime_list:
+                cfg, t = tune_packed(regime, w, m, write=write)
+                out.append({"kind": kind, "bits": bits, "m": m, "k": k, "n": n, "regime": regime, "ms": t,
+                            "config": cfg})
+    return out
+
+
+_TUNED: set[tuple] = set()
+
+
+def autotune_enabled() -> bool:
+    return os.environ.get("POTKERNELS_AUTOTUNE", "0") not in ("", "0") and not configs.interpreting()
+
+
+def maybe_tune(regime: str, w, m: int, dtype: torch.dtype) -> None:
+    """Under POTKERNELS_AUTOTUNE=1: tune this key once per process if the GPU's table lacks it."""
+    key = (regime, configs.make_key(w.kind, w.bits, m, w.N, w.K))
+    if key in _TUNED:
+        return
+    _TUNED.add(key)
+    table = configs._table(str(configs.table_path()))
+    if key[1] in table.get(configs.device_name(), {}).get(regime, {}):
+        return
+    try:
+        tune_packed(regime, w, m, dtype)
+    except OSError:  # read-only table: keep the result in this process only
+        pass
