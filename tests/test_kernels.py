@@ -59,7 +59,8 @@ def test_dequant_bit_exact(kind, bits, group):
         ref = packed.dequantize(dtype)
         expand = (bits + i + (group or 0) // 32) % 2 == 1  # alternate the loaders across the suite
         out = torch.full_like(ref, float("nan"))
-        dequant(packed, dtype, config={"BLOCK_K": 64, "BLOCK_N": 32, "EXPAND": expand}, out=out)
+        dequant(packed, dtype, config={"BLOCK_K": 64, "BLOCK_N": 32, "LOADER": "expand" if expand else "dup"},
+                out=out)
         assert torch.equal(out.view(torch.int16), ref.view(torch.int16)), (dtype, expand)
 
 
@@ -72,7 +73,9 @@ def test_dequant_default_config_large_tile():
 
 # (kind, bits, group, M, N, K, regime, x dtype, config override)
 F16, BF16, F32 = torch.float16, torch.bfloat16, torch.float32
-SB_EXPAND = {"BLOCK_M": 16, "BLOCK_N": 64, "BLOCK_K": 64, "EXPAND": True, "split": 2}
+SB_EXPAND = {"BLOCK_M": 16, "BLOCK_N": 64, "BLOCK_K": 64, "LOADER": "expand", "split": 2}
+SB_DUP = {"BLOCK_M": 16, "BLOCK_N": 32, "BLOCK_K": 64, "LOADER": "dup", "split": 1}
+SB_SLICED = {"BLOCK_M": 16, "BLOCK_N": 32, "BLOCK_K": 512, "LOADER": "sliced", "split": 2}
 MATMUL_CASES = [
     ("pot", 4, 128, 1, 1536, 576, "gemv", F16, None),
     ("int", 4, 128, 1, 1536, 576, "gemv", F16, None),
@@ -84,7 +87,13 @@ MATMUL_CASES = [
     ("int", 8, None, 3, 37, 100, "small_batch", F16, None),
     ("pot", 2, 64, 64, 96, 200, "small_batch", F16, None),
     ("int", 3, 64, 64, 96, 200, "small_batch", F16, SB_EXPAND),
-    ("pot", 2, None, 130, 40, 100, "gemm", F16, {"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_K": 64, "EXPAND": True}),
+    ("pot", 2, None, 130, 40, 100, "gemm", F16, {"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_K": 64, "LOADER": "expand"}),
+    ("pot", 4, 64, 20, 40, 600, "small_batch", F16, SB_SLICED),
+    ("int", 3, 32, 20, 40, 600, "small_batch", F16, SB_SLICED),
+    ("pot", 4, 128, 5, 48, 576, "small_batch", F16, SB_DUP),
+    ("int", 4, None, 130, 48, 100, "gemm", F16, {"BLOCK_M": 64, "BLOCK_N": 32, "BLOCK_K": 64, "LOADER": "dup"}),
+    ("pot", 3, 128, 70, 48, 576, "dequant_mm", F16, None),
+    ("int", 8, 128, 70, 48, 576, "dequant_mm", F32, None),
     ("int", 2, 32, 130, 40, 100, "gemm", F16, None),
     ("pot", 3, 256, 1, 33, 300, "gemv", BF16, {"BLOCK_R": 4, "BLOCK_N": 16, "split": 3}),
     ("int", 2, 256, 1, 33, 300, "gemv", BF16, {"BLOCK_R": 4, "BLOCK_N": 16, "split": 3}),
@@ -184,11 +193,13 @@ def test_gpu_large_shapes(kind, bits, m, dtype):
 
 
 @gpu_only
-@pytest.mark.parametrize("expand", [False, True])
+@pytest.mark.parametrize("loader", ["dup", "expand", "sliced"])
 @pytest.mark.parametrize("regime,m", [("small_batch", 16), ("gemm", 256)])
-def test_gpu_bf16_dot_and_loaders(expand, regime, m):
+def test_gpu_bf16_dot_and_loaders(loader, regime, m):
     packed = make_weight("pot", 4, 128, 1000, 1100)
-    cfg = dict(configs.lookup(regime, "pot", 4, m, 1000, 1100), EXPAND=expand)
+    cfg = dict(configs.lookup(regime, "pot", 4, m, 1000, 1100), LOADER=loader)
+    if loader != "sliced":
+        cfg["BLOCK_K"] = 64
     for dtype in (F16, BF16):
         x = torch.randn(m, 1100, device=DEVICE).to(dtype)
         ref = x.float() @ packed.dequantize(dtype).float().t()

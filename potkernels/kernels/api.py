@@ -20,7 +20,7 @@ from .gemv import gemv_kernel, splitk_reduce_kernel
 from .small_batch import small_batch_kernel
 
 ACT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
-REGIMES = ("gemv", "small_batch", "gemm")
+REGIMES = ("gemv", "small_batch", "gemm", "dequant_mm")
 
 
 class Packed:
@@ -89,6 +89,19 @@ def _cfg(regime: str, w: Packed, m: int, config: Optional[dict[str, Any]],
     return configs.lookup(regime, w.kind, w.bits, m, w.N, w.K)
 
 
+LOADERS = {"dup": 0, "expand": 1, "sliced": 2}
+
+
+def _loader(cfg: dict[str, Any], block_k: int) -> int:
+    """Tile loader of the dot regimes; "sliced" needs BLOCK_K ≥ 512 (dots of K = BLOCK_K / 32 ≥ 16)."""
+    name = cfg.get("LOADER", "expand")
+    if name not in LOADERS:
+        raise ValueError(f"LOADER must be one of {list(LOADERS)}, got {name!r}")
+    if name == "sliced" and block_k < 512:
+        raise ValueError(f"the sliced loader needs BLOCK_K >= 512 (tl.dot K >= 16), got {block_k}")
+    return LOADERS[name]
+
+
 def _launch_opts(cfg: dict[str, Any]) -> dict[str, int]:
     return {"num_warps": int(cfg.get("num_warps", 4)), "num_stages": int(cfg.get("num_stages", 2))}
 
@@ -105,7 +118,7 @@ def dequantize(w: Packed, dtype: torch.dtype, config: Optional[dict[str, Any]] =
     grid = (triton.cdiv(w.KP, bk), triton.cdiv(w.N, bn))
     dequant_kernel[grid](*w.args(), out, w.N, w.K, w.KP, w.G,
                          IS_POT=w.is_pot, W0=w.W0, W1=w.W1, IS_BF16=dtype == torch.bfloat16,
-                         EXPAND=bool(cfg.get("EXPAND", False)), SCALE_PER_TILE=w.scale_per_tile(bk),
+                         EXPAND=cfg.get("LOADER", "expand") == "expand", SCALE_PER_TILE=w.scale_per_tile(bk),
                          BLOCK_K=bk, BLOCK_N=bn, **_launch_opts(cfg))
     return out
 
@@ -142,7 +155,8 @@ def gemv(x: torch.Tensor, w: Packed, bias: Optional[torch.Tensor], y: torch.Tens
     for m in range(x.shape[0]):  # M = 1 in practice; more rows re-read W (use small_batch)
         gemv_kernel[(tiles, n_split)](x[m], *w.args(), bias_arg, y[m], part, w.N, w.K, w.KP, w.G, rows_per_split,
                                       IS_POT=w.is_pot, W0=w.W0, W1=w.W1, IS_BF16=x.dtype == torch.bfloat16,
-                                      HAS_BIAS=bias is not None, SPLIT=split, BLOCK_R=br, BLOCK_N=bn,
+                                      HAS_BIAS=bias is not None, SPLIT=split, EVEN_K=w.K % 32 == 0,
+                                      BLOCK_R=br, BLOCK_N=bn,
                                       **_launch_opts(cfg))
         if split:
             _reduce(part, bias, y[m], n_split, w.N)
@@ -166,7 +180,7 @@ def small_batch(x: torch.Tensor, w: Packed, bias: Optional[torch.Tensor], y: tor
     small_batch_kernel[grid](x, *w.args(), bias if bias is not None else w.scales, y, part,
                              m, w.N, w.K, w.KP, w.G, x.stride(0), k_per_split,
                              IS_POT=w.is_pot, W0=w.W0, W1=w.W1, IS_BF16=x.dtype == torch.bfloat16,
-                             HAS_BIAS=bias is not None, SPLIT=split, EXPAND=bool(cfg.get("EXPAND", False)),
+                             HAS_BIAS=bias is not None, SPLIT=split, LOADER=_loader(cfg, bk),
                              SCALE_PER_TILE=w.scale_per_tile(bk), BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk,
                              **_launch_opts(cfg))
     if split:
@@ -184,21 +198,38 @@ def gemm(x: torch.Tensor, w: Packed, bias: Optional[torch.Tensor], y: torch.Tens
     gemm_kernel[grid](x, *w.args(), bias if bias is not None else w.scales, y,
                       m, w.N, w.K, w.KP, w.G, x.stride(0),
                       IS_POT=w.is_pot, W0=w.W0, W1=w.W1, IS_BF16=x.dtype == torch.bfloat16,
-                      HAS_BIAS=bias is not None, EXPAND=bool(cfg.get("EXPAND", False)),
+                      HAS_BIAS=bias is not None, LOADER=_loader(cfg, bk),
                       SCALE_PER_TILE=w.scale_per_tile(bk), BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk,
                       GROUP_M=int(cfg.get("GROUP_M", 8)), **_launch_opts(cfg))
     return y
 
 
-_REGIME_FN = {"gemv": gemv, "small_batch": small_batch, "gemm": gemm}
+def dequant_mm(x: torch.Tensor, w: Packed, bias: Optional[torch.Tensor], y: torch.Tensor,
+               config: Optional[dict[str, Any]] = None) -> torch.Tensor:
+    """Very large M (long prefill): decode W once (bit-exact kernel) and let cuBLAS multiply.
+
+    At M in the thousands the matmul is compute bound and the decode (2.5 bytes/weight of
+    traffic) costs a few % of it, while a fused kernel would redo the decode per M tile.
+    """
+    wd = dequantize(w, x.dtype, config)
+    torch.matmul(x, wd.t(), out=y)
+    if bias is not None:
+        y += bias.to(y.dtype)
+    return y
+
+
+_REGIME_FN = {"gemv": gemv, "small_batch": small_batch, "gemm": gemm, "dequant_mm": dequant_mm}
 
 
 def pick_regime(w: Packed, m: int) -> str:
-    """M = 1 → gemv, M ≤ small_batch_max_m → small_batch, larger → gemm (thresholds in the table)."""
+    """M ≤ gemv_max_m → gemv, ≤ small_batch_max_m → small_batch, ≥ dequant_mm_min_m → dequant_mm,
+    else gemm (thresholds in the config table, per GPU)."""
     d = configs.lookup("dispatch", w.kind, w.bits, m, w.N, w.K)
     if m <= int(d["gemv_max_m"]):
         return "gemv"
-    return "small_batch" if m <= int(d["small_batch_max_m"]) else "gemm"
+    if m <= int(d["small_batch_max_m"]):
+        return "small_batch"
+    return "dequant_mm" if m >= int(d.get("dequant_mm_min_m", 1 << 62)) else "gemm"
 
 
 def matmul(x2d: torch.Tensor, w: Packed, bias: Optional[torch.Tensor] = None, regime: Optional[str] = None,
@@ -221,11 +252,13 @@ def matmul(x2d: torch.Tensor, w: Packed, bias: Optional[torch.Tensor] = None, re
         raise ValueError(f"regime must be one of {REGIMES}, got {regime!r}")
     x = x2d.contiguous()
     bias = bias.contiguous() if bias is not None else None
-    if regime != "gemv" and x.dtype == torch.float32:
+    if regime != "gemv" and x.dtype == torch.float32:  # the dot paths take fp16 operands
         y16 = _REGIME_FN[regime](x.to(torch.float16), w, bias, torch.empty((m, w.N), dtype=torch.float16,
-                                                                            device=w.device), config)
+                                                                            device=w.device), config if regime != "dequant_mm" else None)
         y.copy_(y16)
         return y
+    if regime == "dequant_mm":
+        config = None  # the dequant kernel's own table entry
     return _REGIME_FN[regime](x, w, bias, y, config)
 
 

@@ -190,3 +190,144 @@ def decode_tile(q_ptr, sg_ptr, sc_ptr, z_ptr, k0, offs_n, mask_n, N, K, KP, G,
         else:
             z = tl.load(z_ptr + s_ptrs, mask=s_mask, other=0).to(tl.int32)
             return int_decode16(c, int_zero16(z, IS_BF16), s, IS_BF16)
+
+
+# ------------------------------------------------------------------ static-shift decode (one slice per k)
+# The kernels below walk the 32 codes of a word with a static loop, so every shift amount is a
+# compile-time immediate and every word is read once. A "slice" is the [R, BN] tile of weights
+# k = 32·r + j for one j.
+
+@triton.jit
+def shift_to(word, SRC: tl.constexpr, DST: tl.constexpr):
+    """uint32 ``word`` shifted so bit SRC lands on bit DST (other bits move along, unmasked)."""
+    if DST >= SRC:
+        return word << (DST - SRC)
+    else:
+        return word >> (SRC - DST)
+
+
+@triton.jit
+def place(word, SRC: tl.constexpr, DST: tl.constexpr, WIDTH: tl.constexpr):
+    """Bits ``[SRC, SRC + WIDTH)`` of a uint32 word moved to ``[DST, DST + WIDTH)``, others zero."""
+    return shift_to(word, SRC, DST) & (((1 << WIDTH) - 1) << DST)
+
+
+@triton.jit
+def pair_planes(w1, sw, D: tl.constexpr):
+    """Interleave two 1-bit planes (E's top bit ``w1``, the sign ``sw``; uint32) into three words
+    where, for every j, E's bit sits D bits below the sign bit — so ONE shift and one mask place
+    both (:func:`hi_and_sign`). D = 6 for fp32/bf16 patterns, 3 for fp16. Built once per word."""
+    if D == 6:
+        t_a = (w1 & 0x303F03F) | ((sw << 6) & 0xC0FC0FC0)  # j in {0-5, 12-17, 24, 25}
+        t_b = (w1 & 0xFC0FC0) | ((sw << 6) & 0x3F03F000)  # j in {6-11, 18-23}
+        t_c = ((w1 & 0xFC000000) >> 6) | (sw & 0xFC000000)  # j in 26-31: E at j-6, sign at j
+    else:
+        t_a = (w1 & 0x71C71C7) | ((sw << 3) & 0x38E38E38)  # j with (j // 3) even, j <= 28
+        t_b = (w1 & 0x18E38E38) | ((sw << 3) & 0xC71C71C0)  # j with (j // 3) odd, j <= 28
+        t_c = ((w1 & 0xE0000000) >> 3) | (sw & 0xE0000000)  # j in 29-31
+    return t_a, t_b, t_c
+
+
+@triton.jit
+def hi_and_sign(t_a, t_b, t_c, J: tl.constexpr, D: tl.constexpr, PS: tl.constexpr):
+    """E's top bit of code J at bit PS − D and its sign at bit PS, from :func:`pair_planes` words."""
+    M: tl.constexpr = (1 << PS) | (1 << (PS - D))
+    if J >= 32 - D:
+        return shift_to(t_c, J, PS) & M
+    elif (J // D) % 2 == 0:
+        return shift_to(t_a, J + D, PS) & M
+    else:
+        return shift_to(t_b, J + D, PS) & M
+
+
+@triton.jit
+def load_row_words(q_ptr, sg_ptr, sc_ptr, z_ptr, offs_r, mask_r, offs_n, mask_n, N, KP, G,
+                   IS_POT: tl.constexpr, W0: tl.constexpr, W1: tl.constexpr, PS: tl.constexpr,
+                   MANT: tl.constexpr, IS_BF16: tl.constexpr):
+    """Per-row-block operands of the static decoders: (scale, scale bits / zero constant, the
+    three paired 1-bit words or the sign word / 1-bit plane). ``PS`` = 31 (fp32 patterns) or 15."""
+    m2 = mask_r[:, None] & mask_n[None, :]
+    row_ptrs = offs_r[:, None] * N + offs_n[None, :]
+    s_ptrs = ((offs_r * 32) // G)[:, None] * N + offs_n[None, :]
+    s = tl.load(sc_ptr + s_ptrs, mask=m2, other=0.0)
+    if PS == 31:
+        sbz = scale_bits32(s, IS_BF16)
+    else:
+        sbz = scale_bits16(s, IS_BF16)
+    sbz = sbz.to(tl.uint32, bitcast=True)
+    t_a = sbz
+    t_b = sbz
+    t_c = sbz
+    if IS_POT:
+        sw = tl.load(sg_ptr + row_ptrs, mask=m2, other=0).to(tl.uint32, bitcast=True)
+        if W1 > 0:
+            w1 = tl.load(q_ptr + (KP * W0 // 32) * N + row_ptrs, mask=m2, other=0).to(tl.uint32, bitcast=True)
+            t_a, t_b, t_c = pair_planes(w1, sw, PS - MANT - W0)
+        else:
+            t_a = sw
+    else:
+        sbz = tl.load(z_ptr + s_ptrs, mask=m2, other=0).to(tl.int32)
+        if W1 > 0:
+            t_a = tl.load(q_ptr + (KP * W0 // 32) * N + row_ptrs, mask=m2, other=0).to(tl.uint32, bitcast=True)
+    return s, sbz, t_a, t_b, t_c
+
+
+@triton.jit
+def pot_slice_bits(w0, t_a, t_b, t_c, sb, JJ: tl.constexpr, J: tl.constexpr, W0: tl.constexpr, W1: tl.constexpr,
+                   PS: tl.constexpr, MANT: tl.constexpr):
+    """uint32 bit pattern of ±S·2^E for code J (JJ-th in its word ``w0``): S's bits + E << MANT
+    + sign << PS, every field moved by one immediate shift and one mask."""
+    e = place(w0, JJ * W0, MANT, W0)
+    if W1 > 0:
+        return sb + e + hi_and_sign(t_a, t_b, t_c, J, PS - MANT - W0, PS)
+    else:
+        return sb + e + place(t_a, J, PS, 1)  # t_a = the sign word; no carry reaches the sign bit
+
+
+@triton.jit
+def int_slice_code(w0, t_a, JJ: tl.constexpr, J: tl.constexpr, W0: tl.constexpr, W1: tl.constexpr):
+    """Unsigned int code J of a row (JJ-th in its word ``w0``; ``t_a`` = the 1-bit plane if any)."""
+    q = place(w0, JJ * W0, 0, W0)
+    if W1 > 0:
+        q |= place(t_a, J, W0, 1)
+    return q
+
+
+@triton.jit
+def decode_slice16(w0, s, sbz, t_a, t_b, t_c, JJ: tl.constexpr, J: tl.constexpr,
+                   IS_POT: tl.constexpr, W0: tl.constexpr, W1: tl.constexpr, IS_BF16: tl.constexpr):
+    """Weights k = 32·r + J of a row block as fp16/bf16 ``[R, BN]`` (bit-exact with the reference)."""
+    MANT: tl.constexpr = 7 if IS_BF16 else 10
+    if IS_POT:
+        bits = pot_slice_bits(w0, t_a, t_b, t_c, sbz, JJ, J, W0, W1, 15, MANT)
+        if IS_BF16:
+            return bits.to(tl.int16).to(tl.bfloat16, bitcast=True)
+        return bits.to(tl.int16).to(tl.float16, bitcast=True)
+    else:
+        q = int_slice_code(w0, t_a, JJ, J, W0, W1).to(tl.int32, bitcast=True)
+        return int_decode16(q, int_zero16(sbz, IS_BF16), s, IS_BF16)
+
+
+@triton.jit
+def dot_rows(acc, x_ptr, stride_xm, offs_m, mask_m, q_ptr, sg_ptr, sc_ptr, z_ptr, offs_r, mask_r,
+             offs_n, mask_n, N, K, KP, G, IS_POT: tl.constexpr, W0: tl.constexpr, W1: tl.constexpr,
+             IS_BF16: tl.constexpr):
+    """``acc += x[:, rows] @ W^T[rows, offs_n]`` for R = len(offs_r) ≥ 16 rows of 32 k, as 32
+    ``tl.dot`` of K = R each: slice j pairs x columns {32·r + j} with the decoded weights of those
+    k (a permutation of the sum over k). Every word is read once, shifts are immediates."""
+    EPW0: tl.constexpr = 32 // W0
+    MANT: tl.constexpr = 7 if IS_BF16 else 10
+    s, sbz, t_a, t_b, t_c = load_row_words(q_ptr, sg_ptr, sc_ptr, z_ptr, offs_r, mask_r, offs_n, mask_n,
+                                           N, KP, G, IS_POT, W0, W1, 15, MANT, IS_BF16)
+    m2 = mask_r[:, None] & mask_n[None, :]
+    for u in tl.static_range(W0):
+        w0 = tl.load(q_ptr + (offs_r[:, None] * W0 + u) * N + offs_n[None, :], mask=m2, other=0)
+        w0 = w0.to(tl.uint32, bitcast=True)
+        for jj in tl.static_range(EPW0):
+            j = u * EPW0 + jj
+            kx = offs_r * 32 + j
+            xj = tl.load(x_ptr + offs_m[:, None] * stride_xm + kx[None, :],
+                         mask=mask_m[:, None] & (kx < K)[None, :], other=0.0)
+            w = decode_slice16(w0, s, sbz, t_a, t_b, t_c, jj, j, IS_POT, W0, W1, IS_BF16)
+            acc = tl.dot(xj, w, acc)
+    return acc

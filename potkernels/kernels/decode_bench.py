@@ -28,7 +28,7 @@ def decode_reduce_kernel(x_ptr, q_ptr, sg_ptr, sc_ptr, z_ptr, out_ptr, N, K, KP,
     acc = tl.zeros([BLOCK_R, BLOCK_N], dtype=tl.float32)
     for rep in range(reps):
         acc = rows_dot(acc, x_ptr, q_ptr, sg_ptr, sc_ptr, z_ptr, offs_r, mask_r, offs_n, mask_n,
-                       N, K, KP, G, rep, IS_POT, W0, W1, False)
+                       N, K, KP, G, rep, IS_POT, W0, W1, False, False)
     pid = tl.program_id(1) * tl.num_programs(0) + tl.program_id(0)
     tl.store(out_ptr + pid, tl.sum(tl.sum(acc, axis=1), axis=0))
 

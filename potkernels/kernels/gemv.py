@@ -15,45 +15,54 @@ With ``SPLIT`` the per-chunk column sums go to an fp32 ``[n_split, N]`` buffer a
 import triton
 import triton.language as tl
 
-from .decode import pot_decode32_bits, scale_bits32
+from .decode import int_slice_code, load_row_words, pot_slice_bits
 
 
 @triton.jit
 def rows_dot(acc, x_ptr, q_ptr, sg_ptr, sc_ptr, z_ptr, offs_r, mask_r, offs_n, mask_n, N, K, KP, G, flip,
-             IS_POT: tl.constexpr, W0: tl.constexpr, W1: tl.constexpr, IS_BF16: tl.constexpr):
+             IS_POT: tl.constexpr, W0: tl.constexpr, W1: tl.constexpr, IS_BF16: tl.constexpr,
+             EVEN_K: tl.constexpr):
     """``acc[r, n] += Σ_j x[32 r + j] · W[n, 32 r + j]`` for rows ``offs_r [BLOCK_R]`` of 32 k.
 
-    Each packed word is loaded once and its codes walked by a static loop. ``flip`` is XORed
-    into every code word (0 here; the decode benchmark varies it so the decode cannot be hoisted).
+    Each packed word is loaded once and its codes walked by a static loop; every field is
+    shifted straight to its place in the fp32 bit pattern (one immediate shift + one mask; the
+    two 1-bit planes of 4-bit PoT share one shift, see ``decode.pair_planes``). The group scale
+    is constant along a row of 32 k, so the int path sums x·(q − z) over the row and multiplies
+    by s once; PoT needs no multiply at all. ``flip`` is XORed into the code words (0 here; the
+    decode benchmark varies it so the decode cannot be hoisted). ``EVEN_K``: K % 32 == 0.
     """
     EPW0: tl.constexpr = 32 // W0
-    MASK0: tl.constexpr = (1 << W0) - 1
-    m2 = mask_r[:, None] & mask_n[None, :]
-    row_ptrs = offs_r[:, None] * N + offs_n[None, :]
-    s_ptrs = ((offs_r * 32) // G)[:, None] * N + offs_n[None, :]
-    s = tl.load(sc_ptr + s_ptrs, mask=m2, other=0.0)
+    s, sbz, t_a, t_b, t_c = load_row_words(q_ptr, sg_ptr, sc_ptr, z_ptr, offs_r, mask_r, offs_n, mask_n,
+                                           N, KP, G, IS_POT, W0, W1, 31, 23, IS_BF16)
     if IS_POT:
-        sb = scale_bits32(s, IS_BF16)
-        sw = tl.load(sg_ptr + row_ptrs, mask=m2, other=0) ^ flip
+        t_a, t_b, t_c = t_a ^ flip, t_b ^ flip, t_c ^ flip
     else:
-        zc = tl.load(z_ptr + s_ptrs, mask=m2, other=0).to(tl.float32) + 8388608.0
-        sf = s.to(tl.float32)
-    if W1 > 0:
-        w1 = tl.load(q_ptr + (KP * W0 // 32) * N + row_ptrs, mask=m2, other=0) ^ flip
+        t_a = t_a ^ flip
+        zf = sbz.to(tl.float32)
+        part = tl.zeros(acc.shape, dtype=tl.float32)
+        xsum = tl.zeros(offs_r.shape, dtype=tl.float32)
+    m2 = mask_r[:, None] & mask_n[None, :]
     for u in tl.static_range(W0):
         w0 = tl.load(q_ptr + (offs_r[:, None] * W0 + u) * N + offs_n[None, :], mask=m2, other=0) ^ flip
+        w0 = w0.to(tl.uint32, bitcast=True)
         for jj in tl.static_range(EPW0):
-            j = u * EPW0 + jj  # k = 32 r + j
-            c = (w0 >> (jj * W0)) & MASK0
-            if W1 > 0:
-                c |= ((w1 >> j) & 1) << W0
+            j = u * EPW0 + jj  # k = 32 r + j (a compile-time constant)
             kx = offs_r * 32 + j
-            xk = tl.load(x_ptr + kx, mask=kx < K, other=0.0).to(tl.float32)
-            if IS_POT:
-                w = pot_decode32_bits(c << 23, ((sw >> j) & 1) << 31, sb)
+            if EVEN_K:
+                xk = tl.load(x_ptr + kx, mask=mask_r, other=0.0).to(tl.float32)
             else:
-                w = ((c | 0x4B000000).to(tl.float32, bitcast=True) - zc) * sf
-            acc += xk[:, None] * w
+                xk = tl.load(x_ptr + kx, mask=kx < K, other=0.0).to(tl.float32)
+            if IS_POT:
+                bits = pot_slice_bits(w0, t_a, t_b, t_c, sbz, jj, j, W0, W1, 31, 23)
+                acc += xk[:, None] * bits.to(tl.float32, bitcast=True)
+            else:
+                q = int_slice_code(w0, t_a, jj, j, W0, W1)
+                qf = (q | 0x4B000000).to(tl.float32, bitcast=True)  # 2^23 + q, exact
+                part += xk[:, None] * (qf - 8388608.0)
+                xsum += xk
+    if not IS_POT:
+        # Σ_j x_j (q_j − z) s = s (Σ_j x_j q_j − z Σ_j x_j), all in fp32.
+        acc += s.to(tl.float32) * (part - zf * xsum[:, None])
     return acc
 
 
@@ -61,7 +70,8 @@ def rows_dot(acc, x_ptr, q_ptr, sg_ptr, sc_ptr, z_ptr, offs_r, mask_r, offs_n, m
 def gemv_kernel(x_ptr, q_ptr, sg_ptr, sc_ptr, z_ptr, b_ptr, y_ptr, part_ptr,
                 N, K, KP, G, rows_per_split,
                 IS_POT: tl.constexpr, W0: tl.constexpr, W1: tl.constexpr, IS_BF16: tl.constexpr,
-                HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr):
+                HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr, EVEN_K: tl.constexpr,
+                BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr):
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -73,7 +83,7 @@ def gemv_kernel(x_ptr, q_ptr, sg_ptr, sc_ptr, z_ptr, b_ptr, y_ptr, part_ptr,
     for r0 in range(r_lo, r_hi, BLOCK_R):
         offs_r = r0 + tl.arange(0, BLOCK_R)
         acc = rows_dot(acc, x_ptr, q_ptr, sg_ptr, sc_ptr, z_ptr, offs_r, offs_r < r_hi, offs_n, mask_n,
-                       N, K, KP, G, 0, IS_POT, W0, W1, IS_BF16)
+                       N, K, KP, G, 0, IS_POT, W0, W1, IS_BF16, EVEN_K)
     y = tl.sum(acc, axis=0)
     if SPLIT:
         tl.store(part_ptr + pid_k * N + offs_n, y, mask=mask_n)

@@ -28,16 +28,18 @@ def candidates(regime: str, m: int) -> list[dict[str, Any]]:
             _grid(BLOCK_R=[8], BLOCK_N=[128, 256], num_warps=[2, 8], num_stages=[2], waves=[4])
     if regime == "small_batch":
         bm = max(16, min(64, configs.m_bucket(m)))
-        return _grid(BLOCK_M=[bm], BLOCK_N=[32, 64, 128], BLOCK_K=[64, 128, 256], EXPAND=[False, True],
-                     num_warps=[4], num_stages=[3], waves=[2]) + \
-            _grid(BLOCK_M=[bm], BLOCK_N=[64], BLOCK_K=[128], EXPAND=[False], num_warps=[4, 8], num_stages=[2, 4],
-                  waves=[1, 4])
+        return _grid(BLOCK_M=[bm], BLOCK_N=[32, 64, 128], BLOCK_K=[512], LOADER=["sliced"],
+                     num_warps=[4], num_stages=[2], waves=[1, 2, 4]) + \
+            _grid(BLOCK_M=[bm], BLOCK_N=[64, 128], BLOCK_K=[64, 128], LOADER=["expand"], num_warps=[4],
+                  num_stages=[3], waves=[2])
     if regime == "gemm":
-        return _grid(BLOCK_M=[64, 128], BLOCK_N=[128, 256], BLOCK_K=[32, 64], EXPAND=[False, True], GROUP_M=[8],
-                     num_warps=[8], num_stages=[3]) + \
-            _grid(BLOCK_M=[128], BLOCK_N=[128], BLOCK_K=[64], EXPAND=[False], GROUP_M=[8], num_warps=[4], num_stages=[2, 4])
+        return _grid(BLOCK_M=[64, 128, 256], BLOCK_N=[128, 256], BLOCK_K=[512], LOADER=["sliced"], GROUP_M=[8],
+                     num_warps=[8], num_stages=[2]) + \
+            _grid(BLOCK_M=[128], BLOCK_N=[128, 256], BLOCK_K=[64], LOADER=["expand"], GROUP_M=[8], num_warps=[8],
+                  num_stages=[3])
     if regime == "dequant":
-        return _grid(BLOCK_K=[32, 64, 128], BLOCK_N=[64, 128, 256], EXPAND=[False, True], num_warps=[4], num_stages=[1])
+        return _grid(BLOCK_K=[32, 64, 128], BLOCK_N=[64, 128, 256], LOADER=["expand", "dup"], num_warps=[4],
+                     num_stages=[1])
     raise ValueError(f"no candidates for regime {regime!r}")
 
 
@@ -87,7 +89,8 @@ def tune(kind: str, bits: int, ms: list[int], shapes: list[tuple[int, int]], gro
             p = quantize_int(wf, IntConfig(bits, group_size))
             w = api.Packed("int", p.qweight, None, p.scales, p.zeros, bits, p.group_size, k)
         for m in ms:
-            regime_list = regimes or [api.pick_regime(w, m)]
+            # dequant_mm's only kernel is the dequant one
+            regime_list = [r if r != "dequant_mm" else "dequant" for r in (regimes or [api.pick_regime(w, m)])]
             for regime in regime_list:
                 cfg, t = tune_packed(regime, w, m, write=write)
                 out.append({"kind": kind, "bits": bits, "m": m, "k": k, "n": n, "regime": regime, "ms": t,
