@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# One command for the first GPU run (< 8 min on an H100): the kernel + ops tests compiled for the
-# GPU (TRITON_INTERPRET=0), then both benchmarks. Everything lands under $OUT (default bench/out):
-#   gpu_tests.txt, bench_dequant.txt, bench_matmul.txt, bench/results/<gpu>/{dequant,matmul}.{json,png}
-# Extra arguments go to bench/matmul.py (e.g. --quick, --shapes llama8b, --tune).
+# One command for the first GPU run (< 8 min on an H100): compile the kernels in parallel, run
+# the kernel + ops tests compiled for the GPU (TRITON_INTERPRET=0) alongside, then both
+# benchmarks. Everything lands under $OUT (default bench/out):
+#   versions.txt, warmup.txt, gpu_tests_*.txt, bench_dequant.txt, bench_matmul.txt,
+#   bench/results/<gpu>/{dequant,matmul}.{json,png}
+# Extra arguments go to bench/matmul.py and bench/warmup.py (e.g. --quick, --shapes llama8b).
 set -u
 cd "$(dirname "$0")/.."
 export OUT="${OUT:-$PWD/bench/out}"
@@ -13,12 +15,21 @@ python -c "import torch, triton; print('torch', torch.__version__, 'triton', tri
   2>&1 | tee "$OUT/versions.txt"
 nvidia-smi > "$OUT/nvidia-smi.txt" 2>&1 || true
 t0=$(date +%s)
-timeout 170 python -m pytest -q -p no:cacheprovider --durations=10 tests/test_kernels.py tests/test_ops.py \
-  2>&1 | tee "$OUT/gpu_tests.txt" | tail -25
-echo "tests: $(( $(date +%s) - t0 )) s"
-timeout 60 python bench/dequant.py 2>&1 | tee "$OUT/bench_dequant.txt" | tail -20
+# Phase 1 (parallel): benchmark kernels compiled in a process pool; tests in three processes.
+timeout 200 python bench/warmup.py --jobs 10 "$@" > "$OUT/warmup.txt" 2>&1 &
+P=(-q -p no:cacheprovider --durations=5)
+timeout 200 python -m pytest "${P[@]}" tests/test_kernels.py -k "not gpu_" > "$OUT/gpu_tests_kernels.txt" 2>&1 &
+timeout 200 python -m pytest "${P[@]}" tests/test_kernels.py -k "gpu_" > "$OUT/gpu_tests_large.txt" 2>&1 &
+timeout 200 python -m pytest "${P[@]}" tests/test_ops.py > "$OUT/gpu_tests_ops.txt" 2>&1 &
+wait
+for f in "$OUT"/gpu_tests_*.txt; do echo "== $(basename "$f")"; grep -E "passed|failed|error" "$f" | tail -3; done
+grep -E "FAILED|Error" "$OUT"/gpu_tests_*.txt | head -20
+tail -2 "$OUT/warmup.txt"
+echo "phase 1 (warm-up + tests): $(( $(date +%s) - t0 )) s"
+timeout 60 python bench/dequant.py > "$OUT/bench_dequant.txt" 2>&1
+sed -n '/^ *K  /,$p' "$OUT/bench_dequant.txt"
 echo "dequant bench done at $(( $(date +%s) - t0 )) s"
-timeout 230 python bench/matmul.py "$@" > "$OUT/bench_matmul.txt" 2>&1
+timeout 200 python bench/matmul.py "$@" > "$OUT/bench_matmul.txt" 2>&1
 sed -n '/^speed-up vs fp16/,$p' "$OUT/bench_matmul.txt" | head -120
 tail -3 "$OUT/bench_matmul.txt"
 echo "all done at $(( $(date +%s) - t0 )) s"

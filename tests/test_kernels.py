@@ -73,7 +73,7 @@ def test_dequant_default_config_large_tile():
 
 # (kind, bits, group, M, N, K, regime, x dtype, config override)
 F16, BF16, F32 = torch.float16, torch.bfloat16, torch.float32
-SB_EXPAND = {"BLOCK_M": 16, "BLOCK_N": 64, "BLOCK_K": 64, "LOADER": "expand", "split": 2}
+SB_EXPAND = {"BLOCK_M": 16, "BLOCK_N": 64, "BLOCK_K": 64, "LOADER": "expand", "split": 2, "reduce": "kernel"}
 SB_DUP = {"BLOCK_M": 16, "BLOCK_N": 32, "BLOCK_K": 64, "LOADER": "dup", "split": 1}
 SB_SLICED = {"BLOCK_M": 16, "BLOCK_N": 32, "BLOCK_K": 512, "LOADER": "sliced", "split": 2}
 MATMUL_CASES = [
@@ -121,12 +121,13 @@ def test_matmul_vs_reference(kind, bits, group, m, n, k, regime, dtype, config):
     assert rel_err(out, ref) <= 1e-2
 
 
-@pytest.mark.parametrize("split", [1, 4])
-def test_gemv_split_k_deterministic(split):
-    """Split-K partial sums are reduced in a fixed order: two runs give identical bits."""
+@pytest.mark.parametrize("split,reduce", [(1, "fused"), (4, "fused"), (4, "kernel")])
+def test_gemv_split_k_deterministic(split, reduce):
+    """Split-K partial sums are reduced in a fixed order: two runs give identical bits (the
+    single-launch reduction also leaves its counters at zero for the next launch)."""
     packed = make_weight("pot", 4, 64, 48, 320)
     x = torch.randn(1, 320, device=DEVICE, dtype=F16)
-    cfg = {"BLOCK_R": 4, "BLOCK_N": 32, "split": split}
+    cfg = {"BLOCK_R": 4, "BLOCK_N": 32, "split": split, "reduce": reduce}
     a, b = matmul(x, packed, None, regime="gemv", config=cfg), matmul(x, packed, None, regime="gemv", config=cfg)
     assert torch.equal(a, b)
     ref = x.float() @ packed.dequantize(F16).float().t()

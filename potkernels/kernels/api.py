@@ -132,6 +132,20 @@ def _n_split(tiles: int, k_steps: int, cfg: dict[str, Any], device: torch.device
     return max(1, min(triton.cdiv(target, tiles), k_steps))
 
 
+_COUNTERS: dict[torch.device, torch.Tensor] = {}
+
+
+def _counters(device: torch.device, n: int) -> torch.Tensor:
+    """Per-output-tile arrival counters of the single-launch split-K (zero between launches:
+    the last program of a tile resets its counter). One buffer per device, grown on demand.
+    Calls on concurrent CUDA streams must use ``reduce: "kernel"`` configs."""
+    buf = _COUNTERS.get(device)
+    if buf is None or buf.numel() < n:
+        buf = torch.zeros(max(n, 4096), dtype=torch.int32, device=device)
+        _COUNTERS[device] = buf
+    return buf
+
+
 def _reduce(part: torch.Tensor, bias: Optional[torch.Tensor], y: torch.Tensor, n_split: int, n: int) -> None:
     mn = y.numel()
     block = 1024
@@ -151,14 +165,16 @@ def gemv(x: torch.Tensor, w: Packed, bias: Optional[torch.Tensor], y: torch.Tens
     n_split = triton.cdiv(n_rows, rows_per_split)
     split = n_split > 1
     part = torch.empty((n_split, w.N), dtype=torch.float32, device=w.device) if split else y
+    fused = split and cfg.get("reduce", "fused") == "fused"
+    cnt = _counters(w.device, tiles) if fused else part
     bias_arg = bias if bias is not None else w.scales
     for m in range(x.shape[0]):  # M = 1 in practice; more rows re-read W (use small_batch)
-        gemv_kernel[(tiles, n_split)](x[m], *w.args(), bias_arg, y[m], part, w.N, w.K, w.KP, w.G, rows_per_split,
+        gemv_kernel[(tiles, n_split)](x[m], *w.args(), bias_arg, y[m], part, cnt, w.N, w.K, w.KP, w.G,
+                                      rows_per_split, n_split,
                                       IS_POT=w.is_pot, W0=w.W0, W1=w.W1, IS_BF16=x.dtype == torch.bfloat16,
-                                      HAS_BIAS=bias is not None, SPLIT=split, EVEN_K=w.K % 32 == 0,
-                                      BLOCK_R=br, BLOCK_N=bn,
-                                      **_launch_opts(cfg))
-        if split:
+                                      HAS_BIAS=bias is not None, SPLIT=split, FUSED_REDUCE=fused,
+                                      EVEN_K=w.K % 32 == 0, BLOCK_R=br, BLOCK_N=bn, **_launch_opts(cfg))
+        if split and not fused:
             _reduce(part, bias, y[m], n_split, w.N)
     return y
 
@@ -177,13 +193,15 @@ def small_batch(x: torch.Tensor, w: Packed, bias: Optional[torch.Tensor], y: tor
     split = n_split > 1
     part = torch.empty((n_split, m, w.N), dtype=torch.float32, device=w.device) if split else y
     grid = (triton.cdiv(w.N, bn), n_split, triton.cdiv(m, bm))
-    small_batch_kernel[grid](x, *w.args(), bias if bias is not None else w.scales, y, part,
-                             m, w.N, w.K, w.KP, w.G, x.stride(0), k_per_split,
+    fused = split and cfg.get("reduce", "fused") == "fused"
+    cnt = _counters(w.device, grid[0] * grid[2]) if fused else part
+    small_batch_kernel[grid](x, *w.args(), bias if bias is not None else w.scales, y, part, cnt,
+                             m, w.N, w.K, w.KP, w.G, x.stride(0), k_per_split, n_split,
                              IS_POT=w.is_pot, W0=w.W0, W1=w.W1, IS_BF16=x.dtype == torch.bfloat16,
-                             HAS_BIAS=bias is not None, SPLIT=split, LOADER=_loader(cfg, bk),
+                             HAS_BIAS=bias is not None, SPLIT=split, FUSED_REDUCE=fused, LOADER=_loader(cfg, bk),
                              SCALE_PER_TILE=w.scale_per_tile(bk), BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk,
                              **_launch_opts(cfg))
-    if split:
+    if split and not fused:
         _reduce(part, bias, y, n_split, w.N)
     return y
 

@@ -82,8 +82,10 @@ def to_bf16_rne(x):
     if INTERPRETER:
         b = x.to(tl.int32, bitcast=True)
         r = (b + 0x7FFF + ((b >> 16) & 1)) >> 16
-        return r.to(tl.int16).to(tl.bfloat16, bitcast=True)
-    return x.to(tl.bfloat16, fp_downcast_rounding="rtne")
+        y = r.to(tl.int16).to(tl.bfloat16, bitcast=True)
+    else:
+        y = x.to(tl.bfloat16, fp_downcast_rounding="rtne")
+    return y
 
 
 @triton.jit
@@ -105,16 +107,20 @@ def pot_decode16(e, sgn, sbits, IS_BF16: tl.constexpr):
     MANT: tl.constexpr = 7 if IS_BF16 else 10
     bits = (sbits + (e << MANT)) | (sgn << 15)
     if IS_BF16:
-        return bits.to(tl.int16).to(tl.bfloat16, bitcast=True)
-    return bits.to(tl.int16).to(tl.float16, bitcast=True)
+        w = bits.to(tl.int16).to(tl.bfloat16, bitcast=True)
+    else:
+        w = bits.to(tl.int16).to(tl.float16, bitcast=True)
+    return w
 
 
 @triton.jit
 def int_zero16(z, IS_BF16: tl.constexpr):
     """Zero points (int) → the constant subtracted by :func:`int_decode16` (once per scale tile)."""
     if IS_BF16:
-        return z.to(tl.float32) + 8388608.0  # 2^23 + z, exact in fp32
-    return (z + 1024).to(tl.float16)  # 1024 + z, exact in fp16
+        zc = z.to(tl.float32) + 8388608.0  # 2^23 + z, exact in fp32
+    else:
+        zc = (z + 1024).to(tl.float16)  # 1024 + z, exact in fp16
+    return zc
 
 
 @triton.jit
@@ -128,18 +134,21 @@ def int_decode16(q, zc, s, IS_BF16: tl.constexpr):
     """
     if IS_BF16:
         qf = (q | 0x4B000000).to(tl.float32, bitcast=True) - zc
-        return to_bf16_rne(qf * s.to(tl.float32))
-    qh = (q | 0x6400).to(tl.int16).to(tl.float16, bitcast=True)
-    return (qh - zc) * s
+        w = to_bf16_rne(qf * s.to(tl.float32))
+    else:
+        qh = (q | 0x6400).to(tl.int16).to(tl.float16, bitcast=True)
+        w = (qh - zc) * s
+    return w
 
 
 @triton.jit
 def scale_bits32(s, IS_BF16: tl.constexpr):
     """fp16 scales → int32 fp32 bit pattern of S (bf16 activations: S rounded to bf16 first)."""
     if IS_BF16:
-        b = to_bf16_rne(s.to(tl.float32)).to(tl.int16, bitcast=True).to(tl.int32)
-        return b << 16
-    return s.to(tl.float32).to(tl.int32, bitcast=True)
+        b = to_bf16_rne(s.to(tl.float32)).to(tl.int16, bitcast=True).to(tl.int32) << 16
+    else:
+        b = s.to(tl.float32).to(tl.int32, bitcast=True)
+    return b
 
 
 @triton.jit
@@ -301,11 +310,13 @@ def decode_slice16(w0, s, sbz, t_a, t_b, t_c, JJ: tl.constexpr, J: tl.constexpr,
     if IS_POT:
         bits = pot_slice_bits(w0, t_a, t_b, t_c, sbz, JJ, J, W0, W1, 15, MANT)
         if IS_BF16:
-            return bits.to(tl.int16).to(tl.bfloat16, bitcast=True)
-        return bits.to(tl.int16).to(tl.float16, bitcast=True)
+            w = bits.to(tl.int16).to(tl.bfloat16, bitcast=True)
+        else:
+            w = bits.to(tl.int16).to(tl.float16, bitcast=True)
     else:
         q = int_slice_code(w0, t_a, JJ, J, W0, W1).to(tl.int32, bitcast=True)
-        return int_decode16(q, int_zero16(sbz, IS_BF16), s, IS_BF16)
+        w = int_decode16(q, int_zero16(sbz, IS_BF16), s, IS_BF16)
+    return w
 
 
 @triton.jit

@@ -1,8 +1,9 @@
 """Large-M fused decode + tl.dot (prefill), tiled, fp32 accumulation.
 
 Compute bound once M is in the hundreds: each program owns a ``[BLOCK_M, BLOCK_N]`` output
-tile, decodes its ``[BLOCK_K, BLOCK_N]`` weight tile once per K step (amortized over BLOCK_M
-rows) and runs ``tl.dot``. Program ids are swizzled in groups of ``GROUP_M`` row-tiles so
+tile, decodes its weights once per K step (amortized over BLOCK_M rows; same loaders as
+``small_batch``) and runs ``tl.dot``. For M in the thousands the dispatcher prefers
+``api.dequant_mm`` (decode once, then cuBLAS). Program ids are swizzled in groups of ``GROUP_M`` row-tiles so
 neighbouring programs share weight tiles in L2.
 """
 import triton

@@ -9,8 +9,9 @@ tensor cores (M = 1 has nothing to reuse), no per-weight multiply for PoT:
 * PoT: fp32 bits = bits(S) + (E << 23) | sign << 31 — exact S·2^E (S normal, no overflow);
 * int: ``(q | 0x4B000000)`` is the fp32 2^23 + q, minus (2^23 + z), times s.
 
-With ``SPLIT`` the per-chunk column sums go to an fp32 ``[n_split, N]`` buffer and
-:func:`splitk_reduce_kernel` adds them in a fixed order (deterministic), adds the bias and casts.
+With ``SPLIT`` the per-chunk column sums go to an fp32 ``[n_split, N]`` buffer; the last program
+of each column block adds them in split order (:func:`splitk_finish`, one launch, deterministic)
+or, with ``FUSED_REDUCE=False``, :func:`splitk_reduce_kernel` does it in a second launch.
 """
 import triton
 import triton.language as tl
@@ -67,10 +68,28 @@ def rows_dot(acc, x_ptr, q_ptr, sg_ptr, sc_ptr, z_ptr, offs_r, mask_r, offs_n, m
 
 
 @triton.jit
-def gemv_kernel(x_ptr, q_ptr, sg_ptr, sc_ptr, z_ptr, b_ptr, y_ptr, part_ptr,
-                N, K, KP, G, rows_per_split,
+def splitk_finish(part_ptr, cnt_ptr, b_ptr, y_ptr, tile, n_split, MN, offs, mask, offs_col,
+                  HAS_BIAS: tl.constexpr):
+    """Single-launch split-K: after storing its fp32 partial, each program bumps its output tile's
+    counter; the last one to arrive adds the ``n_split`` partials in split order (deterministic),
+    adds the bias, casts, stores, and resets the counter for the next launch."""
+    tl.debug_barrier()  # every thread's partial store is issued before the release below
+    arrived = tl.atomic_add(cnt_ptr + tile, 1, sem="acq_rel", scope="gpu")
+    if arrived == n_split - 1:
+        total = tl.zeros(offs.shape, dtype=tl.float32)
+        for s in range(0, n_split):
+            total += tl.load(part_ptr + s * MN + offs, mask=mask, other=0.0, cache_modifier=".cg")
+        if HAS_BIAS:
+            total += tl.load(b_ptr + offs_col, mask=mask, other=0.0).to(tl.float32)
+        tl.store(y_ptr + offs, total.to(y_ptr.dtype.element_ty), mask=mask)
+        tl.atomic_xchg(cnt_ptr + tile, 0)
+
+
+@triton.jit
+def gemv_kernel(x_ptr, q_ptr, sg_ptr, sc_ptr, z_ptr, b_ptr, y_ptr, part_ptr, cnt_ptr,
+                N, K, KP, G, rows_per_split, n_split,
                 IS_POT: tl.constexpr, W0: tl.constexpr, W1: tl.constexpr, IS_BF16: tl.constexpr,
-                HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr, EVEN_K: tl.constexpr,
+                HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr, FUSED_REDUCE: tl.constexpr, EVEN_K: tl.constexpr,
                 BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr):
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
@@ -87,6 +106,8 @@ def gemv_kernel(x_ptr, q_ptr, sg_ptr, sc_ptr, z_ptr, b_ptr, y_ptr, part_ptr,
     y = tl.sum(acc, axis=0)
     if SPLIT:
         tl.store(part_ptr + pid_k * N + offs_n, y, mask=mask_n)
+        if FUSED_REDUCE:
+            splitk_finish(part_ptr, cnt_ptr, b_ptr, y_ptr, pid_n, n_split, N, offs_n, mask_n, offs_n, HAS_BIAS)
     else:
         if HAS_BIAS:
             y += tl.load(b_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)

@@ -1,22 +1,27 @@
 """M = 2 … 64 fused decode + tl.dot (small-batch decode), split-K, fp32 accumulation.
 
 Still weight-bandwidth bound: one program owns a ``[BLOCK_M, BLOCK_N]`` output tile and a
-K-chunk; each K step decodes a ``[BLOCK_K, BLOCK_N]`` weight tile to fp16/bf16 once (shared by
-the BLOCK_M rows) and feeds ``tl.dot``. Splitting K keeps every SM streaming weights when
+K-chunk; each K step decodes its weights to fp16/bf16 once (shared by the BLOCK_M rows) and
+feeds ``tl.dot``. The default "sliced" loader (``decode.dot_rows``) reads each packed word once
+and decodes code j of every word with immediate shifts, one ``[BLOCK_K/32, BLOCK_N]`` slice per
+j, each multiplied with the matching x columns (32 dots of K = BLOCK_K/32 per step); "expand"
+and "dup" build one ``[BLOCK_K, BLOCK_N]`` tile instead (``decode.decode_tile``). Splitting K keeps every SM streaming weights when
 N / BLOCK_N alone is too few programs; partial sums go to an fp32 ``[n_split, M, N]`` buffer
-reduced in order by :func:`gemv.splitk_reduce_kernel`.
+reduced in split order by the last program of each tile (:func:`gemv.splitk_finish`).
 """
 import triton
 import triton.language as tl
 
 from .decode import decode_tile, dot_rows
+from .gemv import splitk_finish
 
 
 @triton.jit
-def small_batch_kernel(x_ptr, q_ptr, sg_ptr, sc_ptr, z_ptr, b_ptr, y_ptr, part_ptr,
-                       M, N, K, KP, G, stride_xm, k_per_split,
+def small_batch_kernel(x_ptr, q_ptr, sg_ptr, sc_ptr, z_ptr, b_ptr, y_ptr, part_ptr, cnt_ptr,
+                       M, N, K, KP, G, stride_xm, k_per_split, n_split,
                        IS_POT: tl.constexpr, W0: tl.constexpr, W1: tl.constexpr, IS_BF16: tl.constexpr,
-                       HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr, LOADER: tl.constexpr,
+                       HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr, FUSED_REDUCE: tl.constexpr,
+                       LOADER: tl.constexpr,
                        SCALE_PER_TILE: tl.constexpr,
                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     pid_n = tl.program_id(0)
@@ -44,6 +49,9 @@ def small_batch_kernel(x_ptr, q_ptr, sg_ptr, sc_ptr, z_ptr, b_ptr, y_ptr, part_p
     mask = mask_m[:, None] & mask_n[None, :]
     if SPLIT:
         tl.store(part_ptr + (pid_k * M + offs_m[:, None]) * N + offs_n[None, :], acc, mask=mask)
+        if FUSED_REDUCE:
+            splitk_finish(part_ptr, cnt_ptr, b_ptr, y_ptr, pid_m * tl.num_programs(0) + pid_n, n_split, M * N,
+                          offs_m[:, None] * N + offs_n[None, :], mask, offs_n[None, :], HAS_BIAS)
     else:
         if HAS_BIAS:
             acc += tl.load(b_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
