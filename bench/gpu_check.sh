@@ -15,21 +15,29 @@ python -c "import torch, triton; print('torch', torch.__version__, 'triton', tri
   2>&1 | tee "$OUT/versions.txt"
 nvidia-smi > "$OUT/nvidia-smi.txt" 2>&1 || true
 t0=$(date +%s)
-# Phase 1 (parallel): benchmark kernels compiled in a process pool; tests in three processes.
-timeout 200 python bench/warmup.py --jobs 10 "$@" > "$OUT/warmup.txt" 2>&1 &
+# Phase 1 (parallel): benchmark kernels compiled in a process pool; the tests in eight processes
+# (each compiles its own kernel variants; Triton's disk cache is shared).
+timeout 200 python bench/warmup.py --jobs 8 "$@" > "$OUT/warmup.txt" 2>&1 &
 P=(-q -p no:cacheprovider --durations=5)
-timeout 200 python -m pytest "${P[@]}" tests/test_kernels.py -k "not gpu_" > "$OUT/gpu_tests_kernels.txt" 2>&1 &
-timeout 200 python -m pytest "${P[@]}" tests/test_kernels.py -k "gpu_" > "$OUT/gpu_tests_large.txt" 2>&1 &
+K=tests/test_kernels.py
+timeout 200 python -m pytest "${P[@]}" $K -k "test_dequant" > "$OUT/gpu_tests_dequant.txt" 2>&1 &
+timeout 200 python -m pytest "${P[@]}" $K -k "matmul_vs_reference and pot" > "$OUT/gpu_tests_matmul_pot.txt" 2>&1 &
+timeout 200 python -m pytest "${P[@]}" $K -k "matmul_vs_reference and int" > "$OUT/gpu_tests_matmul_int.txt" 2>&1 &
+timeout 200 python -m pytest "${P[@]}" $K -k "not test_dequant and not matmul_vs_reference and not gpu_" \
+  > "$OUT/gpu_tests_misc.txt" 2>&1 &
+timeout 200 python -m pytest "${P[@]}" $K -k "gpu_large and fp16" > "$OUT/gpu_tests_large_fp16.txt" 2>&1 &
+timeout 200 python -m pytest "${P[@]}" $K -k "gpu_large and bf16" > "$OUT/gpu_tests_large_bf16.txt" 2>&1 &
+timeout 200 python -m pytest "${P[@]}" $K -k "gpu_bf16" > "$OUT/gpu_tests_bf16_loaders.txt" 2>&1 &
 timeout 200 python -m pytest "${P[@]}" tests/test_ops.py > "$OUT/gpu_tests_ops.txt" 2>&1 &
 wait
 for f in "$OUT"/gpu_tests_*.txt; do echo "== $(basename "$f")"; grep -E "passed|failed|error" "$f" | tail -3; done
 grep -E "FAILED|Error" "$OUT"/gpu_tests_*.txt | head -20
 tail -2 "$OUT/warmup.txt"
 echo "phase 1 (warm-up + tests): $(( $(date +%s) - t0 )) s"
-timeout 60 python bench/dequant.py > "$OUT/bench_dequant.txt" 2>&1
+timeout 50 python bench/dequant.py > "$OUT/bench_dequant.txt" 2>&1
 sed -n '/^ *K  /,$p' "$OUT/bench_dequant.txt"
 echo "dequant bench done at $(( $(date +%s) - t0 )) s"
-timeout 200 python bench/matmul.py "$@" > "$OUT/bench_matmul.txt" 2>&1
+timeout 190 python bench/matmul.py "$@" > "$OUT/bench_matmul.txt" 2>&1
 sed -n '/^speed-up vs fp16/,$p' "$OUT/bench_matmul.txt" | head -120
 tail -3 "$OUT/bench_matmul.txt"
 echo "all done at $(( $(date +%s) - t0 )) s"
