@@ -3,7 +3,7 @@
     python bench/matmul.py [--quick] [--shapes llama8b,square8k,gpt2,smollm2] [--m 1,2,4,...]
                            [--pot-bits 2,3,4] [--int-bits 2,3,4] [--device cuda|cpu] [--tune]
 
-Per (shape K×N, M, implementation): median time (triton.testing.do_bench, L2 flushed per run,
+Per (shape K×N, M, implementation): median time (CUDA-graph replays of rotated launches, see _common.bench;
 inputs rotated over > 2×L2 of buffers), TFLOP/s = 2MNK/t, GB/s = (packed weight + scales + x + y
 bytes)/t, % of the HBM bandwidth measured in the same run by a large device-to-device copy,
 speed-up vs fp16 ``F.linear`` and (PoT) vs the int kernel at the same bits; gemlite's int4 kernel
