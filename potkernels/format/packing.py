@@ -94,12 +94,12 @@ def unpack_codes(packed: torch.Tensor, code_bits: int, in_features: int) -> torc
         )
     n = packed.shape[1]
     kp = padded_k(in_features)
-    words = packed.to(torch.int64) & 0xFFFFFFFF
-    code = torch.zeros(kp, n, dtype=torch.int64, device=packed.device)
+    code = None
     for row, width, bit in plane_row_offsets(in_features, code_bits):
         epw = WORD_BITS // width
-        rows = words[row : row + kp // epw]  # [Kp/epw, N]
-        shifts = (torch.arange(epw, device=packed.device, dtype=torch.int64) * width).view(1, epw, 1)
-        part = (rows.unsqueeze(1) >> shifts) & ((1 << width) - 1)  # [Kp/epw, epw, N]
-        code |= part.reshape(kp, n) << bit
-    return code[:in_features].t().contiguous().to(torch.int32)
+        rows = packed[row : row + kp // epw]  # [Kp/epw, N]
+        shifts = (torch.arange(epw, device=packed.device, dtype=torch.int32) * width).view(1, epw, 1)
+        # int32 arithmetic shift: the sign-extended high bits are masked away.
+        part = ((rows.unsqueeze(1) >> shifts) & ((1 << width) - 1)).view(kp, n)  # [Kp, N]
+        code = part if code is None else code | (part << bit)
+    return code[:in_features].t().contiguous()
