@@ -198,3 +198,14 @@ def test_failed_load_leaves_directory_untouched(tmp_path):
     with pytest.raises(CheckpointError):
         load_quantized(path)
     assert _listing(path) == before
+
+
+def test_round_trip_half_model(tmp_path):
+    """A model cast with .half() after quantizing keeps its packed dtypes and reloads in fp16."""
+    model = quantize_model(MODELS["llama"](), PoTConfig(4, 32)).half()
+    save_quantized(model, tmp_path / "ckpt")
+    again = load_quantized(tmp_path / "ckpt")
+    assert again.model.embed_tokens.weight.dtype == torch.float16
+    assert again.model.layers[0].mlp.down_proj.qexp.dtype == torch.int32
+    x = tokens()
+    assert torch.equal(_logits(model, x), _logits(again, x))

@@ -91,6 +91,14 @@ def _float_dtype(tensors: dict[str, torch.Tensor], packed_names: set[str]) -> st
     return counts.most_common(1)[0][0].removeprefix("torch.") if counts else "float32"
 
 
+def _nonpersistent_dtypes(model: nn.Module) -> dict[str, str]:
+    """Dtypes of buffers not in the state dict (e.g. rotary ``inv_freq``): ``model.half()`` casts
+    them, a model built in fp16 keeps them fp32, so the loader restores the saved model's choice."""
+    saved = set(model.state_dict())
+    return {n: str(b.dtype).removeprefix("torch.") for n, b in model.named_buffers()
+            if n not in saved and b.is_floating_point()}
+
+
 def save_quantized(model: nn.Module, path: str | os.PathLike, tokenizer: Any = None,
                    skip: Optional[list[str]] = None) -> Path:
     """Write a quantized model (after :func:`quantize_model`) to the directory ``path``.
@@ -135,6 +143,7 @@ def save_quantized(model: nn.Module, path: str | os.PathLike, tokenizer: Any = N
             "layers": layers,
             "skip": list(skip if skip is not None else getattr(model, "quantization_skip", [])),
             "tied": aliases,
+            "buffer_dtypes": _nonpersistent_dtypes(model),
             "report": [r.to_dict() for r in report],
             "weights_file": WEIGHTS_FILE,
             "sha256": _sha256(tmp / WEIGHTS_FILE),
@@ -222,7 +231,8 @@ def _swap_layers(model: nn.Module, layers: list[dict[str, Any]]) -> None:
         set_submodule(model, name, layer)
 
 
-def _load_strict(model: nn.Module, tensors: dict[str, torch.Tensor], tied: dict[str, str]) -> None:
+def _load_strict(model: nn.Module, tensors: dict[str, torch.Tensor], tied: dict[str, str],
+                 buffer_dtypes: dict[str, str]) -> None:
     own = model.state_dict()
     expected = set(own) - set(tied)
     missing, unexpected = sorted(expected - set(tensors)), sorted(set(tensors) - expected)
@@ -236,6 +246,13 @@ def _load_strict(model: nn.Module, tensors: dict[str, torch.Tensor], tied: dict[
                 f"tensor {name!r}: checkpoint has {t.dtype} {list(t.shape)}, the model expects "
                 f"{own[name].dtype} {list(own[name].shape)}")
     model.load_state_dict(tensors, strict=False)
+    for name, dt in buffer_dtypes.items():
+        owner_name, _, attr = name.rpartition(".")
+        owner = model.get_submodule(owner_name) if owner_name else model
+        buf = owner._buffers.get(attr)
+        dtype = getattr(torch, dt, None)
+        if buf is not None and isinstance(dtype, torch.dtype) and buf.dtype != dtype:
+            owner._buffers[attr] = buf.to(dtype)
     # Re-tie aliases (e.g. lm_head.weight → model.embed_tokens.weight) to the very same Parameter.
     for alias, target in tied.items():
         owner_name, _, attr = alias.rpartition(".")
@@ -261,7 +278,7 @@ def load_quantized(path: str | os.PathLike, device: str | torch.device = "cpu",
     tensors = _read_tensors(folder, meta)
     model = _build_model(folder, meta)
     _swap_layers(model, meta["layers"])
-    _load_strict(model, tensors, meta["tied"])
+    _load_strict(model, tensors, meta["tied"], meta.get("buffer_dtypes", {}))
     if dtype is not None:
         model.to(dtype)
     model.to(device).eval()
