@@ -209,3 +209,15 @@ def test_round_trip_half_model(tmp_path):
     assert again.model.layers[0].mlp.down_proj.qexp.dtype == torch.int32
     x = tokens()
     assert torch.equal(_logits(model, x), _logits(again, x))
+
+
+def test_foreign_quantization_config_is_dropped(tmp_path):
+    """A float model loaded from GGUF carries config.quantization_config; the checkpoint must not."""
+    model = quantize_model(MODELS["llama"](), PoTConfig(4, 32))
+    model.config.quantization_config = {"quant_method": "gguf", "gguf_file": "x.gguf", "dequantize": False}
+    save_quantized(model, tmp_path / "ckpt")
+    assert "quantization_config" not in json.loads((tmp_path / "ckpt" / "config.json").read_text())
+    assert model.config.quantization_config["quant_method"] == "gguf"  # the live model is untouched
+    assert oct((tmp_path / "ckpt" / WEIGHTS_FILE).stat().st_mode & 0o777) == oct(0o644)
+    x = tokens()
+    assert torch.equal(_logits(model, x), _logits(load_quantized(tmp_path / "ckpt"), x))

@@ -20,6 +20,7 @@ the JSON (which carries the checksum) last.
 """
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
@@ -99,6 +100,16 @@ def _nonpersistent_dtypes(model: nn.Module) -> dict[str, str]:
             if n not in saved and b.is_floating_point()}
 
 
+def _plain_config(config: Any) -> Any:
+    """The model config without a ``quantization_config`` it was loaded with (e.g. the GGUF the
+    float model came from): this checkpoint's quantization is described by quantization_config.json."""
+    if getattr(config, "quantization_config", None) is None:
+        return config
+    config = copy.deepcopy(config)
+    del config.quantization_config
+    return config
+
+
 def save_quantized(model: nn.Module, path: str | os.PathLike, tokenizer: Any = None,
                    skip: Optional[list[str]] = None) -> Path:
     """Write a quantized model (after :func:`quantize_model`) to the directory ``path``.
@@ -128,7 +139,8 @@ def save_quantized(model: nn.Module, path: str | os.PathLike, tokenizer: Any = N
     with tempfile.TemporaryDirectory(dir=out, prefix=".tmp-save-") as tmp_dir:
         tmp = Path(tmp_dir)
         save_file(tensors, str(tmp / WEIGHTS_FILE), metadata={"format": "pt", "potkernels_format": str(FORMAT_VERSION)})
-        model.config.save_pretrained(tmp)
+        os.chmod(tmp / WEIGHTS_FILE, 0o644)  # safetensors creates it owner-only
+        _plain_config(model.config).save_pretrained(tmp)
         gen = getattr(model, "generation_config", None)
         if gen is not None and hasattr(gen, "save_pretrained"):
             gen.save_pretrained(tmp)
