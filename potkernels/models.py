@@ -49,4 +49,9 @@ def load_model(name_or_path: str = SMOLLM2, dtype: torch.dtype = torch.float32, 
             f"could not load model {name_or_path!r}: not a local model folder, and the hub id could not "
             f"be fetched ({e.__class__.__name__}: {str(e).splitlines()[0]})"
         ) from e
+    quantizer = getattr(model, "hf_quantizer", None)
+    if kwargs.get("gguf_file") and quantizer is not None:
+        # transformers dequantized the GGUF to float on load but still marks the model "quantized",
+        # which blocks save_pretrained, .half() and .to(dtype); it is a plain float model now.
+        quantizer.remove_quantization_config(model)
     return model.to(device).eval(), tok

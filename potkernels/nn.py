@@ -99,12 +99,13 @@ class _PackedLinear(nn.Module):
 
     def _apply(self, fn, recurse=True):
         # model.half()/.to(bf16) must not cast the packed tensors: their dtypes are the format.
-        dtypes = {n: getattr(self, n).dtype for n in self.tensor_names}
+        # Re-derive a cast tensor from the original (moved only), since fp16 → bf16 → fp16 is lossy.
+        before = {n: getattr(self, n) for n in self.tensor_names}
         super()._apply(fn, recurse)
-        for n, dt in dtypes.items():
+        for n, old in before.items():
             t = getattr(self, n)
-            if t.dtype != dt:
-                setattr(self, n, t.to(dt))
+            if t.dtype != old.dtype:
+                setattr(self, n, old.to(t.device))
         return self
 
     def extra_repr(self) -> str:

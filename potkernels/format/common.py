@@ -48,8 +48,8 @@ def expand_groups(per_group: torch.Tensor, group_size: int, in_features: int) ->
 
 def sqnr_db(w: torch.Tensor, w_hat: torch.Tensor) -> float:
     """Signal-to-quantization-noise ratio 10·log10(‖w‖² / ‖w − ŵ‖²) in dB (inf when exact)."""
-    w = w.double()
-    noise = (w - w_hat.double()).pow(2).sum()
+    w = w.detach().double()
+    noise = (w - w_hat.detach().double()).pow(2).sum()
     if noise == 0:
         return float("inf")
     return float(10 * torch.log10(w.pow(2).sum() / noise))

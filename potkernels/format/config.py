@@ -16,8 +16,13 @@ POT_BITS = (2, 3, 4)
 INT_BITS = (2, 3, 4, 8)
 
 
+def _is_int(v: Any) -> bool:
+    """A real int (4.0 or True compare equal to ints but would break the packing arithmetic)."""
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
 def _check_group_size(group_size: int | None) -> None:
-    if group_size is not None and group_size not in GROUP_SIZES:
+    if group_size is not None and (not _is_int(group_size) or group_size not in GROUP_SIZES):
         raise ValueError(
             f"group_size must be one of {GROUP_SIZES} or None (per output channel), got {group_size!r}"
         )
@@ -35,7 +40,7 @@ class PoTConfig:
     kind: Literal["pot"] = "pot"
 
     def __post_init__(self) -> None:
-        if self.bits not in POT_BITS:
+        if not _is_int(self.bits) or self.bits not in POT_BITS:
             raise ValueError(f"PoT bits must be one of {POT_BITS} (1 sign bit + exponent bits), got {self.bits!r}")
         _check_group_size(self.group_size)
 
@@ -66,7 +71,7 @@ class IntConfig:
     kind: Literal["int"] = "int"
 
     def __post_init__(self) -> None:
-        if self.bits not in INT_BITS:
+        if not _is_int(self.bits) or self.bits not in INT_BITS:
             raise ValueError(f"int bits must be one of {INT_BITS}, got {self.bits!r}")
         _check_group_size(self.group_size)
 

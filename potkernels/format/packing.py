@@ -49,12 +49,6 @@ def packed_rows(in_features: int, code_bits: int) -> int:
     return padded_k(in_features) * code_bits // WORD_BITS
 
 
-def _to_int32_words(words: torch.Tensor) -> torch.Tensor:
-    """uint32 values held in int64 → the same bit pattern as int32 (two's complement)."""
-    words = torch.where(words >= 2**31, words - 2**32, words)
-    return words.to(torch.int32)
-
-
 def pack_codes(codes: torch.Tensor, code_bits: int) -> torch.Tensor:
     """Pack unsigned codes into stacked bit planes.
 
@@ -69,18 +63,20 @@ def pack_codes(codes: torch.Tensor, code_bits: int) -> torch.Tensor:
     if codes.dtype.is_floating_point or codes.dtype == torch.bool:
         raise TypeError(f"codes must be an integer tensor, got {codes.dtype}")
     n, k = codes.shape
-    c = codes.to(torch.int64)
-    if c.numel() and (int(c.min()) < 0 or int(c.max()) >= 2**code_bits):
+    offsets = plane_row_offsets(k, code_bits)
+    if codes.numel() and (int(codes.min()) < 0 or int(codes.max()) >= 2**code_bits):
         raise ValueError(f"codes must lie in [0, {2**code_bits}) for code_bits={code_bits}")
     kp = padded_k(k)
-    c = torch.nn.functional.pad(c, (0, kp - k)).t().contiguous()  # [Kp, N]
+    c = torch.nn.functional.pad(codes.to(torch.int32), (0, kp - k)).t().contiguous()  # [Kp, N]
     planes = []
-    for _, width, bit in plane_row_offsets(k, code_bits):
+    for _, width, bit in offsets:
         epw = WORD_BITS // width
-        part = (c >> bit) & ((1 << width) - 1)  # [Kp, N]
-        part = part.view(kp // epw, epw, n)
-        shifts = (torch.arange(epw, device=c.device, dtype=torch.int64) * width).view(1, epw, 1)
-        planes.append(_to_int32_words((part << shifts).sum(dim=1)))
+        part = ((c >> bit) & ((1 << width) - 1)).view(kp // epw, epw, n)
+        # OR the epw fields into one word; int32 shifts into bit 31 wrap to the uint32 pattern.
+        word = part[:, 0]
+        for j in range(1, epw):
+            word = word | (part[:, j] << (j * width))
+        planes.append(word)
     return torch.cat(planes, dim=0)
 
 
@@ -94,12 +90,12 @@ def unpack_codes(packed: torch.Tensor, code_bits: int, in_features: int) -> torc
         )
     n = packed.shape[1]
     kp = padded_k(in_features)
-    words = packed.to(torch.int64) & 0xFFFFFFFF
-    code = torch.zeros(kp, n, dtype=torch.int64, device=packed.device)
+    code = None
     for row, width, bit in plane_row_offsets(in_features, code_bits):
         epw = WORD_BITS // width
-        rows = words[row : row + kp // epw]  # [Kp/epw, N]
-        shifts = (torch.arange(epw, device=packed.device, dtype=torch.int64) * width).view(1, epw, 1)
-        part = (rows.unsqueeze(1) >> shifts) & ((1 << width) - 1)  # [Kp/epw, epw, N]
-        code |= part.reshape(kp, n) << bit
-    return code[:in_features].t().contiguous().to(torch.int32)
+        rows = packed[row : row + kp // epw]  # [Kp/epw, N]
+        shifts = (torch.arange(epw, device=packed.device, dtype=torch.int32) * width).view(1, epw, 1)
+        # int32 arithmetic shift: the sign-extended high bits are masked away.
+        part = ((rows.unsqueeze(1) >> shifts) & ((1 << width) - 1)).view(kp, n)  # [Kp, N]
+        code = part if code is None else code | (part << bit)
+    return code[:in_features].t().contiguous()

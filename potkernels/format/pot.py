@@ -144,7 +144,7 @@ def decode_pot(e: torch.Tensor, sign: torch.Tensor, scales: torch.Tensor, group_
     Returns ``[N, K]`` of ``dtype``.
     """
     check_decode_dtype(dtype)
-    s_bits = scales.to(dtype).view(torch.int16).to(torch.int32) & 0xFFFF
+    s_bits = scales.to(dtype).view(torch.int16).to(torch.int32)  # S > 0: bit 15 clear, no sign extension
     s_bits = expand_groups(s_bits, group_size, e.shape[1])
     bits = (s_bits + (e.to(torch.int32) << MANTISSA_BITS[dtype])) | (sign.to(torch.int32) << 15)
     bits = torch.where(bits >= 2**15, bits - 2**16, bits)  # uint16 pattern → int16

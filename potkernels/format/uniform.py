@@ -27,13 +27,15 @@ def clamp_int_scales(scales: torch.Tensor, bits: int) -> torch.Tensor:
 
 
 def rtn_int_params(w: torch.Tensor, cfg: IntConfig) -> tuple[torch.Tensor, torch.Tensor]:
-    """Min/max scale and zero point per group over the real columns: float32 ``[N, n_groups]`` each."""
+    """Min/max scale and zero point per group over the real columns, the range widened to
+    include 0: float32 ``[N, n_groups]`` each."""
     k = w.shape[1]
     g, _ = cfg.groups_in(k)
     wg = grouped(w.float(), g)
     real = group_mask(k, g, w.device)
-    mn = wg.masked_fill(~real, float("inf")).amin(dim=-1)
-    mx = wg.masked_fill(~real, float("-inf")).amax(dim=-1)
+    # The range always contains 0, so z ∈ [0, 2^b − 1] and a one-signed group is not clipped.
+    mn = wg.masked_fill(~real, float("inf")).amin(dim=-1).clamp(max=0)
+    mx = wg.masked_fill(~real, float("-inf")).amax(dim=-1).clamp(min=0)
     scales = (mx - mn) / cfg.qmax
     zeros = torch.round(-mn / clamp_int_scales(scales, cfg.bits).float())
     return scales, zeros

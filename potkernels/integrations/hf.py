@@ -69,7 +69,8 @@ def quantize_model(model: nn.Module, cfg: PoTConfig | IntConfig, skip: Iterable[
         verbose: also print the report.
     Returns:
         The same model, modified in place. ``model.quantization_report`` holds one
-        :class:`LayerReport` per swapped layer and ``model.quantization_config`` the config.
+        :class:`LayerReport` per swapped layer, ``model.quantization_config`` the config and
+        ``model.quantization_skip`` the skip list (``save_quantized`` records both).
     """
     cls = linear_class_for(cfg)
     report: list[LayerReport] = []
@@ -85,10 +86,34 @@ def quantize_model(model: nn.Module, cfg: PoTConfig | IntConfig, skip: Iterable[
         raise ValueError("quantize_model found no nn.Linear/Conv1D layer to quantize (check `skip`)")
     model.quantization_report = report
     model.quantization_config = cfg
+    model.quantization_skip = list(skip)
     msg = summarize_report(report)
     log.info(msg)
     if verbose:
         print(msg)
+    return model
+
+
+@torch.no_grad()
+def dequantize_model(model: nn.Module, dtype: Optional[torch.dtype] = None) -> nn.Module:
+    """Replace every PoTLinear / IntLinear of ``model`` by an ``nn.Linear`` holding its decoded weight.
+
+    The result computes exactly what the packed layers compute on the reference path (same decoded
+    weight, same ``F.linear``), so it is the float reference for tests, and a fast way to run a
+    quantized model on a CPU, which has no decode kernel (at float memory cost). ``dtype`` is the
+    activation dtype the model will run in (default: that of its first float parameter): weights
+    decode to bf16 for bf16 activations, fp16 otherwise, then are stored in ``dtype``. In place.
+    """
+    if dtype is None:
+        dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
+    decode_dtype = torch.bfloat16 if dtype == torch.bfloat16 else torch.float16
+    for name, m in [(n, m) for n, m in model.named_modules() if isinstance(m, _PackedLinear)]:
+        w = m.dequantize(decode_dtype)
+        lin = nn.Linear(m.in_features, m.out_features, bias=m.bias is not None, device=w.device, dtype=dtype)
+        lin.weight.copy_(w.to(dtype))
+        if m.bias is not None:
+            lin.bias.copy_(m.bias.to(dtype))
+        set_submodule(model, name, lin)
     return model
 
 
