@@ -19,10 +19,10 @@ METHODS = ("rtn", "init", "two-step")
 
 # Defaults sized for a 2-core CPU run of a 135M model (≈15 min); raise them on a GPU
 # (the paper: 128 × 2048 tokens, 10 epochs at 3 bits, 40 at 2 bits).
-DEFAULT_EPOCHS = 5
+DEFAULT_EPOCHS = 4
 DEFAULT_LR = 1e-3
 DEFAULT_LAM = 0.1
-DEFAULT_BATCH = 4
+DEFAULT_BATCH = 2
 
 
 def check_method(cfg: PoTConfig | IntConfig, method: str) -> None:

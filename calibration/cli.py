@@ -21,8 +21,10 @@ from .calibrate import DEFAULT_BATCH, DEFAULT_EPOCHS, DEFAULT_LAM, DEFAULT_LR, M
 from .data import get_calibration_ids
 from .eval import default_window, perplexity, read_text, tokenize_text
 
+# Default calibration set: 32 windows of 256 tokens (with DEFAULT_EPOCHS/BATCH: 64 Adam steps
+# per block), sized for the 2-core CPU budget; on a GPU use e.g. --samples 128 --seq-len 2048.
 DEFAULT_SAMPLES = 32
-DEFAULT_SEQ_LEN = 512
+DEFAULT_SEQ_LEN = 256
 
 
 class CliError(Exception):

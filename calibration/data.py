@@ -47,13 +47,16 @@ def self_generated(model, tokenizer, n_samples: int, seq_len: int, seed: int = 0
                    batch_size: int = 8) -> torch.Tensor:
     """Data-free calibration: ``n_samples`` sequences of ``seq_len`` tokens sampled from ``model``.
 
-    Each sequence starts at the BOS token (EOS when the tokenizer has no BOS) and continues
+    Each sequence starts at the model's BOS token (else the tokenizer's; else EOS) and continues
     with temperature sampling; reaching EOS early does not stop it, so every row has ``seq_len``
     tokens. Returns LongTensor ``[n_samples, seq_len]``.
     """
     if model is None:
         raise ValueError("calibration source 'self' needs the float model to generate from")
-    start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+    cfg = getattr(model, "config", None)
+    ids = (getattr(cfg, "bos_token_id", None), getattr(tokenizer, "bos_token_id", None),
+           getattr(cfg, "eos_token_id", None), getattr(tokenizer, "eos_token_id", None))
+    start = next((i for i in ids if isinstance(i, int)), None)
     if start is None:
         raise ValueError("calibration source 'self' needs a tokenizer with a BOS or EOS token to start from")
     device = next(model.parameters()).device
