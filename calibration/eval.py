@@ -106,10 +106,13 @@ def lm_eval_text(model, tokenizer, path: str | Path, limit: int | None = None, b
     """
     from lm_eval import simple_evaluate
     from lm_eval.models.huggingface import HFLM
+    from lm_eval.tasks import TaskManager
 
     task = text_task(path)
     lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size,
               max_length=max_length or default_window(model))
-    out = simple_evaluate(model=lm, tasks=[task], limit=limit, log_samples=False, bootstrap_iters=0)
+    # include_defaults=False: skip indexing lm-eval's thousands of built-in task YAMLs (slow, unused).
+    out = simple_evaluate(model=lm, tasks=[task], limit=limit, log_samples=False, bootstrap_iters=0,
+                          task_manager=TaskManager(include_defaults=False))
     metrics = out["results"][task["task"]]
     return {m: float(metrics[f"{m},none"]) for m in ("word_perplexity", "byte_perplexity", "bits_per_byte")}
