@@ -169,6 +169,10 @@ def cmd_quantize(args: argparse.Namespace) -> dict[str, Any]:
         "device": str(args.device), "threads": torch.get_num_threads(),
         "calibration_seconds": calib_seconds, "summary": report["summary"],
     }
+    if args.report:
+        layers = [r.to_dict() for r in model.quantization_report]
+        Path(args.report).write_text(json.dumps({**report, "layers": layers}, indent=1))
+        result["report"] = str(args.report)
     if args.eval_text:
         result.update(evaluate_text(model, tok, args.eval_text, args.window, args.max_windows))
     if args.out:
@@ -215,6 +219,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--seed", type=int, default=0)
     q.add_argument("--out", default=None, help="checkpoint folder (reload with potkernels.load_quantized)")
     q.add_argument("--eval-text", default=None, help="also report perplexity on this text file")
+    q.add_argument("--report", default=None,
+                   help="write the full calibration report (per block: loss, per-layer SQNR step 1 vs final) as JSON")
     common(q)
 
     e = sub.add_parser("eval", help="perplexity of a quantized checkpoint or a float model on a text file")
