@@ -4,8 +4,15 @@ Rows: FP | RTN int | RTN PoT | PoT step 1 | PoT two-step | HQQ int, at 4/3/2 bit
 2 bits g64. Each row loads the float model afresh, quantizes it, and scores the WikiText-2 raw
 test text (tokenized once, non-overlapping windows of ``--window`` tokens).
 
-    python bench/ladder.py --device cuda                       # full ladder (GPU)
+    python bench/ladder.py --device cuda                       # full ladder (GPU, ~20 min)
     python bench/ladder.py --max-windows 2 --rows fp rtn-pot   # quick local check
+
+Under a 10-minute limit per command, split it and let ``--resume`` collect the rows:
+
+    python bench/ladder.py --device cuda --rows fp rtn-int rtn-pot pot-init hqq-int
+    python bench/ladder.py --device cuda --resume --rows pot-two-step --configs 4:128 3:128
+    python bench/ladder.py --device cuda --resume --rows pot-two-step --configs 2:128
+    python bench/ladder.py --device cuda --resume --rows pot-two-step --configs 2:64
 
 Results go to bench/results/ladder.json (one entry per row, rewritten after every row so an
 interrupted run keeps what it finished; ``--resume`` skips rows already there) and ladder.md.
@@ -30,7 +37,7 @@ sys.path.insert(0, str(ROOT))
 from calibration.calibrate import calibrate_model  # noqa: E402
 from calibration.data import get_calibration_ids  # noqa: E402
 from calibration.eval import perplexity, read_text, tokenize_text  # noqa: E402
-from potkernels import IntConfig, PoTConfig  # noqa: E402
+from potkernels import IntConfig, IntLinear, PoTConfig, PoTLinear  # noqa: E402
 from potkernels.integrations.hf import eligible_linears  # noqa: E402
 from potkernels.models import load_model  # noqa: E402
 from potkernels.nn import float_weight, is_conv1d  # noqa: E402
@@ -84,6 +91,9 @@ def run_row(row: str, bits: int, group: int, args, eval_ids: torch.Tensor, calib
     elif row == "hqq-int":
         apply_hqq(model, bits, group)
     quant_s = time.perf_counter() - t0
+    for m in model.modules():  # which matmul the packed layers use (see --backend)
+        if isinstance(m, (PoTLinear, IntLinear)):
+            m.backend = None if args.backend == "auto" else args.backend
     t0 = time.perf_counter()
     r = perplexity(model, eval_ids, args.window, max_windows=args.max_windows, batch_size=args.eval_batch,
                    progress=True)
@@ -108,7 +118,7 @@ def environment(args) -> dict:
 
     env = {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
            "device": args.device, "cpu": platform.processor() or platform.machine(),
-           "threads": torch.get_num_threads()}
+           "threads": torch.get_num_threads(), "backend": args.backend}
     if args.device.startswith("cuda"):
         env["gpu"] = torch.cuda.get_device_name()
     try:
@@ -163,6 +173,9 @@ def main(argv=None) -> int:
     p.add_argument("--lam", type=float, default=0.1)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--backend", choices=("torch", "triton", "auto"), default="torch",
+                   help="matmul of the packed layers: 'torch' (reference decode + fp32 matmul, the quality "
+                        "reference), 'triton' (the kernels), 'auto' (the op's device default)")
     p.add_argument("--results", default=str(ROOT / "bench" / "results"))
     p.add_argument("--resume", action="store_true", help="keep rows already in ladder.json and skip them")
     args = p.parse_args(argv)
