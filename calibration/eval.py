@@ -1,4 +1,9 @@
-"""Standard perplexity: concatenate the text, tokenize once, non-overlapping windows, exp(mean NLL)."""
+"""Evaluation: standard perplexity, and lm-eval on the in-memory model over a local text file.
+
+Perplexity (the project's number): concatenate the text, tokenize once, non-overlapping
+windows, exp(mean token NLL). ``lm_eval_text`` runs EleutherAI's harness on the same model
+object (quantized or not) with a task built here for a local file, so it works offline.
+"""
 from __future__ import annotations
 
 import math
@@ -50,3 +55,64 @@ def perplexity(model, ids: torch.Tensor, window: int, max_windows: int | None = 
         total_tokens += batch[:, 1:].numel()
     mean = total_nll / total_tokens
     return {"ppl": math.exp(mean), "nll": mean, "tokens": total_tokens, "windows": n_windows, "window": window}
+
+
+def default_window(model, cap: int = 2048) -> int:
+    """The model's context length (``max_position_embeddings`` / ``n_positions``), capped at ``cap``."""
+    cfg = getattr(model, "config", None)
+    n = getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", None)
+    return min(cap, int(n)) if n else cap
+
+
+def text_task(path: str | Path, name: str = "local_text", sample_by: str = "paragraph") -> dict:
+    """An lm-eval task config (the dict form of a task YAML) scoring a local text file.
+
+    Wikitext-style: ``loglikelihood_rolling`` over each document of the ``datasets`` "text"
+    loader (``sample_by="paragraph"``: blank-line separated blocks), reporting lm-eval's
+    ``word_perplexity``, ``byte_perplexity`` and ``bits_per_byte``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"text file {path} not found")
+    if not read_text(path).strip():
+        raise ValueError(f"text file {path} is empty")
+    return {
+        "task": name,
+        "dataset_path": "text",
+        "dataset_kwargs": {"data_files": {"test": str(path.resolve())}, "sample_by": sample_by},
+        "test_split": "test",
+        "output_type": "loglikelihood_rolling",
+        "doc_to_text": "",
+        "doc_to_target": "{{text}}",
+        "metric_list": [
+            {"metric": "word_perplexity", "aggregation": "weighted_perplexity", "higher_is_better": False},
+            {"metric": "byte_perplexity", "aggregation": "weighted_perplexity", "higher_is_better": False},
+            {"metric": "bits_per_byte", "aggregation": "bits_per_byte", "higher_is_better": False},
+        ],
+        "metadata": {"version": 1.0},
+    }
+
+
+def lm_eval_text(model, tokenizer, path: str | Path, limit: int | None = None, batch_size: int = 1,
+                 max_length: int | None = None) -> dict:
+    """Run lm-eval's ``simple_evaluate`` on the in-memory ``model`` over the text file ``path``.
+
+    Args:
+        model: a transformers causal LM (float or quantized in place).
+        tokenizer: its tokenizer.
+        limit: score only the first ``limit`` documents (paragraphs).
+        max_length: rolling-window length (default: :func:`default_window`).
+    Returns ``{"word_perplexity", "byte_perplexity", "bits_per_byte"}`` as floats.
+    """
+    from lm_eval import simple_evaluate
+    from lm_eval.models.huggingface import HFLM
+    from lm_eval.tasks import TaskManager
+
+    task = text_task(path)
+    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size,
+              max_length=max_length or default_window(model))
+    # include_defaults=False: skip indexing lm-eval's thousands of built-in task YAMLs (slow, unused).
+    out = simple_evaluate(model=lm, tasks=[task], limit=limit, log_samples=False, bootstrap_iters=0,
+                          task_manager=TaskManager(include_defaults=False))
+    metrics = out["results"][task["task"]]
+    return {m: float(metrics[f"{m},none"]) for m in ("word_perplexity", "byte_perplexity", "bits_per_byte")}

@@ -1,0 +1,292 @@
+"""PoTPTQ step 2: refine the step-1 scales block by block on calibration data.
+
+For every group a learnable ``Γ`` (init 0) rescales the step-1 scale, ``Ŝ = S·(1 + Γ)``. The
+quantized block uses ``W̃ = sign(W)·Ŝ·2^E`` with ``E`` recomputed from ``Ŝ`` at every step and
+detached, so the gradient reaches ``Γ`` only through ``Ŝ``; nothing else is trained. Loss:
+``mean((F_fp(X) − F_q(X))²) + (λ/2)·mean(Γ²)``.
+
+Which target. Block ℓ sees ``X``, the outputs of the already *quantized* blocks 0…ℓ−1 (the
+inputs it will see at inference), and is fitted to ``F_fp(X)``, the *float* block ℓ on those
+same inputs. That is the choice of the public PoTPTQ reimplementation: each block only
+answers for its own error, so it cannot overfit 128 samples by "undoing" upstream error, and
+only one activation stream (plus its target) has to be kept.
+
+Regulariser scale. Both terms are means (per activation, per group) rather than the paper's
+Frobenius sums, so ``λ`` means the same thing for a 576-wide and a 4096-wide block.
+
+The forward of the quantized block uses exactly the stored format: ``Ŝ`` is rounded and
+clamped to fp16 (:func:`clamp_scales`) with a straight-through gradient, so after training
+the block swapped to :class:`PoTLinear` computes what was optimised.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, replace
+from typing import Any, Iterable, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from potkernels.format.config import PoTConfig
+from potkernels.format.pot import clamp_scales, pot_fake_quant, quantize_pot
+from potkernels.format.common import sqnr_db
+from potkernels.integrations.hf import LayerReport, _skipped, eligible_linears, quantize_model, set_submodule
+from potkernels.nn import float_weight
+
+from .init import init_scales
+
+log = logging.getLogger("potkernels.calibration")
+
+
+@dataclass
+class BlockReport:
+    """One refined block: mean output MSE with step-1 scales and after step 2, and per-layer SQNR."""
+
+    index: int
+    loss_init: float
+    loss_final: float
+    sqnr_init_db: dict[str, float]
+    sqnr_final_db: dict[str, float]
+    seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def find_blocks(model: nn.Module) -> nn.ModuleList:
+    """The transformer blocks: ``model.transformer.h`` (GPT-2) or ``model.model.layers`` (Llama family)."""
+    for path in ("transformer.h", "model.layers", "model.decoder.layers", "gpt_neox.layers"):
+        try:
+            blocks = model.get_submodule(path)
+        except AttributeError:
+            continue
+        if isinstance(blocks, nn.ModuleList) and len(blocks) > 0:
+            return blocks
+    raise ValueError(
+        f"cannot find the transformer blocks of {type(model).__name__}: expected model.transformer.h "
+        "(GPT-2) or model.model.layers (Llama family)"
+    )
+
+
+class _Captured(Exception):
+    """Raised by the block-0 hook to stop the forward once its inputs are known."""
+
+
+class FakeQuantLinear(nn.Module):
+    """A linear layer computing with ``W̃(S·(1+Γ))``; only ``gamma`` ``[N, n_groups]`` is trainable."""
+
+    def __init__(self, module: nn.Module, cfg: PoTConfig, scales: torch.Tensor) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.register_buffer("weight", float_weight(module).float().clone())  # [N, K]
+        self.register_buffer("bias", None if module.bias is None else module.bias.detach().clone())
+        self.register_buffer("s", scales.float().to(self.weight.device))  # [N, n_groups] step-1 S
+        self.gamma = nn.Parameter(torch.zeros_like(self.s))
+
+    def scales(self) -> torch.Tensor:
+        """``Ŝ`` as stored (fp16, in range) in the forward; identity gradient to ``Ŝ = S·(1+Γ)``."""
+        s_hat = self.s * (1 + self.gamma)
+        stored = clamp_scales(s_hat.detach(), self.cfg.bits).float()
+        return s_hat + (stored - s_hat).detach()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = pot_fake_quant(self.weight, self.scales(), self.cfg)
+        return F.linear(x, w.to(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
+
+
+def _block_out(out: Any) -> torch.Tensor:
+    return out[0] if isinstance(out, (tuple, list)) else out
+
+
+def _cast_tree(obj: Any, device: torch.device) -> Any:
+    if isinstance(obj, torch.Tensor):
+        return obj.to(device)
+    if isinstance(obj, tuple):
+        return tuple(_cast_tree(o, device) for o in obj)
+    if isinstance(obj, list):
+        return [_cast_tree(o, device) for o in obj]
+    if isinstance(obj, dict):
+        return {k: _cast_tree(v, device) for k, v in obj.items()}
+    return obj
+
+
+@torch.no_grad()
+def capture_block_inputs(model: nn.Module, blocks: nn.ModuleList, ids: torch.Tensor, batch_size: int,
+                         act_dtype: torch.dtype) -> tuple[list[torch.Tensor], dict[int, tuple]]:
+    """Run the model on ``ids [n, seq]`` until block 0 and keep what block 0 receives.
+
+    Returns ``(xs, extras)``: ``xs`` one ``[b, seq, hidden]`` tensor (``act_dtype``) per batch,
+    and ``extras[b] = (args, kwargs)`` the other arguments block 0 got for a batch of ``b``
+    samples (attention mask, position ids, rotary ``position_embeddings`` …). All windows have
+    the same length and no padding, so these depend only on the batch size.
+    """
+    device = next(model.parameters()).device
+    xs: list[torch.Tensor] = []
+    extras: dict[int, tuple] = {}
+
+    def hook(_module, args, kwargs):
+        hidden = args[0] if args else kwargs.pop("hidden_states")
+        xs.append(hidden.detach().to(act_dtype))
+        extras.setdefault(hidden.shape[0], (tuple(args[1:]), dict(kwargs)))
+        raise _Captured
+
+    handle = blocks[0].register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        for i in range(0, ids.shape[0], batch_size):
+            try:
+                model(ids[i : i + batch_size].to(device), use_cache=False)
+            except _Captured:
+                pass
+    finally:
+        handle.remove()
+    for b, (args, kwargs) in extras.items():
+        kwargs.pop("hidden_states", None)
+        extras[b] = (args, kwargs)
+    return xs, extras
+
+
+def _run(block: nn.Module, x: torch.Tensor, extras: dict[int, tuple], dtype: torch.dtype) -> torch.Tensor:
+    args, kwargs = extras[x.shape[0]]
+    return _block_out(block(x.to(dtype), *args, **kwargs))
+
+
+def _layer_sqnr(w: torch.Tensor, s: torch.Tensor, cfg: PoTConfig) -> float:
+    return sqnr_db(w, quantize_pot(w, cfg, scales=s).dequantize(torch.float16))
+
+
+@dataclass
+class BlockResult:
+    """What :func:`refine_block` learned for one block (names relative to the block)."""
+
+    init: dict[str, torch.Tensor]  # step-1 scales, float32 [N, n_groups]
+    scales: dict[str, torch.Tensor]  # refined scales, fp16-representable float32 [N, n_groups]
+    loss_init: float  # mean output MSE with the step-1 scales
+    loss_final: float  # … with the returned scales
+    outputs: list[torch.Tensor]  # the quantized block's outputs on xs (the next block's inputs)
+
+
+def refine_block(block: nn.Module, names: Iterable[str], xs: list[torch.Tensor], extras: dict[int, tuple],
+                 cfg: PoTConfig, epochs: int, lr: float, lam: float, seed: int = 0) -> BlockResult:
+    """Learn ``Γ`` for the linears ``names`` of ``block`` (the block is left unchanged) on inputs ``xs``.
+
+    If refinement did not lower the loss on the calibration inputs, the step-1 scales are
+    returned (``loss_final == loss_init``). Costs ``3 + 3·epochs`` block passes over ``xs``.
+    """
+    dtype = next(block.parameters()).dtype
+    with torch.no_grad():
+        targets = [_run(block, x, extras, dtype).to(x.dtype) for x in xs]
+    linears = {name: block.get_submodule(name) for name in names}
+    init = {name: init_scales(float_weight(m), cfg) for name, m in linears.items()}
+    fq = {name: FakeQuantLinear(m, cfg, init[name]) for name, m in linears.items()}
+    for name, m in fq.items():
+        set_submodule(block, name, m)
+    frozen = [(p, p.requires_grad) for p in block.parameters()]
+    try:
+        for p, _ in frozen:
+            p.requires_grad_(False)
+        gammas = [m.gamma for m in fq.values()]
+        for g in gammas:
+            g.requires_grad_(True)
+
+        @torch.no_grad()
+        def quantized_outputs() -> tuple[list[torch.Tensor], float]:
+            outs = [_run(block, x, extras, dtype) for x in xs]
+            tot = sum(float(F.mse_loss(o.float(), y.float(), reduction="sum")) for o, y in zip(outs, targets))
+            return [o.to(x.dtype) for o, x in zip(outs, xs)], tot / sum(y.numel() for y in targets)
+
+        _, loss_init = quantized_outputs()
+        opt = torch.optim.Adam(gammas, lr=lr)
+        n_gamma = sum(g.numel() for g in gammas)
+        order = torch.Generator().manual_seed(seed)
+        for _ in range(epochs):
+            for i in torch.randperm(len(xs), generator=order).tolist():
+                out = _run(block, xs[i], extras, dtype).float()
+                reg = sum(g.square().sum() for g in gammas) / n_gamma
+                loss = F.mse_loss(out, targets[i].float()) + lam / 2 * reg
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+        outputs, loss_final = quantized_outputs()
+        if not loss_final <= loss_init:
+            # Adam's fixed-size steps can overshoot on a few samples; never return scales that
+            # do worse on the calibration set than step 1 did.
+            for g in gammas:
+                g.data.zero_()
+            outputs, loss_final = quantized_outputs()
+        scales = {name: m.scales().detach().clone() for name, m in fq.items()}
+    finally:
+        for p, flag in frozen:
+            p.requires_grad_(flag)
+        for name, m in linears.items():
+            set_submodule(block, name, m)
+    return BlockResult(init, scales, loss_init, loss_final, outputs)
+
+
+def default_act_dtype(model_dtype: torch.dtype, n_values: int) -> torch.dtype:
+    """Activations kept between blocks: the model dtype, or fp16 for fp32 models whose two
+    activation sets (inputs + targets) would exceed 2 GiB in fp32."""
+    if model_dtype != torch.float32:
+        return model_dtype
+    return torch.float32 if 2 * 4 * n_values <= 2 * 2**30 else torch.float16
+
+
+def refine_model(model: nn.Module, cfg: PoTConfig, calib_ids: torch.Tensor, epochs: int, lr: float, lam: float,
+                 batch_size: int, skip: Iterable[str] = ("lm_head",), act_dtype: Optional[torch.dtype] = None,
+                 progress: bool = True, seed: int = 0) -> tuple[list[BlockReport], list[LayerReport]]:
+    """Step 2 over all blocks; swaps each block's linears to :class:`PoTLinear` as it goes.
+
+    Block ℓ is refined on the outputs of the quantized blocks < ℓ, then quantized with its
+    refined scales, then run to produce block ℓ+1's inputs. Layers outside the blocks are left
+    to the caller. Returns one :class:`BlockReport` per block and the swapped layers'
+    :class:`LayerReport` list (full names).
+    """
+    blocks = find_blocks(model)
+    dtype = next(model.parameters()).dtype
+    hidden = getattr(getattr(model, "config", None), "hidden_size", 1)
+    if act_dtype is None:
+        act_dtype = default_act_dtype(dtype, calib_ids.numel() * hidden)
+    xs, extras = capture_block_inputs(model, blocks, calib_ids, batch_size, act_dtype)
+    skip = tuple(skip)
+    reports: list[BlockReport] = []
+    layers: list[LayerReport] = []
+    bar = tqdm(range(len(blocks)), desc="PoT two-step", unit="block", disable=not progress)
+    for idx in bar:
+        t0 = time.perf_counter()
+        block = blocks[idx]
+        prefix = _qualified_name(model, block)
+        names = [n for n, _ in eligible_linears(block, skip=()) if not _skipped(f"{prefix}.{n}", skip)]
+        if not names:
+            continue
+        weights = {n: float_weight(block.get_submodule(n)).float() for n in names}
+        res = refine_block(block, names, xs, extras, cfg, epochs, lr, lam, seed + idx)
+        loss_init, loss_final, init, scales = res.loss_init, res.loss_final, res.init, res.scales
+        if not all(math.isfinite(v) for v in (loss_init, loss_final)):
+            raise FloatingPointError(f"block {idx}: non-finite calibration loss ({loss_init}, {loss_final})")
+        quantize_model(block, cfg, skip=tuple(n for n, _ in eligible_linears(block, skip=()) if n not in scales),
+                       params=lambda name, _m: {"scales": scales[name]})
+        sq_final = {r.name: r.sqnr_db for r in block.quantization_report}
+        layers += [replace(r, name=f"{prefix}.{r.name}") for r in block.quantization_report]
+        del block.quantization_report, block.quantization_config
+        # The swapped PoTLinear block computes exactly the fake-quant outputs (same fp16 S and E).
+        xs = [o.to(act_dtype) for o in res.outputs]
+        del res
+        reports.append(BlockReport(
+            idx, loss_init, loss_final,
+            {n: _layer_sqnr(weights[n], init[n], cfg) for n in names},
+            sq_final,
+            time.perf_counter() - t0,
+        ))
+        bar.set_postfix(loss=f"{loss_init:.3g}->{loss_final:.3g}")
+        log.info("block %d: output MSE %.4g (step 1) -> %.4g (step 2)", idx, loss_init, loss_final)
+    return reports, layers
+
+
+def _qualified_name(model: nn.Module, module: nn.Module) -> str:
+    for name, m in model.named_modules():
+        if m is module:
+            return name
+    raise ValueError("module is not part of the model")
