@@ -46,7 +46,7 @@ ROWS = ("fp", "rtn-int", "rtn-pot", "pot-init", "pot-two-step", "hqq-int")
 LABELS = {"fp": "FP (fp32)", "rtn-int": "RTN int", "rtn-pot": "RTN PoT", "pot-init": "PoT step 1",
           "pot-two-step": "PoT two-step", "hqq-int": "HQQ int"}
 CONFIGS = ((4, 128), (3, 128), (2, 128), (2, 64))
-DATA = Path("/work/shared/data")
+DATA = ROOT.parent / "shared" / "data"  # the offline data folder beside the checkout
 
 
 def hqq_dequantized(w: torch.Tensor, bits: int, group: int) -> torch.Tensor:
