@@ -76,49 +76,27 @@ def load_base(spec: str, device: str):
 
 
 def save_checkpoint(model, tokenizer, out: str | Path) -> None:
-    """Write the quantized model so that ``potkernels.load_quantized(out)`` reloads it.
+    """Write the quantized model so that ``potkernels.load_quantized(out)`` reloads it."""
+    from potkernels import save_quantized
 
-    Uses ``potkernels.save_quantized(model, path, tokenizer=None)`` (potkernels.integrations.
-    serialization), imported here so the rest of the CLI works without it.
-    """
-    import potkernels
-
-    save = getattr(potkernels, "save_quantized", None)
-    if save is None:
-        raise CliError("this potkernels build has no save_quantized(); cannot write --out")
-    save(model, str(out), tokenizer=tokenizer)
+    save_quantized(model, str(out), tokenizer=tokenizer)
 
 
 def load_any(spec: str, device: str):
     """``(model, tokenizer)`` from a quantized checkpoint folder, or a plain/hub/smollm2 model."""
-    import potkernels
+    from potkernels import load_quantized
+    from potkernels.integrations.serialization import QUANT_FILE, CheckpointError
 
     path = Path(spec)
-    load_q = getattr(potkernels, "load_quantized", None)
-    if path.is_dir() and load_q is not None and _looks_quantized(path):
+    if path.is_dir() and (path / QUANT_FILE).is_file():
         try:
-            loaded = load_q(str(path), device=device)
-        except (FileNotFoundError, OSError, ValueError, KeyError) as e:
+            model = load_quantized(str(path), device=device)
+        except (CheckpointError, FileNotFoundError, OSError) as e:
             raise CliError(f"could not load the quantized checkpoint {spec}: {e}") from None
-        if isinstance(loaded, tuple):
-            return loaded
         from transformers import AutoTokenizer
 
-        return loaded, AutoTokenizer.from_pretrained(str(path))
+        return model, AutoTokenizer.from_pretrained(str(path))
     return load_base(spec, device)
-
-
-def _looks_quantized(path: Path) -> bool:
-    """A potkernels checkpoint names its quantization config in config.json (or a side file)."""
-    if any(path.glob("*potkernels*")) or (path / "quantization_config.json").is_file():
-        return True
-    cfg = path / "config.json"
-    if cfg.is_file():
-        try:
-            return "quantization_config" in json.loads(cfg.read_text())
-        except json.JSONDecodeError:
-            return False
-    return False
 
 
 def evaluate_text(model, tokenizer, text_path: str, window: Optional[int], max_windows: Optional[int],

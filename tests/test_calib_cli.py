@@ -4,7 +4,6 @@ import json
 import pytest
 import torch
 
-import potkernels
 from calibration import cli
 
 
@@ -72,22 +71,8 @@ def test_bad_inputs(capsys, tmp_path, tiny_model_dir, text_file):
     capsys.readouterr()
 
 
-def test_quantize_then_eval(capsys, monkeypatch, tmp_path, tiny_model_dir, text_file):
+def test_quantize_then_eval(capsys, tmp_path, tiny_model_dir, text_file):
     """quantize (two-step, with eval) → checkpoint → eval gives the same perplexity, JSON last line."""
-    # Stand-in for potkernels.save_quantized/load_quantized (serialization is another module):
-    # pickle the whole model, so this test checks the CLI's own wiring.
-    def save(model, path, tokenizer=None):
-        import pathlib
-
-        pathlib.Path(path).mkdir(parents=True)
-        torch.save(model, pathlib.Path(path) / "potkernels_model.pt")
-        tokenizer.save_pretrained(path)
-
-    def load(path, device="cpu"):
-        return torch.load(f"{path}/potkernels_model.pt", weights_only=False).to(device)
-
-    monkeypatch.setattr(potkernels, "save_quantized", save, raising=False)
-    monkeypatch.setattr(potkernels, "load_quantized", load, raising=False)
     out_dir = tmp_path / "q"
     code, out, err = run(capsys, "quantize", "--model", tiny_model_dir, "--bits", "3", "--group-size", "32",
                          "--method", "two-step", "--calib", text_file, "--samples", "4", "--seq-len", "32",
