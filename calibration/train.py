@@ -110,8 +110,9 @@ def train_lm(model: nn.Module, batches: Batches, steps: int, lr: float, *, teach
         param_groups = [g for g in param_groups if g["params"]]
     opt = torch.optim.AdamW(param_groups, lr=lr, betas=(0.9, 0.95))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(steps, warmup, min_lr_ratio))
+    teacher_was_training = teacher.training if teacher is not None else False
     if teacher is not None:
-        teacher.eval().requires_grad_(False)
+        teacher.eval()  # its forward runs under no_grad; its requires_grad flags are left alone
     was_training = model.training
     model.train()
     if device.type == "cuda":
@@ -143,6 +144,8 @@ def train_lm(model: nn.Module, batches: Batches, steps: int, lr: float, *, teach
     history["sec_per_step"] = history["seconds"] / steps
     history["peak_cuda_mem_gb"] = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
     model.train(was_training)
+    if teacher is not None:
+        teacher.train(teacher_was_training)
     return history
 
 

@@ -200,6 +200,7 @@ def test_plain_loop_with_distillation_lowers_loss():
     before = ce(model)
     hist = train_qat(model, data, steps=30, lr=3e-3, scale_lr=1e-2, teacher=teacher, kd_weight=0.3, warmup=3)
     assert len(hist["loss"]) == 30 and hist["sec_per_step"] > 0
+    assert all(p.requires_grad for p in teacher.parameters())  # the teacher is left as it was
     assert ce(model) < before - 0.5
 
 
