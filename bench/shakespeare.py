@@ -16,7 +16,8 @@ Rows at each bit width (same group size): FP | int RTN | PoT RTN | PoT two-step 
 ``calibration.refine.calibrate_model``; noted as unavailable if that module is missing) |
 int QAT | PoT QAT. QAT starts from RTN scales, trains with ``train_qat`` (CE + optional
 distillation from the FP model), then exports with ``convert``; the exported packed model is what
-is evaluated, and its logits are checked to equal the QAT model's. "gap closed" =
+is evaluated, and its logits are checked to equal the QAT model's (on the reference decode path;
+on a GPU the evaluation itself uses the default, Triton, path). "gap closed" =
 (ppl_RTN − ppl_QAT) / (ppl_RTN − ppl_FP) for the same code.
 """
 from __future__ import annotations
@@ -143,7 +144,12 @@ def qat(fp, cfg, train: torch.Tensor, val: torch.Tensor, s: Setup, args) -> tupl
     with torch.no_grad():
         before = model(probe).logits
         convert(model)
+        packed = [m for m in model.modules() if hasattr(m, "backend")]
+        for m in packed:  # the check runs on the reference decode (on a GPU the default is Triton)
+            m.backend = "torch"
         exact = bool(torch.equal(model(probe).logits, before))
+        for m in packed:
+            m.backend = None
     info = {"steps": s.qat_steps, "train_seconds": hist["seconds"], "sec_per_step": hist["sec_per_step"],
             "export_logits_equal": exact}
     return model, info

@@ -296,3 +296,15 @@ def test_clear_errors():
         PoTQATLinear(torch.randn(4, 32), None, IntConfig(3, 32), torch.ones(4, 1))
     with pytest.raises(ValueError, match="exhausted"):
         train_lm(tiny_gpt2(), iter([]), steps=1, lr=1e-3)
+
+
+def test_autocast_decodes_for_the_autocast_dtype():
+    cfg = PoTConfig(4, 32)
+    w = torch.randn(48, 64) * 0.02
+    layer = PoTQATLinear(w, torch.randn(48), cfg, rtn_scales(w, cfg))
+    x = torch.randn(5, 64)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = layer(x)
+    packed = layer.to_packed()
+    want = torch.nn.functional.linear(x.bfloat16(), packed.dequantize(torch.bfloat16), packed.bias.bfloat16())
+    assert got.dtype == torch.bfloat16 and torch.equal(got, want)

@@ -96,9 +96,14 @@ class QATLinear(nn.Module):
         raise NotImplementedError
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # Same as potkernels.ops._torch_*_matmul: decode, cast to x's dtype, F.linear.
-        bias = None if self.bias is None else self.bias.to(x.dtype)
-        return F.linear(x, self.fake_weight(x.dtype), bias)
+        # Same as potkernels.ops._torch_*_matmul: decode, cast to x's dtype, F.linear. Under
+        # autocast the matmul runs in the autocast dtype, so decode for that dtype (bf16: S rounded
+        # to bf16, as the packed layer decodes for bf16 activations) rather than round fp16 codes again.
+        dtype = x.dtype
+        if torch.is_autocast_enabled(x.device.type):
+            dtype = torch.get_autocast_dtype(x.device.type)
+        bias = None if self.bias is None else self.bias.to(dtype)
+        return F.linear(x, self.fake_weight(dtype), bias)
 
     def _apply(self, fn, recurse=True):
         # The scale parameters stay fp32 when the model is cast (a bf16 γ would lose small updates).
