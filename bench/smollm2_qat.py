@@ -30,7 +30,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from calibration.eval import perplexity, read_text, tokenize_text  # noqa: E402
-from calibration.qat import convert, prepare_qat, qat_layers, scales_from_quantized, train_qat  # noqa: E402
+from calibration.qat import (  # noqa: E402
+    convert, prepare_qat, qat_layers, sample_from_teacher, scales_from_quantized, train_qat,
+)
 from calibration.train import RandomWindows  # noqa: E402
 from potkernels import IntConfig, PoTConfig  # noqa: E402
 from potkernels.models import load_model  # noqa: E402
@@ -68,6 +70,8 @@ def main(argv=None) -> None:
     p.add_argument("--lr", type=float, default=2e-5)
     p.add_argument("--scale-lr", type=float, default=5e-3)
     p.add_argument("--kd-weight", type=float, default=0.5)
+    p.add_argument("--data-free", type=int, metavar="N",
+                   help="train on N sequences sampled from the FP model instead of WikiText-2 (use --kd-weight 1)")
     p.add_argument("--seq-len", type=int, default=256)
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--calib-windows", type=int, default=128, help="windows for --init two-step")
@@ -118,7 +122,17 @@ def main(argv=None) -> None:
     res["before"] = ppl(model)
     if args.grad_ckpt:
         model.gradient_checkpointing_enable()
-    hist = train_qat(model, RandomWindows(calib, args.seq_len, args.batch, seed=args.seed), args.steps, args.lr,
+    if args.data_free:
+        # LLM-QAT style: train on the FP model's own samples, distillation only (no corpus needed)
+        if teacher is None:
+            raise SystemExit("--data-free needs --kd-weight > 0 (the FP model is the teacher)")
+        t = time.perf_counter()
+        texts = sample_from_teacher(teacher, args.data_free, args.seq_len, batch_size=args.batch, seed=args.seed)
+        res["data_free"] = {"sequences": args.data_free, "seconds": time.perf_counter() - t}
+        batches = list(texts.split(args.batch))
+    else:
+        batches = RandomWindows(calib, args.seq_len, args.batch, seed=args.seed)
+    hist = train_qat(model, batches, args.steps, args.lr,
                      scale_lr=args.scale_lr, teacher=teacher, kd_weight=args.kd_weight,
                      warmup=min(20, args.steps // 10), log_every=args.log_every,
                      autocast_dtype=torch.bfloat16 if args.amp else None)
@@ -145,7 +159,8 @@ def main(argv=None) -> None:
         f"Device: {args.device} ({res['versions']['gpu'] or str(res['versions']['threads']) + ' torch threads'}), "
         f"torch {torch.__version__}; wall {res['wall_seconds'] / 60:.1f} min; peak RSS {res['peak_rss_gb']:.2f} GB.  ",
         f"Eval: WikiText-2 raw test, windows of {window}, first {args.max_windows or 'all'} windows.  ",
-        f"Train: {args.steps} steps × {args.batch}×{args.seq_len} tokens of WikiText-2 valid, lr {args.lr}, "
+        f"Train: {args.steps} steps × {args.batch}×{args.seq_len} tokens of "
+        f"{f'{args.data_free} FP-model samples' if args.data_free else 'WikiText-2 valid'}, lr {args.lr}, "
         f"scale lr {args.scale_lr}, KD {args.kd_weight}: {tr['sec_per_step']:.2f} s/step, loss "
         f"{tr['first_loss']:.3f} → {tr['last10_loss']:.3f} (mean of last 10).", "",
         "| model | ppl |", "|---|---|",
