@@ -6,7 +6,7 @@ One command (defaults finish on a 2-core CPU; ``--large --device cuda`` for a GP
     python bench/shakespeare.py --fp-checkpoint out/shakespeare/fp-small   # reuse the trained FP model
     python bench/shakespeare.py --large --device cuda
 
-Data: /work/shared/data/tinyshakespeare.txt (or ``--data``), first 90 % for training, last 10 %
+Data: ../shared/data/tinyshakespeare.txt (or ``--data``), first 90 % for training, last 10 %
 for validation. Character level (65 symbols): a small model learns it in minutes on a CPU, and the
 embedding/LM head stay small so most weights sit in the quantized ``Conv1D`` layers.
 Metric: standard perplexity over the validation text (non-overlapping windows of the block size,
@@ -42,7 +42,7 @@ from calibration.qat import convert, prepare_qat, train_qat  # noqa: E402
 from calibration.train import RandomWindows, train_lm  # noqa: E402
 from potkernels import IntConfig, PoTConfig, quantize_model  # noqa: E402
 
-DATA = Path("/work/shared/data/tinyshakespeare.txt")
+DATA = ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"
 
 
 @dataclass

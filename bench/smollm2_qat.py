@@ -37,7 +37,7 @@ from calibration.train import RandomWindows  # noqa: E402
 from potkernels import IntConfig, PoTConfig  # noqa: E402
 from potkernels.models import load_model  # noqa: E402
 
-DATA = Path("/work/shared/data")
+DATA = ROOT.parent / "shared" / "data"
 
 
 def peak_rss_gb() -> float:

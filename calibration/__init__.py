@@ -1,7 +1,7 @@
 """Calibration for potkernels: PoTPTQ two-step PTQ, QAT, calibration data and evaluation.
 
     from calibration import calibrate_model, get_calibration_ids
-    ids = get_calibration_ids("/work/shared/data/wikitext-2/valid.txt", tok, n_samples=32, seq_len=512)
+    ids = get_calibration_ids("../shared/data/wikitext-2/valid.txt", tok, n_samples=32, seq_len=512)
     calibrate_model(model, PoTConfig(bits=3, group_size=128), ids, method="two-step")
 """
 from .calibrate import METHODS, calibrate_model

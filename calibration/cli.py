@@ -203,7 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("eval", help="perplexity of a quantized checkpoint or a float model on a text file")
     e.add_argument("model", help="a quantized checkpoint folder, a model folder, a hub id or 'smollm2'")
-    e.add_argument("--text", required=True, help="text file, e.g. /work/shared/data/wikitext-2-raw/wiki.test.raw")
+    e.add_argument("--text", required=True, help="text file, e.g. ../shared/data/wikitext-2-raw/wiki.test.raw")
     e.add_argument("--batch-size", type=int, default=1)
     common(e)
     return p

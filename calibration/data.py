@@ -2,7 +2,7 @@
 
 Sources:
     ``"wikitext2"``  WikiText-2 raw *train* split through ``datasets`` (needs a reachable hub);
-    a file path      any local UTF-8 text file (e.g. /work/shared/data/wikitext-2/valid.txt);
+    a file path      any local UTF-8 text file (e.g. ../shared/data/wikitext-2/valid.txt);
     ``"self"``       data-free: sequences sampled from the float model itself, starting at BOS.
 Windows are drawn with a fixed seed, so the same arguments always give the same tensor.
 """
@@ -25,7 +25,7 @@ def wikitext2_train_text() -> str:
     except Exception as e:  # offline, no cache: say what to do instead
         raise RuntimeError(
             f"could not load WikiText-2 through `datasets` ({e.__class__.__name__}); pass a local text file "
-            "instead, e.g. --calib /work/shared/data/wikitext-2/valid.txt"
+            "instead, e.g. --calib ../shared/data/wikitext-2/valid.txt"
         ) from e
     return "\n\n".join(ds["text"])
 

@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 from potkernels.format.config import PoTConfig
 from potkernels.format.pot import clamp_scales, pot_fake_quant, quantize_pot
 from potkernels.format.common import sqnr_db
-from potkernels.integrations.hf import LayerReport, _skipped, eligible_linears, quantize_model, set_submodule
+from potkernels.integrations.hf import LayerReport, is_skipped, eligible_linears, quantize_model, set_submodule
 from potkernels.nn import float_weight
 
 from .init import init_scales
@@ -258,7 +258,7 @@ def refine_model(model: nn.Module, cfg: PoTConfig, calib_ids: torch.Tensor, epoc
         t0 = time.perf_counter()
         block = blocks[idx]
         prefix = _qualified_name(model, block)
-        names = [n for n, _ in eligible_linears(block, skip=()) if not _skipped(f"{prefix}.{n}", skip)]
+        names = [n for n, _ in eligible_linears(block, skip=()) if not is_skipped(f"{prefix}.{n}", skip)]
         if not names:
             continue
         weights = {n: float_weight(block.get_submodule(n)).float() for n in names}

@@ -29,7 +29,7 @@ class LayerReport:
         return asdict(self)
 
 
-def _skipped(name: str, skip: Iterable[str]) -> bool:
+def is_skipped(name: str, skip: Iterable[str]) -> bool:
     """A pattern skips a layer when it equals the last name part, a glob of the full name, or a prefix."""
     for pat in skip:
         if name == pat or name.split(".")[-1] == pat or fnmatch.fnmatch(name, pat) or name.startswith(pat + "."):
@@ -43,7 +43,7 @@ def eligible_linears(model: nn.Module, skip: Iterable[str] = ("lm_head",)) -> It
     for name, module in model.named_modules():
         if isinstance(module, _PackedLinear):
             continue
-        if (isinstance(module, nn.Linear) or is_conv1d(module)) and not _skipped(name, skip):
+        if (isinstance(module, nn.Linear) or is_conv1d(module)) and not is_skipped(name, skip):
             yield name, module
 
 
