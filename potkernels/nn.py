@@ -37,6 +37,34 @@ def is_conv1d(module: nn.Module) -> bool:
     return isinstance(module, Conv1D)
 
 
+def apply_keeping_dtypes(module: nn.Module, super_apply, fn, recurse: bool, names: tuple[str, ...],
+                         dtype: Optional[torch.dtype] = None) -> nn.Module:
+    """``nn.Module._apply`` that moves but never casts the tensors ``names`` (to ``dtype``, or their own).
+
+    A cast tensor is re-derived from its value before the call (moved only), since a round trip such
+    as fp16 → bf16 → fp16 is lossy. Works for buffers and parameters.
+    """
+    before = {n: getattr(module, n).detach() for n in names}
+    super_apply(fn, recurse)
+    for n, old in before.items():
+        new = getattr(module, n)
+        want = dtype or old.dtype
+        if new.dtype != want:
+            restored = old.to(device=new.device, dtype=want)
+            if isinstance(new, nn.Parameter):
+                new.data = restored
+            else:
+                setattr(module, n, restored)
+    return module
+
+
+def linear_extra_repr(layer: nn.Module) -> str:
+    """Shared ``extra_repr`` of the packed and QAT linear layers."""
+    g = layer.config.group_size or "channel"
+    return (f"in_features={layer.in_features}, out_features={layer.out_features}, bits={layer.config.bits}, "
+            f"group_size={g}, bias={layer.bias is not None}")
+
+
 class _PackedLinear(nn.Module):
     """Shared body of :class:`PoTLinear` and :class:`IntLinear`; subclasses name their tensors."""
 
@@ -99,19 +127,10 @@ class _PackedLinear(nn.Module):
 
     def _apply(self, fn, recurse=True):
         # model.half()/.to(bf16) must not cast the packed tensors: their dtypes are the format.
-        # Re-derive a cast tensor from the original (moved only), since fp16 → bf16 → fp16 is lossy.
-        before = {n: getattr(self, n) for n in self.tensor_names}
-        super()._apply(fn, recurse)
-        for n, old in before.items():
-            t = getattr(self, n)
-            if t.dtype != old.dtype:
-                setattr(self, n, old.to(t.device))
-        return self
+        return apply_keeping_dtypes(self, super()._apply, fn, recurse, self.tensor_names)
 
     def extra_repr(self) -> str:
-        g = self.config.group_size or "channel"
-        return (f"in_features={self.in_features}, out_features={self.out_features}, bits={self.config.bits}, "
-                f"group_size={g}, bias={self.bias is not None}")
+        return linear_extra_repr(self)
 
 
 class PoTLinear(_PackedLinear):

@@ -37,7 +37,7 @@ from torch import nn
 from potkernels.format import IntConfig, PoTConfig, quantize_int, quantize_pot
 from potkernels.format.pot import clamp_scales
 from potkernels.format.uniform import clamp_int_scales
-from potkernels.nn import IntLinear, PoTLinear
+from potkernels.nn import IntLinear, PoTLinear, apply_keeping_dtypes, linear_extra_repr
 
 from .fake_quant import IntFakeQuant, PoTFakeQuant
 
@@ -107,22 +107,10 @@ class QATLinear(nn.Module):
 
     def _apply(self, fn, recurse=True):
         # The scale parameters stay fp32 when the model is cast (a bf16 γ would lose small updates).
-        keep = {n: getattr(self, n).detach().clone() for n in self._fp32_names}
-        super()._apply(fn, recurse)
-        for n, old in keep.items():
-            new = getattr(self, n)
-            if new.dtype != torch.float32:
-                restored = old.to(device=new.device, dtype=torch.float32)
-                if isinstance(new, nn.Parameter):
-                    new.data = restored
-                else:
-                    setattr(self, n, restored)
-        return self
+        return apply_keeping_dtypes(self, super()._apply, fn, recurse, self._fp32_names, dtype=torch.float32)
 
     def extra_repr(self) -> str:
-        g = self.config.group_size or "channel"
-        return (f"in_features={self.in_features}, out_features={self.out_features}, bits={self.config.bits}, "
-                f"group_size={g}, bias={self.bias is not None}")
+        return linear_extra_repr(self)
 
 
 class PoTQATLinear(QATLinear):
