@@ -52,7 +52,7 @@ def initial_scales(args, fp, cfg, calib: torch.Tensor):
     try:
         from calibration import calibrate_model
     except ImportError as e:
-        raise SystemExit(f"--init two-step needs calibration.refine (calibration.calibrate_model, the calibrator), missing here: {e}")
+        raise SystemExit(f"--init two-step needs calibration.calibrate_model (the calibrator), missing here: {e}")
     gen = torch.Generator().manual_seed(args.seed)
     starts = torch.randint(0, calib.numel() - args.seq_len, (args.calib_windows,), generator=gen).tolist()
     windows = torch.stack([calib[i : i + args.seq_len] for i in starts])
