@@ -13,7 +13,7 @@ Metric: standard perplexity over the validation text (non-overlapping windows of
 ``calibration.eval.perplexity``) and bits per character (mean NLL / ln 2).
 
 Rows at each bit width (same group size): FP | int RTN | PoT RTN | PoT two-step (the calibrator,
-``calibration.refine.calibrate_model``; noted as unavailable if that module is missing) |
+``calibration.calibrate_model``; noted as unavailable if that module is missing) |
 int QAT | PoT QAT. QAT starts from RTN scales, trains with ``train_qat`` (CE + optional
 distillation from the FP model), then exports with ``convert``; the exported packed model is what
 is evaluated, and its logits are checked to equal the QAT model's (on the reference decode path;
@@ -61,12 +61,14 @@ class Setup:
     qat_scale_lr: float = 1e-2
     kd_weight: float = 0.5
     group_size: int | None = 64
-    calib_windows: int = 128
+    calib_windows: int = 128    # two-step calibration: train windows of `block` tokens,
+    calib_batch: int = 2        # windows per step-2 Adam step,
+    calib_epochs: int = 4       # epochs over them (the calibrator's defaults)
 
 
 SMALL = Setup()
 LARGE = Setup(n_layer=6, n_head=6, n_embd=384, block=256, batch=64, fp_steps=5000, fp_lr=1e-3,
-              qat_steps=1000, qat_lr=1e-4, group_size=128, calib_windows=256)
+              qat_steps=1000, qat_lr=1e-4, group_size=128)
 
 
 def char_data(path: Path) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
@@ -122,14 +124,16 @@ def fp_model(args, s: Setup, train: torch.Tensor, vocab: list[str], device: str)
 def two_step(fp, cfg: PoTConfig, train: torch.Tensor, s: Setup, seed: int):
     """PoTPTQ step 1 + 2 from the calibrator (lazy import); returns (model, note)."""
     try:
-        from calibration.refine import calibrate_model
+        from calibration import calibrate_model
     except ImportError as e:
-        return None, f"unavailable in this checkout ({e}); filled once calibration.refine is merged"
+        return None, f"unavailable in this checkout ({e}); filled once the calibrator (calibration.calibrate_model) is merged"
     gen = torch.Generator().manual_seed(seed)
     starts = torch.randint(0, train.numel() - s.block, (s.calib_windows,), generator=gen).tolist()
     calib = torch.stack([train[i : i + s.block] for i in starts])
-    model = calibrate_model(copy.deepcopy(fp), cfg, calib, method="two-step")
-    return model, f"calibrate_model(method='two-step'), {s.calib_windows} train windows of {s.block}"
+    model = calibrate_model(copy.deepcopy(fp), cfg, calib, method="two-step", epochs=s.calib_epochs,
+                            batch_size=s.calib_batch, progress=False)
+    return model, (f"calibrate_model(method='two-step'): {s.calib_windows} train windows of {s.block}, "
+                   f"batch {s.calib_batch}, {s.calib_epochs} epochs")
 
 
 def qat(fp, cfg, train: torch.Tensor, val: torch.Tensor, s: Setup, args) -> tuple:
@@ -171,7 +175,8 @@ def fp_continued(fp, train: torch.Tensor, s: Setup, args):
 
 def run(args) -> dict:
     s = LARGE if args.large else SMALL
-    overrides = {k: getattr(args, k) for k in ("fp_steps", "qat_steps", "qat_lr", "qat_scale_lr", "kd_weight")
+    overrides = {k: getattr(args, k) for k in ("fp_steps", "qat_steps", "qat_lr", "qat_scale_lr", "kd_weight",
+                                               "calib_windows", "calib_batch", "calib_epochs")
                  if getattr(args, k) is not None}
     if args.group_size is not None:
         overrides["group_size"] = None if args.group_size == 0 else args.group_size
@@ -291,6 +296,9 @@ def main(argv=None) -> None:
     p.add_argument("--qat-lr", type=float)
     p.add_argument("--qat-scale-lr", type=float)
     p.add_argument("--kd-weight", type=float)
+    p.add_argument("--calib-windows", type=int, help="two-step: calibration windows")
+    p.add_argument("--calib-batch", type=int, help="two-step: windows per Adam step")
+    p.add_argument("--calib-epochs", type=int, help="two-step: epochs of step 2")
     p.add_argument("--threads", type=int, help="torch CPU threads (1 is fastest on a busy shared machine)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--log-every", type=int, default=100)

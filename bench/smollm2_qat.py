@@ -50,13 +50,13 @@ def initial_scales(args, fp, cfg, calib: torch.Tensor):
     if args.init != "two-step":
         return args.init
     try:
-        from calibration.refine import calibrate_model
+        from calibration import calibrate_model
     except ImportError as e:
-        raise SystemExit(f"--init two-step needs calibration.refine (the calibrator), missing here: {e}")
+        raise SystemExit(f"--init two-step needs calibration.calibrate_model (the calibrator), missing here: {e}")
     gen = torch.Generator().manual_seed(args.seed)
     starts = torch.randint(0, calib.numel() - args.seq_len, (args.calib_windows,), generator=gen).tolist()
     windows = torch.stack([calib[i : i + args.seq_len] for i in starts])
-    return scales_from_quantized(calibrate_model(copy.deepcopy(fp), cfg, windows, method="two-step"))
+    return scales_from_quantized(calibrate_model(copy.deepcopy(fp), cfg, windows, method="two-step", progress=False))
 
 
 def main(argv=None) -> None:

@@ -308,3 +308,15 @@ def test_autocast_decodes_for_the_autocast_dtype():
     packed = layer.to_packed()
     want = torch.nn.functional.linear(x.bfloat16(), packed.dequantize(torch.bfloat16), packed.bias.bfloat16())
     assert got.dtype == torch.bfloat16 and torch.equal(got, want)
+
+
+def test_qat_starts_from_two_step_scales():
+    calibrate = pytest.importorskip("calibration.calibrate", reason="the two-step calibrator is not merged here")
+    base = tiny_llama().eval()
+    cfg = PoTConfig(3, 32)
+    calibrated = calibrate.calibrate_model(copy.deepcopy(base), cfg, ids(4, 32), method="two-step", epochs=1,
+                                           progress=False)
+    qat = prepare_qat(copy.deepcopy(base), cfg, init=scales_from_quantized(calibrated)).eval()
+    x = ids(2, 24, seed=9)
+    with torch.no_grad():
+        assert torch.equal(qat(x).logits, calibrated(x).logits)
