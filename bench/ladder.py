@@ -1,7 +1,8 @@
 """The quality ladder: WikiText-2 perplexity of SmolLM2-135M under every quantizer, one command.
 
 Rows: FP | RTN int | RTN PoT | PoT step 1 | PoT two-step | HQQ int, at 4/3/2 bits g128 and
-2 bits g64. Each row loads the float model afresh, quantizes it, and scores the WikiText-2 raw
+2 bits g64, plus the activation-weighted step 1 alone and under step 2 (``-act`` rows; see
+calibration/refine.py: the paper's data-free step 1 collapses SmolLM2 at 3 bits). Each row loads the float model afresh, quantizes it, and scores the WikiText-2 raw
 test text (tokenized once, non-overlapping windows of ``--window`` tokens).
 
     python bench/ladder.py --device cuda                       # full ladder (GPU, ~20 min)
@@ -42,9 +43,10 @@ from potkernels.integrations.hf import eligible_linears  # noqa: E402
 from potkernels.models import load_model  # noqa: E402
 from potkernels.nn import float_weight, is_conv1d  # noqa: E402
 
-ROWS = ("fp", "rtn-int", "rtn-pot", "pot-init", "pot-two-step", "hqq-int")
+ROWS = ("fp", "rtn-int", "rtn-pot", "pot-init", "pot-two-step", "hqq-int", "pot-init-act", "pot-two-step-act")
 LABELS = {"fp": "FP (fp32)", "rtn-int": "RTN int", "rtn-pot": "RTN PoT", "pot-init": "PoT step 1",
-          "pot-two-step": "PoT two-step", "hqq-int": "HQQ int"}
+          "pot-two-step": "PoT two-step", "hqq-int": "HQQ int",
+          "pot-init-act": "PoT step 1, activation-weighted", "pot-two-step-act": "PoT two-step, activation-weighted"}
 CONFIGS = ((4, 128), (3, 128), (2, 128), (2, 64))
 DATA = ROOT.parent / "shared" / "data"  # the offline data folder beside the checkout
 
@@ -84,10 +86,11 @@ def run_row(row: str, bits: int, group: int, args, eval_ids: torch.Tensor, calib
         calibrate_model(model, IntConfig(bits, group), method="rtn", progress=False)
     elif row in ("rtn-pot", "pot-init"):
         calibrate_model(model, PoTConfig(bits, group), method="rtn" if row == "rtn-pot" else "init", progress=False)
-    elif row == "pot-two-step":
+    elif row in ("pot-two-step", "pot-two-step-act", "pot-init-act"):
         epochs = args.epochs_2bit if bits == 2 else args.epochs
-        calibrate_model(model, PoTConfig(bits, group), calib_ids, "two-step", epochs=epochs, lr=args.lr,
-                        lam=args.lam, batch_size=args.batch_size, progress=True)
+        calibrate_model(model, PoTConfig(bits, group), calib_ids, "init" if row == "pot-init-act" else "two-step",
+                        epochs=epochs, lr=args.lr, lam=args.lam, batch_size=args.batch_size, progress=True,
+                        act_weighted=row.endswith("-act"))
     elif row == "hqq-int":
         apply_hqq(model, bits, group)
     quant_s = time.perf_counter() - t0
@@ -208,7 +211,7 @@ def main(argv=None) -> int:
     _, tok = load_model(args.model, device="cpu")
     eval_ids = tokenize_text(read_text(args.text), tok)
     calib_ids = None
-    if "pot-two-step" in args.rows:
+    if {"pot-two-step", "pot-init-act", "pot-two-step-act"} & set(args.rows):
         calib_ids = get_calibration_ids(args.calib, tok, args.samples, args.seq_len, seed=0)
 
     plan = [("fp", None, None)] if "fp" in args.rows else []

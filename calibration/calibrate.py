@@ -39,7 +39,8 @@ def calibrate_model(model: nn.Module, cfg: PoTConfig | IntConfig, calib_ids: Opt
                     method: Method = "two-step", epochs: int = DEFAULT_EPOCHS, lr: float = DEFAULT_LR,
                     lam: float = DEFAULT_LAM, batch_size: int = DEFAULT_BATCH,
                     device: Optional[str | torch.device] = None, skip: Iterable[str] = ("lm_head",),
-                    act_dtype: Optional[torch.dtype] = None, progress: bool = True, seed: int = 0) -> nn.Module:
+                    act_dtype: Optional[torch.dtype] = None, progress: bool = True, seed: int = 0,
+                    act_weighted: bool = False) -> nn.Module:
     """Quantize ``model`` in place with calibrated scales.
 
     Args:
@@ -54,32 +55,42 @@ def calibrate_model(model: nn.Module, cfg: PoTConfig | IntConfig, calib_ids: Opt
         skip: layers left in float (see :func:`potkernels.quantize_model`).
         act_dtype: dtype of the activations kept between blocks (default: see
             :func:`calibration.refine.default_act_dtype`).
+        act_weighted: step 1 weights each input column's error by its mean x² on
+            ``calib_ids`` (block by block, inputs from the quantized previous blocks); with
+            ``"init"`` this is step 1 alone, with ``"two-step"`` step 2 starts from it. Needs
+            calibration data; not for ``"rtn"``.
     Returns:
         The model; ``model.quantization_report`` lists every swapped layer, and
         ``model.calibration_report`` holds the method, settings, timing and (two-step) the
         per-block losses and per-layer SQNR of step 1 vs final.
     """
     check_method(cfg, method)
+    if act_weighted and method == "rtn":
+        raise ValueError("act_weighted applies to the step-1 search; method 'rtn' has none (use 'init' or 'two-step')")
+    if act_weighted and calib_ids is None:
+        raise ValueError("act_weighted needs calibration data (calib_ids [n_samples, seq_len])")
     if device is not None:
         model.to(device)
     model.eval()
     skip = tuple(skip)
     t0 = time.perf_counter()
-    info: dict = {"method": method, "config": cfg.to_dict()}
+    info: dict = {"method": method, "config": cfg.to_dict(), "act_weighted": act_weighted}
     if method == "rtn":
         quantize_model(model, cfg, skip=skip)
-    elif method == "init":
+    elif method == "init" and not act_weighted:
         quantize_model(model, cfg, skip=skip, params=lambda _n, m: {"scales": init_scales(float_weight(m), cfg)})
     else:
         if calib_ids is None:
             raise ValueError("method 'two-step' needs calibration data (calib_ids [n_samples, seq_len])")
+        if method == "init":  # activation-weighted step 1 alone: the block-wise pass with no step 2
+            epochs = 0
         if calib_ids.dim() != 2 or calib_ids.dtype != torch.long or calib_ids.numel() == 0:
             raise ValueError(f"calib_ids must be a non-empty LongTensor [n_samples, seq_len], got "
                              f"{calib_ids.dtype} {tuple(calib_ids.shape)}")
         if epochs < 0 or lr <= 0 or lam < 0 or batch_size < 1:
             raise ValueError(f"need epochs ≥ 0, lr > 0, lam ≥ 0, batch_size ≥ 1; got {epochs}, {lr}, {lam}, {batch_size}")
         blocks, layers = refine_model(model, cfg, calib_ids, epochs, lr, lam, batch_size, skip=skip,
-                                      act_dtype=act_dtype, progress=progress, seed=seed)
+                                      act_dtype=act_dtype, progress=progress, seed=seed, act_weighted=act_weighted)
         # Linears outside the blocks (none in GPT-2 / Llama besides the skipped lm_head) get step 1.
         if any(True for _ in eligible_linears(model, skip)):
             quantize_model(model, cfg, skip=skip,

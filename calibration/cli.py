@@ -118,19 +118,23 @@ def cmd_quantize(args: argparse.Namespace) -> dict[str, Any]:
         check_method(cfg, args.method)
     except ValueError as e:
         raise CliError(str(e)) from None
-    if args.method == "two-step":
+    if args.act_weighted and args.method == "rtn":
+        raise CliError("--act-weighted weights the step-1 search; use it with --method init or two-step")
+    needs_data = args.method == "two-step" or args.act_weighted
+    if needs_data:
         check_calib_source(args.calib)
     t_start = time.perf_counter()
     model, tok = load_base(args.model, args.device)
     ids = None
-    if args.method == "two-step":
+    if needs_data:
         try:
             ids = get_calibration_ids(args.calib, tok, args.samples, args.seq_len, seed=args.seed, model=model)
         except (FileNotFoundError, ValueError, RuntimeError) as e:
             raise CliError(str(e)) from None
     t0 = time.perf_counter()
     calibrate_model(model, cfg, ids, args.method, epochs=args.epochs, lr=args.lr, lam=args.lam,
-                    batch_size=args.batch_size, device=args.device, progress=True, seed=args.seed)
+                    batch_size=args.batch_size, device=args.device, progress=True, seed=args.seed,
+                    act_weighted=args.act_weighted)
     calib_seconds = time.perf_counter() - t0
     report = model.calibration_report
     print(report["summary"], file=sys.stderr)
@@ -141,9 +145,10 @@ def cmd_quantize(args: argparse.Namespace) -> dict[str, Any]:
               f"mean weight SQNR {sq0:.2f} -> {sq1:.2f} dB ({b['seconds']:.1f} s)", file=sys.stderr)
     result: dict[str, Any] = {
         "command": "quantize", "model": args.model, "config": cfg.to_dict(), "method": args.method,
+        "act_weighted": args.act_weighted,
         "calib": args.calib if ids is not None else None,
         "samples": None if ids is None else ids.shape[0], "seq_len": None if ids is None else ids.shape[1],
-        "epochs": args.epochs if ids is not None else None, "lr": args.lr, "lam": args.lam,
+        "epochs": report.get("epochs"), "lr": args.lr, "lam": args.lam,
         "device": str(args.device), "threads": torch.get_num_threads(),
         "calibration_seconds": calib_seconds, "summary": report["summary"],
     }
@@ -187,6 +192,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--bits", type=int, default=3, help=f"PoT: {POT_BITS}; int: {INT_BITS}")
     q.add_argument("--group-size", type=parse_group_size, default=128, help="32, 64, 128, 256 or 'channel'")
     q.add_argument("--method", choices=METHODS, default="two-step")
+    q.add_argument("--act-weighted", action="store_true",
+                   help="step 1 weights each input column's error by its mean x² on the calibration data "
+                        "(recommended for PoT: SmolLM2 3-bit collapses without it)")
     q.add_argument("--calib", default="wikitext2", help="'wikitext2', 'self' or a text file")
     q.add_argument("--samples", type=int, default=DEFAULT_SAMPLES)
     q.add_argument("--seq-len", type=int, default=DEFAULT_SEQ_LEN)

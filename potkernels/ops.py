@@ -150,17 +150,23 @@ def _check_x(x: torch.Tensor, in_features: int) -> None:
         raise ValueError(f"x must end in {in_features} features (the weight's in_features), got shape {tuple(x.shape)}")
 
 
+def _call(backend: Backend, args: tuple, torch_impl, triton_impl, op_name: str) -> torch.Tensor:
+    """Run one implementation directly (``"torch"`` / ``"triton"``) or the registered op, which
+    picks by device (``None``)."""
+    if backend == "torch":
+        return torch_impl(*args)
+    if backend == "triton":
+        return triton_impl(*args)
+    return getattr(torch.ops.potkernels, op_name)(*args)
+
+
 def pot_matmul(x: torch.Tensor, w: PoTWeight, bias: Optional[torch.Tensor] = None,
                backend: Backend = None) -> torch.Tensor:
     """``x @ W.T (+ bias)`` with W the decoded PoT weight: x ``[..., K]`` → ``[..., N]`` in x's dtype."""
     _check_backend(backend)
     _check_x(x, w.in_features)
     args = (x, w.qexp, w.qsign, w.scales, bias, w.config.bits, w.group_size, w.in_features)
-    if backend == "torch":
-        return _torch_pot_matmul(*args)
-    if backend == "triton":
-        return _triton_pot_matmul(*args)
-    return torch.ops.potkernels.pot_matmul(*args)
+    return _call(backend, args, _torch_pot_matmul, _triton_pot_matmul, "pot_matmul")
 
 
 def int_matmul(x: torch.Tensor, w: IntWeight, bias: Optional[torch.Tensor] = None,
@@ -169,11 +175,7 @@ def int_matmul(x: torch.Tensor, w: IntWeight, bias: Optional[torch.Tensor] = Non
     _check_backend(backend)
     _check_x(x, w.in_features)
     args = (x, w.qweight, w.scales, w.zeros, bias, w.config.bits, w.group_size, w.in_features)
-    if backend == "torch":
-        return _torch_int_matmul(*args)
-    if backend == "triton":
-        return _triton_int_matmul(*args)
-    return torch.ops.potkernels.int_matmul(*args)
+    return _call(backend, args, _torch_int_matmul, _triton_int_matmul, "int_matmul")
 
 
 def dequantize(w: PoTWeight | IntWeight, dtype: torch.dtype = torch.float16,
@@ -182,12 +184,12 @@ def dequantize(w: PoTWeight | IntWeight, dtype: torch.dtype = torch.float16,
     _check_backend(backend)
     if isinstance(w, PoTWeight):
         args = (w.qexp, w.qsign, w.scales, w.config.bits, w.group_size, w.in_features, dtype)
-        impls = (_torch_pot_dequantize, _triton_pot_dequantize, torch.ops.potkernels.pot_dequantize)
+        impls = (_torch_pot_dequantize, _triton_pot_dequantize, "pot_dequantize")
     elif isinstance(w, IntWeight):
         args = (w.qweight, w.scales, w.zeros, w.config.bits, w.group_size, w.in_features, dtype)
-        impls = (_torch_int_dequantize, _triton_int_dequantize, torch.ops.potkernels.int_dequantize)
+        impls = (_torch_int_dequantize, _triton_int_dequantize, "int_dequantize")
     else:
         raise TypeError(f"expected a PoTWeight or IntWeight, got {type(w).__name__}")
     if dtype not in (torch.float16, torch.bfloat16):
         raise TypeError(f"dtype must be torch.float16 or torch.bfloat16, got {dtype}")
-    return {"torch": impls[0], "triton": impls[1], None: impls[2]}[backend](*args)
+    return _call(backend, args, *impls)

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from calibration import cli
+from tiny_models import tiny_gpt2
 
 
 @pytest.fixture(autouse=True)
@@ -18,10 +19,10 @@ def _one_thread():
 @pytest.fixture
 def tiny_model_dir(tmp_path, shared_data):
     """A tiny random GPT-2 with the real GPT-2 tokenizer, saved as a local model folder."""
-    from transformers import GPT2Config, GPT2LMHeadModel, GPT2TokenizerFast
+    from transformers import GPT2TokenizerFast
 
     tok = GPT2TokenizerFast.from_pretrained(shared_data / "gpt2-tokenizer")
-    model = GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=64, n_head=4, n_positions=64))
+    model = tiny_gpt2(vocab=len(tok))
     out = tmp_path / "tiny"
     model.save_pretrained(out)
     tok.save_pretrained(out)
@@ -47,6 +48,8 @@ def run(capsys, *argv):
     (["--kind", "pot", "--bits", "8", "--method", "rtn"], "PoT bits must be one of"),
     (["--kind", "pot", "--bits", "3", "--group-size", "100", "--method", "rtn"], "group_size must be one of"),
     (["--method", "two-step", "--calib", "/nonexistent/calib.txt"], "neither 'wikitext2', 'self' nor"),
+    (["--method", "rtn", "--act-weighted"], "use it with --method init or two-step"),
+    (["--method", "init", "--act-weighted", "--calib", "/nonexistent/calib.txt"], "neither 'wikitext2', 'self' nor"),
 ])
 def test_impossible_options_fail_before_loading(capsys, argv, message):
     code, out, err = run(capsys, "quantize", "--model", "/nonexistent/model", *argv)
@@ -75,13 +78,14 @@ def test_quantize_then_eval(capsys, tmp_path, tiny_model_dir, text_file):
     """quantize (two-step, with eval) → checkpoint → eval gives the same perplexity, JSON last line."""
     out_dir = tmp_path / "q"
     code, out, err = run(capsys, "quantize", "--model", tiny_model_dir, "--bits", "3", "--group-size", "32",
-                         "--method", "two-step", "--calib", text_file, "--samples", "4", "--seq-len", "32",
-                         "--epochs", "1", "--eval-text", text_file, "--window", "64", "--max-windows", "4",
+                         "--method", "two-step", "--act-weighted", "--calib", text_file, "--samples", "4",
+                         "--seq-len", "32", "--epochs", "1", "--eval-text", text_file, "--window", "64", "--max-windows", "4",
                          "--out", out_dir, "--report", tmp_path / "report.json", "--json")
     assert code == 0, err
     q = json.loads(out.strip().splitlines()[-1])
     assert q["method"] == "two-step" and q["config"] == {"bits": 3, "group_size": 32, "kind": "pot"}
     assert q["samples"] == 4 and q["seq_len"] == 32 and q["peak_rss_mib"] > 0 and q["out"] == str(out_dir)
+    assert q["act_weighted"] and q["epochs"] == 1
     assert "output MSE" in err  # per-block report
     rep = json.loads((tmp_path / "report.json").read_text())
     assert len(rep["blocks"]) == 2 and len(rep["layers"]) == 8
@@ -107,3 +111,12 @@ def test_rtn_int_quantize_json(capsys, tiny_model_dir, text_file):
     assert code == 0, err
     r = json.loads(out.strip().splitlines()[-1])
     assert r["config"]["kind"] == "int" and r["samples"] is None and r["perplexity"] > 1
+
+
+def test_activation_weighted_step1_json(capsys, tiny_model_dir, text_file):
+    code, out, err = run(capsys, "quantize", "--model", tiny_model_dir, "--bits", "3", "--group-size", "32",
+                         "--method", "init", "--act-weighted", "--calib", text_file, "--samples", "2",
+                         "--seq-len", "32", "--json")
+    assert code == 0, err
+    r = json.loads(out.strip().splitlines()[-1])
+    assert r["method"] == "init" and r["act_weighted"] and r["epochs"] == 0 and r["samples"] == 2

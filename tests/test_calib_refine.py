@@ -8,6 +8,9 @@ from calibration.eval import perplexity
 from calibration.refine import FakeQuantLinear, capture_block_inputs, find_blocks, refine_block
 from potkernels import IntConfig, IntLinear, PoTConfig, PoTLinear, quantize_model
 from potkernels.format.pot import clamp_scales, quantize_pot
+from tiny_models import VOCAB, tiny_gpt2, tiny_llama
+
+MODELS = {"gpt2": tiny_gpt2, "llama": tiny_llama}
 
 
 @pytest.fixture(autouse=True)
@@ -19,23 +22,6 @@ def _one_thread():
     torch.set_num_threads(n)
 
 
-def tiny_gpt2():
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    cfg = GPT2Config(n_layer=2, n_embd=64, n_head=4, vocab_size=256, n_positions=64, bos_token_id=0, eos_token_id=0)
-    return GPT2LMHeadModel(cfg).eval()
-
-
-def tiny_llama():
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    cfg = LlamaConfig(hidden_size=64, intermediate_size=176, num_hidden_layers=2, num_attention_heads=4,
-                      num_key_value_heads=2, vocab_size=256, max_position_embeddings=64, bos_token_id=0,
-                      eos_token_id=0, pad_token_id=0)
-    return LlamaForCausalLM(cfg).eval()
-
-
-MODELS = {"gpt2": tiny_gpt2, "llama": tiny_llama}
 
 
 @pytest.mark.parametrize("arch", MODELS)
@@ -46,12 +32,13 @@ def test_fake_quant_linear_matches_packed(arch):
     cfg = PoTConfig(3, 32)
     from potkernels.nn import float_weight
 
-    s = clamp_scales(torch.rand(float_weight(module).shape[0], 2) * 0.01 + 1e-3, 3).float()
+    n, k = float_weight(module).shape
+    s = clamp_scales(torch.rand(n, cfg.groups_in(k)[1]) * 0.01 + 1e-3, 3).float()
     fq = FakeQuantLinear(module, cfg, s)
     with torch.no_grad():
         fq.gamma.uniform_(-0.2, 0.2)
     packed = PoTLinear.from_float(module, cfg, scales=fq.scales().detach())
-    x = torch.randn(3, 5, float_weight(module).shape[1])
+    x = torch.randn(3, 5, k)
     torch.testing.assert_close(fq(x), packed(x), rtol=1e-5, atol=1e-6)
     # gradient reaches Γ only through Ŝ (E detached)
     fq(x).square().sum().backward()
@@ -61,7 +48,7 @@ def test_fake_quant_linear_matches_packed(arch):
 @pytest.mark.parametrize("arch", MODELS)
 def test_step2_lowers_block_loss(arch):
     model = MODELS[arch]()
-    ids = torch.randint(0, 256, (6, 32))
+    ids = torch.randint(0, VOCAB, (6, 32))
     blocks = find_blocks(model)
     xs, extras = capture_block_inputs(model, blocks, ids, batch_size=4, act_dtype=torch.float32)
     assert [x.shape[0] for x in xs] == [4, 2] and set(extras) == {4, 2}
@@ -88,7 +75,7 @@ def test_step2_lowers_block_loss(arch):
 @pytest.mark.parametrize("arch", MODELS)
 def test_two_step_pipeline(arch):
     model = MODELS[arch]()
-    text_ids = torch.randint(0, 256, (4000,))
+    text_ids = torch.randint(0, VOCAB, (4000,))
     calib = random_windows(text_ids, n_samples=6, seq_len=32, seed=1)
     ref = perplexity(model, text_ids, window=64, max_windows=8)
     calibrate_model(model, PoTConfig(3, 32), calib, "two-step", epochs=2, batch_size=3, progress=False)
@@ -106,8 +93,43 @@ def test_two_step_pipeline(arch):
     assert torch.equal(again.qexp, w0.qexp)
 
 
+@pytest.mark.parametrize("arch", MODELS)
+def test_activation_weighted_step1(arch):
+    """act_weighted: step 1 alone (method 'init', no Γ training) and as the start of step 2."""
+    text_ids = torch.randint(0, VOCAB, (4000,))
+    calib = random_windows(text_ids, n_samples=4, seq_len=32, seed=1)
+    m = calibrate_model(MODELS[arch](), PoTConfig(3, 32), calib, "init", act_weighted=True, progress=False)
+    rep = m.calibration_report
+    assert rep["act_weighted"] and rep["epochs"] == 0 and len(rep["blocks"]) == 2
+    assert all(b["loss_final"] == b["loss_init"] for b in rep["blocks"])
+    assert len(m.quantization_report) == sum(isinstance(x, PoTLinear) for x in m.modules()) > 0
+    assert torch.isfinite(torch.tensor(perplexity(m, text_ids, window=64, max_windows=4)["ppl"]))
+    m = calibrate_model(MODELS[arch](), PoTConfig(3, 32), calib, "two-step", epochs=2, act_weighted=True,
+                        progress=False)
+    assert all(b["loss_final"] <= b["loss_init"] for b in m.calibration_report["blocks"])
+
+
+def test_activation_weighted_block_init_lowers_block_loss():
+    """On a block whose input has one loud channel, weighting step 1 by x² lowers the block's
+    output error against the float block (the plain search ignores which inputs are loud)."""
+    torch.manual_seed(0)
+    model = tiny_llama()
+    blocks = find_blocks(model)
+    ids = torch.randint(0, VOCAB, (4, 32))
+    xs, extras = capture_block_inputs(model, blocks, ids, batch_size=4, act_dtype=torch.float32)
+    # input_layernorm scales every channel; make channel 5 loud, its weights small
+    with torch.no_grad():
+        blocks[0].input_layernorm.weight[5] = 30.0
+        for proj in (blocks[0].self_attn.q_proj, blocks[0].self_attn.k_proj, blocks[0].self_attn.v_proj):
+            proj.weight[:, 5] *= 0.05
+    names = [n for n, m in blocks[0].named_modules() if isinstance(m, torch.nn.Linear)]
+    loss = {flag: refine_block(blocks[0], names, xs, extras, PoTConfig(3, 32), epochs=0, lr=1e-3, lam=0.1,
+                               act_weighted=flag).loss_init for flag in (False, True)}
+    assert loss[True] < 0.7 * loss[False]
+
+
 def test_methods_and_baselines():
-    ids = torch.randint(0, 256, (4, 32))
+    ids = torch.randint(0, VOCAB, (4, 32))
     m = calibrate_model(tiny_gpt2(), IntConfig(4, 32), method="rtn", progress=False)
     assert all(isinstance(x, IntLinear) for x in m.transformer.h[0].modules() if type(x).__name__.endswith("Linear")
                and x is not m.lm_head)
@@ -121,6 +143,10 @@ def test_methods_and_baselines():
         calibrate_model(tiny_gpt2(), IntConfig(4, 32), ids, method="two-step")
     with pytest.raises(ValueError, match="needs calibration data"):
         calibrate_model(tiny_gpt2(), PoTConfig(4, 32), None, method="two-step")
+    with pytest.raises(ValueError, match="method 'rtn' has none"):
+        calibrate_model(tiny_gpt2(), PoTConfig(4, 32), ids, method="rtn", act_weighted=True)
+    with pytest.raises(ValueError, match="act_weighted needs calibration data"):
+        calibrate_model(tiny_gpt2(), PoTConfig(4, 32), None, method="init", act_weighted=True)
     with pytest.raises(ValueError, match="method must be one of"):
         calibrate_model(tiny_gpt2(), PoTConfig(4, 32), ids, method="gptq")
 
@@ -146,4 +172,4 @@ def test_calibration_data(tmp_path, shared_data):
         get_calibration_ids(str(tmp_path / "missing.txt"), tok, 2, 16)
     # data-free: the model writes its own calibration text
     gen = get_calibration_ids("self", tok, n_samples=3, seq_len=12, seed=0, model=tiny_gpt2())
-    assert gen.shape == (3, 12) and int(gen.max()) < 256
+    assert gen.shape == (3, 12) and int(gen.max()) < VOCAB

@@ -9,8 +9,8 @@ from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausa
 VOCAB = 96
 
 
-def tiny_gpt2() -> GPT2LMHeadModel:
-    cfg = GPT2Config(n_embd=96, n_layer=2, n_head=4, vocab_size=VOCAB, n_positions=64,
+def tiny_gpt2(vocab: int = VOCAB) -> GPT2LMHeadModel:
+    cfg = GPT2Config(n_embd=96, n_layer=2, n_head=4, vocab_size=vocab, n_positions=64,
                      bos_token_id=0, eos_token_id=0, tie_word_embeddings=True)
     return GPT2LMHeadModel(cfg).eval()
 

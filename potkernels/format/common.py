@@ -1,6 +1,8 @@
 """Checks and group helpers shared by the PoT and uniform-int formats."""
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -53,3 +55,51 @@ def sqnr_db(w: torch.Tensor, w_hat: torch.Tensor) -> float:
     if noise == 0:
         return float("inf")
     return float(10 * torch.log10(w.pow(2).sum() / noise))
+
+
+class PackedWeight:
+    """What :class:`PoTWeight` and :class:`IntWeight` share: shape, sizes, device moves and the
+    dtype/shape check. A subclass is a dataclass with its tensors, ``scales`` among them
+    (``[n_groups, out_features]``), then ``in_features`` and ``config``; it lists its tensors in
+    :meth:`tensors` and their expected dtype and shape in :meth:`expected`."""
+
+    scales: torch.Tensor
+    in_features: int
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def expected(self) -> dict[str, tuple[torch.dtype, tuple[int, ...]]]:
+        raise NotImplementedError
+
+    @property
+    def out_features(self) -> int:
+        return self.scales.shape[1]
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (self.out_features, self.in_features)
+
+    @property
+    def group_size(self) -> int:
+        return self.config.groups_in(self.in_features)[0]  # type: ignore[attr-defined]
+
+    @property
+    def nbytes(self) -> int:
+        """Packed bytes: every stored tensor (codes, signs, scales, zero points)."""
+        return sum(t.numel() * t.element_size() for t in self.tensors().values())
+
+    @property
+    def bits_per_weight(self) -> float:
+        return 8 * self.nbytes / (self.out_features * self.in_features)
+
+    def to(self, device: torch.device | str):
+        return dataclasses.replace(self, **{k: t.to(device) for k, t in self.tensors().items()})  # type: ignore
+
+    def check_tensors(self) -> None:
+        """Raise ValueError unless every tensor has the dtype and shape of :meth:`expected`."""
+        for name, (dtype, shape) in self.expected().items():
+            t = getattr(self, name)
+            if t.dtype != dtype or tuple(t.shape) != shape:
+                raise ValueError(f"{type(self).__name__}.{name}: expected {dtype} {shape}, "
+                                 f"got {t.dtype} {tuple(t.shape)}")

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .common import check_decode_dtype, check_weight, expand_groups, group_mask, grouped
+from .common import PackedWeight, check_decode_dtype, check_weight, expand_groups, group_mask, grouped
 from .config import PoTConfig
 from .packing import pack_codes, packed_rows, unpack_codes
 
@@ -60,7 +60,7 @@ def exponent_codes(w: torch.Tensor, scales: torch.Tensor, qmax: int) -> torch.Te
 
 
 @dataclass
-class PoTWeight:
+class PoTWeight(PackedWeight):
     """A packed PoT weight of logical shape ``[out_features, in_features]``.
 
     Tensors (N = out_features, K = in_features):
@@ -75,47 +75,18 @@ class PoTWeight:
     in_features: int
     config: PoTConfig
 
-    @property
-    def out_features(self) -> int:
-        return self.scales.shape[1]
-
-    @property
-    def shape(self) -> tuple[int, int]:
-        return (self.out_features, self.in_features)
-
-    @property
-    def group_size(self) -> int:
-        return self.config.groups_in(self.in_features)[0]
-
-    @property
-    def nbytes(self) -> int:
-        """Packed bytes: exponent planes + sign plane + scales."""
-        return sum(t.numel() * t.element_size() for t in (self.qexp, self.qsign, self.scales))
-
-    @property
-    def bits_per_weight(self) -> float:
-        return 8 * self.nbytes / (self.out_features * self.in_features)
-
     def tensors(self) -> dict[str, torch.Tensor]:
         return {"qexp": self.qexp, "qsign": self.qsign, "scales": self.scales}
 
-    def to(self, device: torch.device | str) -> "PoTWeight":
-        return PoTWeight(self.qexp.to(device), self.qsign.to(device), self.scales.to(device),
-                         self.in_features, self.config)
+    def expected(self) -> dict[str, tuple[torch.dtype, tuple[int, ...]]]:
+        n, k, b = self.out_features, self.in_features, self.config.bits
+        return {"qexp": (torch.int32, (packed_rows(k, b - 1), n)), "qsign": (torch.int32, (packed_rows(k, 1), n)),
+                "scales": (torch.float16, (self.config.groups_in(k)[1], n))}
 
     def validate(self) -> None:
         """Raise ValueError if the tensors do not fit the declared shape and config."""
-        n, k, b = self.out_features, self.in_features, self.config.bits
-        _, n_groups = self.config.groups_in(k)
-        want = {
-            "qexp": (torch.int32, (packed_rows(k, b - 1), n)),
-            "qsign": (torch.int32, (packed_rows(k, 1), n)),
-            "scales": (torch.float16, (n_groups, n)),
-        }
-        for name, (dtype, shape) in want.items():
-            t = getattr(self, name)
-            if t.dtype != dtype or tuple(t.shape) != shape:
-                raise ValueError(f"PoTWeight.{name}: expected {dtype} {shape}, got {t.dtype} {tuple(t.shape)}")
+        self.check_tensors()
+        b = self.config.bits
         lo, hi = scale_range(b)
         s = self.scales.float()
         if not bool(((s >= lo) & (s <= hi)).all()):

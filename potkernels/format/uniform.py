@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .common import check_decode_dtype, check_weight, expand_groups, group_mask, grouped
+from .common import PackedWeight, check_decode_dtype, check_weight, expand_groups, group_mask, grouped
 from .config import IntConfig
 from .packing import pack_codes, packed_rows, unpack_codes
 
@@ -42,7 +42,7 @@ def rtn_int_params(w: torch.Tensor, cfg: IntConfig) -> tuple[torch.Tensor, torch
 
 
 @dataclass
-class IntWeight:
+class IntWeight(PackedWeight):
     """A packed uniform-int weight of logical shape ``[out_features, in_features]``.
 
     Tensors (N = out_features, K = in_features):
@@ -57,45 +57,19 @@ class IntWeight:
     in_features: int
     config: IntConfig
 
-    @property
-    def out_features(self) -> int:
-        return self.scales.shape[1]
-
-    @property
-    def shape(self) -> tuple[int, int]:
-        return (self.out_features, self.in_features)
-
-    @property
-    def group_size(self) -> int:
-        return self.config.groups_in(self.in_features)[0]
-
-    @property
-    def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in (self.qweight, self.scales, self.zeros))
-
-    @property
-    def bits_per_weight(self) -> float:
-        return 8 * self.nbytes / (self.out_features * self.in_features)
-
     def tensors(self) -> dict[str, torch.Tensor]:
         return {"qweight": self.qweight, "scales": self.scales, "zeros": self.zeros}
 
-    def to(self, device: torch.device | str) -> "IntWeight":
-        return IntWeight(self.qweight.to(device), self.scales.to(device), self.zeros.to(device),
-                         self.in_features, self.config)
+    def expected(self) -> dict[str, tuple[torch.dtype, tuple[int, ...]]]:
+        n, k, b = self.out_features, self.in_features, self.config.bits
+        n_groups = self.config.groups_in(k)[1]
+        return {"qweight": (torch.int32, (packed_rows(k, b), n)), "scales": (torch.float16, (n_groups, n)),
+                "zeros": (torch.uint8, (n_groups, n))}
 
     def validate(self) -> None:
-        n, k, b = self.out_features, self.in_features, self.config.bits
-        _, n_groups = self.config.groups_in(k)
-        want = {
-            "qweight": (torch.int32, (packed_rows(k, b), n)),
-            "scales": (torch.float16, (n_groups, n)),
-            "zeros": (torch.uint8, (n_groups, n)),
-        }
-        for name, (dtype, shape) in want.items():
-            t = getattr(self, name)
-            if t.dtype != dtype or tuple(t.shape) != shape:
-                raise ValueError(f"IntWeight.{name}: expected {dtype} {shape}, got {t.dtype} {tuple(t.shape)}")
+        """Raise ValueError if the tensors do not fit the declared shape and config."""
+        self.check_tensors()
+        b = self.config.bits
         if int(self.zeros.max()) > self.config.qmax:
             raise ValueError(f"IntWeight.zeros exceed {self.config.qmax} for bits={b}")
         if not bool(torch.isfinite(self.scales).all()):

@@ -342,3 +342,27 @@ def dot_rows(acc, x_ptr, stride_xm, offs_m, mask_m, q_ptr, sg_ptr, sc_ptr, z_ptr
             w = decode_slice16(w0, s, sbz, t_a, t_b, t_c, jj, j, IS_POT, W0, W1, IS_BF16)
             acc = tl.dot(xj, w, acc)
     return acc
+
+
+@triton.jit
+def dot_k_range(acc, k_lo, k_hi, x_ptr, stride_xm, offs_m, mask_m, q_ptr, sg_ptr, sc_ptr, z_ptr,
+                offs_n, mask_n, N, K, KP, G, IS_POT: tl.constexpr, W0: tl.constexpr, W1: tl.constexpr,
+                IS_BF16: tl.constexpr, LOADER: tl.constexpr, SCALE_PER_TILE: tl.constexpr,
+                BLOCK_K: tl.constexpr):
+    """``acc += x[offs_m, k_lo:k_hi] @ W^T[k_lo:k_hi, offs_n]`` in steps of ``BLOCK_K`` (the
+    K loop of the small-batch and GEMM kernels). ``LOADER`` 2: :func:`dot_rows` (each word read
+    once, 32 dots per step); 0 / 1: one decoded ``[BLOCK_K, BN]`` tile per step from gathered /
+    expanded codes (:func:`decode_tile`)."""
+    for k0 in range(k_lo, k_hi, BLOCK_K):
+        if LOADER == 2:
+            offs_r = k0 // 32 + tl.arange(0, BLOCK_K // 32)
+            acc = dot_rows(acc, x_ptr, stride_xm, offs_m, mask_m, q_ptr, sg_ptr, sc_ptr, z_ptr, offs_r,
+                           offs_r < KP // 32, offs_n, mask_n, N, K, KP, G, IS_POT, W0, W1, IS_BF16)
+        else:
+            offs_k = k0 + tl.arange(0, BLOCK_K)
+            xt = tl.load(x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :],
+                         mask=mask_m[:, None] & (offs_k < K)[None, :], other=0.0)
+            w = decode_tile(q_ptr, sg_ptr, sc_ptr, z_ptr, k0, offs_n, mask_n, N, K, KP, G,
+                            IS_POT, W0, W1, IS_BF16, LOADER == 1, SCALE_PER_TILE, BLOCK_K)
+            acc = tl.dot(xt, w, acc)
+    return acc

@@ -12,7 +12,7 @@ reduced in split order by the last program of each tile (:func:`gemv.splitk_fini
 import triton
 import triton.language as tl
 
-from .decode import decode_tile, dot_rows
+from .decode import dot_k_range
 from .gemv import splitk_finish
 
 
@@ -34,18 +34,8 @@ def small_batch_kernel(x_ptr, q_ptr, sg_ptr, sc_ptr, z_ptr, b_ptr, y_ptr, part_p
     k_lo = pid_k * k_per_split
     k_hi = tl.minimum(k_lo + k_per_split, KP)
     acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
-    for k0 in range(k_lo, k_hi, BLOCK_K):
-        if LOADER == 2:  # static slices: each word read once, immediate shifts, 32 dots of K = BLOCK_K / 32
-            offs_r = k0 // 32 + tl.arange(0, BLOCK_K // 32)
-            acc = dot_rows(acc, x_ptr, stride_xm, offs_m, mask_m, q_ptr, sg_ptr, sc_ptr, z_ptr, offs_r,
-                           offs_r < KP // 32, offs_n, mask_n, N, K, KP, G, IS_POT, W0, W1, IS_BF16)
-        else:  # a [BLOCK_K, BLOCK_N] tile: gathered (LOADER 0) or expanded (LOADER 1) codes
-            offs_k = k0 + tl.arange(0, BLOCK_K)
-            xt = tl.load(x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :],
-                         mask=mask_m[:, None] & (offs_k < K)[None, :], other=0.0)
-            w = decode_tile(q_ptr, sg_ptr, sc_ptr, z_ptr, k0, offs_n, mask_n, N, K, KP, G,
-                            IS_POT, W0, W1, IS_BF16, LOADER == 1, SCALE_PER_TILE, BLOCK_K)
-            acc = tl.dot(xt, w, acc)
+    acc = dot_k_range(acc, k_lo, k_hi, x_ptr, stride_xm, offs_m, mask_m, q_ptr, sg_ptr, sc_ptr, z_ptr, offs_n, mask_n,
+                      N, K, KP, G, IS_POT, W0, W1, IS_BF16, LOADER, SCALE_PER_TILE, BLOCK_K)
     mask = mask_m[:, None] & mask_n[None, :]
     if SPLIT:
         tl.store(part_ptr + (pid_k * M + offs_m[:, None]) * N + offs_n[None, :], acc, mask=mask)
