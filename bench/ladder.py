@@ -152,8 +152,28 @@ def write_markdown(path: Path, results: list[dict], meta: dict) -> None:
               f"Two-step settings: {meta['two_step']}. Calibration text: {meta['calib']}.", "",
               "Notes: the offline SmolLM2-135M weights were shipped as GGUF Q4_1 and dequantized to fp32, so",
               "they already sit on a 4-bit grid (4-bit rows are flattered). RTN int is asymmetric min/max with",
-              "a uint8 zero point; HQQ int keeps a float zero point (optimize=True, no calibration data)."]
+              "a uint8 zero point; HQQ int keeps a float zero point (optimize=True, no calibration data).",
+              "\"PoT step 1\" / \"PoT two-step\" are the paper's (data-free weight-space search, then Γ);",
+              "the \"activation-weighted\" rows weight step 1's search by each input channel's mean x² on the",
+              "calibration windows (calibration/refine.py explains why PoT needs it), alone or under step 2.",
+              "All PoT/int rows store b + 16/G bits per weight (+ 8/G for the int zero point); lm_head stays float."]
     path.write_text("\n".join(lines) + "\n")
+
+
+def merge(paths: list[Path], out_dir: Path) -> None:
+    """Join the rows of several ``ladder.json`` files made with the same window settings (e.g. two
+    processes each running some configs) into ``out_dir``'s ladder.json / ladder.md."""
+    parts = [json.loads(Path(p).read_text()) for p in paths]
+    keys = {(m["window"], m["max_windows"]) for m in parts}
+    if len(keys) != 1:
+        raise SystemExit(f"--merge: the files differ in window / max-windows: {sorted(keys)}")
+    meta = {k: v for k, v in parts[0].items() if k != "results"}
+    meta["commands"] = [c for m in parts for c in m["commands"]]
+    meta["peak_rss_mib"] = max(m["peak_rss_mib"] for m in parts)
+    results = [r for m in parts for r in m["results"]]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "ladder.json").write_text(json.dumps({**meta, "results": results}, indent=1))
+    write_markdown(out_dir / "ladder.md", results, meta)
 
 
 def main(argv=None) -> int:
@@ -181,7 +201,12 @@ def main(argv=None) -> int:
                         "reference), 'triton' (the kernels), 'auto' (the op's device default)")
     p.add_argument("--results", default=str(ROOT / "bench" / "results"))
     p.add_argument("--resume", action="store_true", help="keep rows already in ladder.json and skip them")
+    p.add_argument("--merge", nargs="+", metavar="JSON",
+                   help="only join these ladder.json files into --results (no evaluation)")
     args = p.parse_args(argv)
+    if args.merge:
+        merge([Path(x) for x in args.merge], Path(args.results))
+        return 0
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.device.startswith("cuda") and not torch.cuda.is_available():

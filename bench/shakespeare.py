@@ -130,8 +130,9 @@ def two_step(fp, cfg: PoTConfig, train: torch.Tensor, s: Setup, seed: int):
     gen = torch.Generator().manual_seed(seed)
     starts = torch.randint(0, train.numel() - s.block, (s.calib_windows,), generator=gen).tolist()
     calib = torch.stack([train[i : i + s.block] for i in starts])
+    # act_weighted=False: the paper's data-free step 1 under step 2, as in the committed table
     model = calibrate_model(copy.deepcopy(fp), cfg, calib, method="two-step", epochs=s.calib_epochs,
-                            batch_size=s.calib_batch, progress=False)
+                            batch_size=s.calib_batch, progress=False, act_weighted=False)
     return model, (f"calibrate_model(method='two-step'): {s.calib_windows} train windows of {s.block}, "
                    f"batch {s.calib_batch}, {s.calib_epochs} epochs")
 

@@ -40,7 +40,7 @@ def calibrate_model(model: nn.Module, cfg: PoTConfig | IntConfig, calib_ids: Opt
                     lam: float = DEFAULT_LAM, batch_size: int = DEFAULT_BATCH,
                     device: Optional[str | torch.device] = None, skip: Iterable[str] = ("lm_head",),
                     act_dtype: Optional[torch.dtype] = None, progress: bool = True, seed: int = 0,
-                    act_weighted: bool = False) -> nn.Module:
+                    act_weighted: Optional[bool] = None) -> nn.Module:
     """Quantize ``model`` in place with calibrated scales.
 
     Args:
@@ -58,13 +58,17 @@ def calibrate_model(model: nn.Module, cfg: PoTConfig | IntConfig, calib_ids: Opt
         act_weighted: step 1 weights each input column's error by its mean x² on
             ``calib_ids`` (block by block, inputs from the quantized previous blocks); with
             ``"init"`` this is step 1 alone, with ``"two-step"`` step 2 starts from it. Needs
-            calibration data; not for ``"rtn"``.
+            calibration data; not for ``"rtn"``. Default (None): on for ``"two-step"``, which
+            has the data anyway (the paper's data-free step 1 collapses SmolLM2 at 3 bits;
+            pass False for the paper's method), off for ``"init"`` (data-free).
     Returns:
         The model; ``model.quantization_report`` lists every swapped layer, and
         ``model.calibration_report`` holds the method, settings, timing and (two-step) the
         per-block losses and per-layer SQNR of step 1 vs final.
     """
     check_method(cfg, method)
+    if act_weighted is None:
+        act_weighted = method == "two-step" and calib_ids is not None
     if act_weighted and method == "rtn":
         raise ValueError("act_weighted applies to the step-1 search; method 'rtn' has none (use 'init' or 'two-step')")
     if act_weighted and calib_ids is None:

@@ -118,6 +118,8 @@ def cmd_quantize(args: argparse.Namespace) -> dict[str, Any]:
         check_method(cfg, args.method)
     except ValueError as e:
         raise CliError(str(e)) from None
+    if args.act_weighted is None:
+        args.act_weighted = args.method == "two-step"
     if args.act_weighted and args.method == "rtn":
         raise CliError("--act-weighted weights the step-1 search; use it with --method init or two-step")
     needs_data = args.method == "two-step" or args.act_weighted
@@ -192,9 +194,10 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--bits", type=int, default=3, help=f"PoT: {POT_BITS}; int: {INT_BITS}")
     q.add_argument("--group-size", type=parse_group_size, default=128, help="32, 64, 128, 256 or 'channel'")
     q.add_argument("--method", choices=METHODS, default="two-step")
-    q.add_argument("--act-weighted", action="store_true",
+    q.add_argument("--act-weighted", action=argparse.BooleanOptionalAction, default=None,
                    help="step 1 weights each input column's error by its mean x² on the calibration data "
-                        "(recommended for PoT: SmolLM2 3-bit collapses without it)")
+                        "(default: on for two-step, off for init; --no-act-weighted gives the paper's "
+                        "data-free step 1, which collapses SmolLM2 at 3 bits)")
     q.add_argument("--calib", default="wikitext2", help="'wikitext2', 'self' or a text file")
     q.add_argument("--samples", type=int, default=DEFAULT_SAMPLES)
     q.add_argument("--seq-len", type=int, default=DEFAULT_SEQ_LEN)

@@ -78,14 +78,14 @@ def test_quantize_then_eval(capsys, tmp_path, tiny_model_dir, text_file):
     """quantize (two-step, with eval) → checkpoint → eval gives the same perplexity, JSON last line."""
     out_dir = tmp_path / "q"
     code, out, err = run(capsys, "quantize", "--model", tiny_model_dir, "--bits", "3", "--group-size", "32",
-                         "--method", "two-step", "--act-weighted", "--calib", text_file, "--samples", "4",
+                         "--method", "two-step", "--calib", text_file, "--samples", "4",
                          "--seq-len", "32", "--epochs", "1", "--eval-text", text_file, "--window", "64", "--max-windows", "4",
                          "--out", out_dir, "--report", tmp_path / "report.json", "--json")
     assert code == 0, err
     q = json.loads(out.strip().splitlines()[-1])
     assert q["method"] == "two-step" and q["config"] == {"bits": 3, "group_size": 32, "kind": "pot"}
     assert q["samples"] == 4 and q["seq_len"] == 32 and q["peak_rss_mib"] > 0 and q["out"] == str(out_dir)
-    assert q["act_weighted"] and q["epochs"] == 1
+    assert q["act_weighted"] and q["epochs"] == 1  # two-step weights step 1 by activations by default
     assert "output MSE" in err  # per-block report
     rep = json.loads((tmp_path / "report.json").read_text())
     assert len(rep["blocks"]) == 2 and len(rep["layers"]) == 8
