@@ -133,6 +133,10 @@ def cmd_quantize(args: argparse.Namespace) -> dict[str, Any]:
             ids = get_calibration_ids(args.calib, tok, args.samples, args.seq_len, seed=args.seed, model=model)
         except (FileNotFoundError, ValueError, RuntimeError) as e:
             raise CliError(str(e)) from None
+    fp_eval = None
+    if args.eval_text and args.eval_fp:  # the "before" row, on the very same windows
+        fp_eval = evaluate_text(model, tok, args.eval_text, args.window, args.max_windows)
+        print(f"float model: perplexity {fp_eval['perplexity']:.3f}", file=sys.stderr)
     t0 = time.perf_counter()
     calibrate_model(model, cfg, ids, args.method, epochs=args.epochs, lr=args.lr, lam=args.lam,
                     batch_size=args.batch_size, device=args.device, progress=True, seed=args.seed,
@@ -160,6 +164,9 @@ def cmd_quantize(args: argparse.Namespace) -> dict[str, Any]:
         result["report"] = str(args.report)
     if args.eval_text:
         result.update(evaluate_text(model, tok, args.eval_text, args.window, args.max_windows))
+        print(f"quantized model: perplexity {result['perplexity']:.3f}", file=sys.stderr)
+        if fp_eval is not None:
+            result["perplexity_fp"] = fp_eval["perplexity"]
     if args.out:
         save_checkpoint(model, tok, args.out)
         result["out"] = str(args.out)
@@ -208,6 +215,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--seed", type=int, default=0)
     q.add_argument("--out", default=None, help="checkpoint folder (reload with potkernels.load_quantized)")
     q.add_argument("--eval-text", default=None, help="also report perplexity on this text file")
+    q.add_argument("--eval-fp", action=argparse.BooleanOptionalAction, default=True,
+                   help="with --eval-text, also score the float model first (the 'before' perplexity)")
     q.add_argument("--report", default=None,
                    help="write the full calibration report (per block: loss, per-layer SQNR step 1 vs final) as JSON")
     common(q)

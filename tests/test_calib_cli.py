@@ -86,6 +86,7 @@ def test_quantize_then_eval(capsys, tmp_path, tiny_model_dir, text_file):
     assert q["method"] == "two-step" and q["config"] == {"bits": 3, "group_size": 32, "kind": "pot"}
     assert q["samples"] == 4 and q["seq_len"] == 32 and q["peak_rss_mib"] > 0 and q["out"] == str(out_dir)
     assert q["act_weighted"] and q["epochs"] == 1  # two-step weights step 1 by activations by default
+    assert "float model: perplexity" in err and q["perplexity_fp"] > 1
     assert "output MSE" in err  # per-block report
     rep = json.loads((tmp_path / "report.json").read_text())
     assert len(rep["blocks"]) == 2 and len(rep["layers"]) == 8
@@ -107,10 +108,11 @@ def test_quantize_then_eval(capsys, tmp_path, tiny_model_dir, text_file):
 def test_rtn_int_quantize_json(capsys, tiny_model_dir, text_file):
     code, out, err = run(capsys, "quantize", "--model", tiny_model_dir, "--kind", "int", "--bits", "4",
                          "--group-size", "32", "--method", "rtn", "--eval-text", text_file, "--window", "64",
-                         "--max-windows", "2", "--json")
+                         "--max-windows", "2", "--no-eval-fp", "--json")
     assert code == 0, err
     r = json.loads(out.strip().splitlines()[-1])
     assert r["config"]["kind"] == "int" and r["samples"] is None and r["perplexity"] > 1
+    assert "perplexity_fp" not in r
 
 
 def test_activation_weighted_step1_json(capsys, tiny_model_dir, text_file):
