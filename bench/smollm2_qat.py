@@ -46,8 +46,9 @@ def peak_rss_gb() -> float:
 
 
 def initial_scales(args, fp, cfg, calib: torch.Tensor):
-    """``init`` argument of prepare_qat: 'rtn', 'init' (PoTPTQ step 1) or two-step calibrated scales."""
-    if args.init != "two-step":
+    """``init`` argument of prepare_qat: 'rtn', 'init' (PoTPTQ step 1), or the scales of the
+    activation-weighted step 1 ('act-init') or of two-step calibration, on ``--calib-windows``."""
+    if args.init in ("rtn", "init"):
         return args.init
     try:
         from calibration import calibrate_model
@@ -56,7 +57,9 @@ def initial_scales(args, fp, cfg, calib: torch.Tensor):
     gen = torch.Generator().manual_seed(args.seed)
     starts = torch.randint(0, calib.numel() - args.seq_len, (args.calib_windows,), generator=gen).tolist()
     windows = torch.stack([calib[i : i + args.seq_len] for i in starts])
-    return scales_from_quantized(calibrate_model(copy.deepcopy(fp), cfg, windows, method="two-step", progress=False))
+    method = "init" if args.init == "act-init" else "two-step"
+    return scales_from_quantized(calibrate_model(copy.deepcopy(fp), cfg, windows, method=method, act_weighted=True,
+                                                 progress=False))
 
 
 def main(argv=None) -> None:
@@ -65,7 +68,8 @@ def main(argv=None) -> None:
     p.add_argument("--code", choices=["pot", "int"], default="pot")
     p.add_argument("--bits", type=int, default=4)
     p.add_argument("--group-size", type=int, default=128, help="0 = per channel")
-    p.add_argument("--init", choices=["rtn", "init", "two-step"], default="rtn")
+    p.add_argument("--init", choices=["rtn", "init", "act-init", "two-step"], default="rtn",
+                   help="start scales: RTN, step 1, activation-weighted step 1, or two-step (act-weighted)")
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--lr", type=float, default=2e-5)
     p.add_argument("--scale-lr", type=float, default=5e-3)
@@ -74,7 +78,7 @@ def main(argv=None) -> None:
                    help="train on N sequences sampled from the FP model instead of WikiText-2 (use --kd-weight 1)")
     p.add_argument("--seq-len", type=int, default=256)
     p.add_argument("--batch", type=int, default=4)
-    p.add_argument("--calib-windows", type=int, default=128, help="windows for --init two-step")
+    p.add_argument("--calib-windows", type=int, default=128, help="windows for --init act-init / two-step")
     p.add_argument("--eval-window", type=int, default=2048)
     p.add_argument("--max-windows", type=int, help="evaluate only the first N windows of the test text")
     p.add_argument("--skip-fp-eval", action="store_true")
