@@ -25,3 +25,12 @@ def shared_data() -> pathlib.Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"offline data folder {SHARED_DATA} not found")
     return SHARED_DATA
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models on a shared few-core machine: one torch thread avoids OpenMP spin-wait stalls."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -13,15 +13,7 @@ from tiny_models import VOCAB, tiny_gpt2, tiny_llama
 MODELS = {"gpt2": tiny_gpt2, "llama": tiny_llama}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny tensors on a shared 2-core machine: one thread avoids OpenMP spin-wait stalls.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.mark.parametrize("arch", MODELS)
