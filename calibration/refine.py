@@ -216,8 +216,9 @@ def refine_block(block: nn.Module, names: Iterable[str], xs: list[torch.Tensor],
     finally:
         for h in hooks:
             h.remove()
+    # (a linear the block's forward never called keeps the plain search)
     init = {name: init_scales(float_weight(m), cfg,
-                              col_weights=input_channel_weights(sq_sums[name]) if act_weighted else None)
+                              col_weights=input_channel_weights(sq_sums[name]) if name in sq_sums else None)
             for name, m in linears.items()}
     fq = {name: FakeQuantLinear(m, cfg, init[name]) for name, m in linears.items()}
     for name, m in fq.items():
