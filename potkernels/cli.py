@@ -79,6 +79,16 @@ def prompt_logits(model: nn.Module, tokenizer: Any, prompt: str) -> torch.Tensor
     return model(**ids).logits
 
 
+def check_identical(label: str, got: torch.Tensor, want: torch.Tensor, failure: str) -> bool:
+    """Print ``label: True/False`` for bitwise-equal tensors; on a mismatch also ``error: failure``
+    on stderr. Returns whether they are equal."""
+    same = torch.equal(got, want)
+    print(f"{label}: {same}")
+    if not same:
+        print(f"error: {failure}", file=sys.stderr)
+    return same
+
+
 @torch.no_grad()
 def greedy(model: nn.Module, tokenizer: Any, prompt: str, max_new_tokens: int) -> str:
     """Greedy continuation (``do_sample=False``) of ``prompt``: the new text only."""
@@ -128,10 +138,10 @@ def run_demo(args: argparse.Namespace) -> int:
     save_quantized(model, out, tokenizer=tok)
     print(f"saved to {out}/ ({_mb(dir_bytes(out)).strip()} on disk)")
     reloaded = load_quantized(out)
-    same = torch.equal(prompt_logits(model, tok, args.prompt), prompt_logits(reloaded, tok, args.prompt))
-    print(f"reloaded: logits identical to the quantized model: {same}")
-    if not same:
-        print("error: the reloaded checkpoint does not reproduce the model", file=sys.stderr)
+    reloaded_logits = prompt_logits(reloaded, tok, args.prompt)
+    if not check_identical("reloaded: logits identical to the quantized model",
+                           prompt_logits(model, tok, args.prompt), reloaded_logits,
+                           "the reloaded checkpoint does not reproduce the model"):
         return 1
 
     if args.packed_generate:
@@ -140,10 +150,9 @@ def run_demo(args: argparse.Namespace) -> int:
         # A CPU has no decode kernel, so every forward of the packed model decodes all weights
         # again; generate with the decoded twin instead, after checking it computes the same logits.
         gen_model = dequantize_model(model)
-        same = torch.equal(prompt_logits(gen_model, tok, args.prompt), prompt_logits(reloaded, tok, args.prompt))
-        print(f"decoded twin (nn.Linear holding the decoded weights): logits identical to the packed model: {same}")
-        if not same:
-            print("error: the decoded twin does not reproduce the packed model", file=sys.stderr)
+        if not check_identical("decoded twin (nn.Linear holding the decoded weights): logits identical to the "
+                               "packed model", prompt_logits(gen_model, tok, args.prompt), reloaded_logits,
+                               "the decoded twin does not reproduce the packed model"):
             return 1
     q_text = greedy(gen_model, tok, args.prompt, args.max_new_tokens)
     print(f"\nprompt: {args.prompt!r} (greedy, {args.max_new_tokens} new tokens)")

@@ -91,10 +91,15 @@ def test_missing_files(tmp_path):
         load_quantized(path)
 
 
-def test_truncated_file(tmp_path):
-    _, path = _saved(tmp_path)
+def _truncate_weights(path):
+    """Cut the saved weights file in half, as an interrupted copy would."""
     data = (path / WEIGHTS_FILE).read_bytes()
     (path / WEIGHTS_FILE).write_bytes(data[: len(data) // 2])
+
+
+def test_truncated_file(tmp_path):
+    _, path = _saved(tmp_path)
+    _truncate_weights(path)
     with pytest.raises(CheckpointError, match="checksum"):
         load_quantized(path)
 
@@ -105,8 +110,7 @@ def test_truncated_file_without_checksum(tmp_path):
     meta = json.loads((path / QUANT_FILE).read_text())
     del meta["sha256"]
     (path / QUANT_FILE).write_text(json.dumps(meta))
-    data = (path / WEIGHTS_FILE).read_bytes()
-    (path / WEIGHTS_FILE).write_bytes(data[: len(data) // 2])
+    _truncate_weights(path)
     with pytest.raises(CheckpointError, match="not a readable safetensors file"):
         load_quantized(path)
 
