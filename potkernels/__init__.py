@@ -13,14 +13,15 @@ from .format import (
     quantize_weight,
     sqnr_db,
 )
-from .integrations import CheckpointError, LayerReport, load_quantized, quantize_model, save_quantized
+from .integrations import (CheckpointError, LayerReport, PoTQuantizationConfig, load_quantized, quantize_model,
+                           save_quantized)
 from .nn import IntLinear, PoTLinear
 from .ops import dequantize, int_matmul, pot_matmul
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "CheckpointError", "IntConfig", "IntLinear", "IntWeight", "LayerReport", "PoTConfig", "PoTLinear", "PoTWeight",
+    "CheckpointError", "IntConfig", "IntLinear", "IntWeight", "LayerReport", "PoTConfig", "PoTQuantizationConfig", "PoTLinear", "PoTWeight",
     "QuantConfig", "dequantize", "int_matmul", "load_quantized", "pot_matmul", "quantize_model",
     "quantize_weight", "save_quantized", "sqnr_db",
 ]

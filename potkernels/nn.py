@@ -79,6 +79,10 @@ class _PackedLinear(nn.Module):
             raise TypeError(f"{type(self).__name__} needs a {self.config_cls.__name__}, got {type(config).__name__}")
         self.in_features, self.out_features, self.config = in_features, out_features, config
         self.backend: ops.Backend = None
+        # CPU inference option (see cache_decoded_weights): keep the decoded weight after the first
+        # forward instead of decoding every weight again at every generated token.
+        self.cache_decoded = False
+        self._decoded: Optional[torch.Tensor] = None
         for name, (dtype, shape) in self._buffer_specs().items():
             self.register_buffer(name, torch.zeros(shape, dtype=dtype, device=device))
         self.bias: Optional[torch.Tensor]
@@ -115,6 +119,7 @@ class _PackedLinear(nn.Module):
             raise ValueError(f"packed weight {packed.shape} {packed.config} does not fit {self}")
         for name, t in packed.tensors().items():
             getattr(self, name).copy_(t)
+        self._decoded = None
 
     @property
     def packed(self):
@@ -127,7 +132,25 @@ class _PackedLinear(nn.Module):
 
     def _apply(self, fn, recurse=True):
         # model.half()/.to(bf16) must not cast the packed tensors: their dtypes are the format.
+        self._decoded = None
         return apply_keeping_dtypes(self, super()._apply, fn, recurse, self.tensor_names)
+
+    def _cached_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """What the reference path computes (decode, then ``F.linear`` in ``x``'s dtype), decoding once.
+
+        The cache holds the weight in ``x``'s dtype: ``out × in × itemsize`` bytes per layer on top of
+        the packed buffers (fp32 activations: 4 bytes per weight, ~8× a 4-bit packed weight).
+        """
+        w = self._decoded
+        if w is None or w.dtype != x.dtype or w.device != x.device:
+            w = ops.dequantize(self.packed, ops._weight_dtype(x.dtype), backend=self.backend).to(x.dtype)
+            self._decoded = w
+        return ops._linear(x, w, self.bias)
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_decoded"] = None  # deepcopy / pickle: the cache is derived data
+        return state
 
     def extra_repr(self) -> str:
         return linear_extra_repr(self)
@@ -154,6 +177,8 @@ class PoTLinear(_PackedLinear):
         return quantize_pot(w, config, scales=scales)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.cache_decoded:
+            return self._cached_forward(x)
         return ops.pot_matmul(x, self.packed, self.bias, backend=self.backend)
 
 
@@ -178,6 +203,8 @@ class IntLinear(_PackedLinear):
         return quantize_int(w, config, scales=scales, zeros=zeros)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.cache_decoded:
+            return self._cached_forward(x)
         return ops.int_matmul(x, self.packed, self.bias, backend=self.backend)
 
 

@@ -216,11 +216,13 @@ def test_round_trip_half_model(tmp_path):
 
 
 def test_foreign_quantization_config_is_dropped(tmp_path):
-    """A float model loaded from GGUF carries config.quantization_config; the checkpoint must not."""
+    """A float model loaded from GGUF carries config.quantization_config; the checkpoint carries ours instead."""
     model = quantize_model(MODELS["llama"](), PoTConfig(4, 32))
     model.config.quantization_config = {"quant_method": "gguf", "gguf_file": "x.gguf", "dequantize": False}
     save_quantized(model, tmp_path / "ckpt")
-    assert "quantization_config" not in json.loads((tmp_path / "ckpt" / "config.json").read_text())
+    qc = json.loads((tmp_path / "ckpt" / "config.json").read_text())["quantization_config"]
+    assert qc == {"quant_method": "potkernels", "kind": "pot", "bits": 4, "group_size": 32,
+                  "format_version": FORMAT_VERSION, "modules_to_not_convert": ["lm_head"]}
     assert model.config.quantization_config["quant_method"] == "gguf"  # the live model is untouched
     assert oct((tmp_path / "ckpt" / WEIGHTS_FILE).stat().st_mode & 0o777) == oct(0o644)
     x = tokens()

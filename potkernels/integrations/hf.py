@@ -9,7 +9,10 @@ from typing import Any, Callable, Iterable, Iterator, Optional
 import torch
 from torch import nn
 
+from tqdm.auto import tqdm
+
 from ..format import IntConfig, PoTConfig, sqnr_db
+from ..format.common import check_weight
 from ..nn import _PackedLinear, float_weight, is_conv1d, linear_class_for
 
 log = logging.getLogger("potkernels")
@@ -47,6 +50,12 @@ def eligible_linears(model: nn.Module, skip: Iterable[str] = ("lm_head",)) -> It
             yield name, module
 
 
+def _progress(progress: Optional[bool]) -> bool:
+    import sys
+
+    return sys.stderr.isatty() if progress is None else progress
+
+
 def set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
     parent_name, _, child = name.rpartition(".")
     parent = model.get_submodule(parent_name) if parent_name else model
@@ -56,7 +65,7 @@ def set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
 @torch.no_grad()
 def quantize_model(model: nn.Module, cfg: PoTConfig | IntConfig, skip: Iterable[str] = ("lm_head",),
                    params: Optional[Callable[[str, nn.Module], dict[str, torch.Tensor]]] = None,
-                   verbose: bool = False) -> nn.Module:
+                   verbose: bool = False, progress: Optional[bool] = None) -> nn.Module:
     """Replace every eligible linear layer of ``model`` by a :class:`PoTLinear` / :class:`IntLinear`.
 
     Args:
@@ -67,26 +76,48 @@ def quantize_model(model: nn.Module, cfg: PoTConfig | IntConfig, skip: Iterable[
         params: optional ``(name, module) -> {"scales": …}`` with calibrated per-group
             parameters (``[out_features, n_groups]``) for a layer; RTN when it returns ``{}``.
         verbose: also print the report.
+        progress: a tqdm bar per layer (default: when stderr is a terminal).
+    Every layer is checked (finite float weight, a config that fits) and quantized before any is
+    swapped in: on an error, which names the layer, the model is unchanged.
+
     Returns:
         The same model, modified in place. ``model.quantization_report`` holds one
         :class:`LayerReport` per swapped layer, ``model.quantization_config`` the config and
         ``model.quantization_skip`` the skip list (``save_quantized`` records both).
     """
     cls = linear_class_for(cfg)
+    targets = list(eligible_linears(model, skip))
+    if not targets:
+        raise ValueError("quantize_model found no nn.Linear/Conv1D layer to quantize (check `skip`)")
+    # Check every layer before touching any, so a bad one leaves the model as it was.
+    for name, module in targets:
+        try:
+            check_weight(float_weight(module))
+            cfg.groups_in(float_weight(module).shape[1])
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"layer {name!r}: {e}; no layer was quantized") from e
+    # Quantize all into new modules, then swap them in together.
+    new: list[tuple[str, nn.Module]] = []
     report: list[LayerReport] = []
-    for name, module in list(eligible_linears(model, skip)):
+    for name, module in tqdm(targets, desc="quantize", unit="layer", disable=not _progress(progress)):
         w = float_weight(module)
-        extra = params(name, module) if params is not None else {}
-        layer = cls.from_float(module, cfg, **extra)
+        try:
+            extra = params(name, module) if params is not None else {}
+            layer = cls.from_float(module, cfg, **extra)
+        except (TypeError, ValueError, RuntimeError) as e:
+            raise ValueError(f"layer {name!r}: {e}; no layer was quantized") from e
         layer.to(w.device)
         report.append(LayerReport(name, layer.out_features, layer.in_features, layer.packed.bits_per_weight,
                                   sqnr_db(w, layer.dequantize(torch.float16))))
+        new.append((name, layer))
+    for name, layer in new:
         set_submodule(model, name, layer)
-    if not report:
-        raise ValueError("quantize_model found no nn.Linear/Conv1D layer to quantize (check `skip`)")
     model.quantization_report = report
     model.quantization_config = cfg
     model.quantization_skip = list(skip)
+    from .serialization import bind_save_pretrained  # lazy: serialization builds on this module
+
+    bind_save_pretrained(model)
     msg = summarize_report(report)
     log.info(msg)
     if verbose:
@@ -115,6 +146,23 @@ def dequantize_model(model: nn.Module, dtype: Optional[torch.dtype] = None) -> n
             lin.bias.copy_(m.bias.to(dtype))
         set_submodule(model, name, lin)
     return model
+
+
+def cache_decoded_weights(model: nn.Module, enable: bool = True) -> int:
+    """Switch every PoTLinear / IntLinear of ``model`` to decode its weight once and keep it.
+
+    For CPU inference (a CPU has no decode kernel, so by default every forward, i.e. every generated
+    token, decodes all weights again: ~35× slower generation on SmolLM2-135M). With the cache the
+    first forward decodes each layer and later ones run ``F.linear`` on the kept weight: the same
+    result as the reference path, bit for bit, at float speed. Memory cost: one decoded copy per
+    layer in the activation dtype (fp32: 4 bytes per weight, i.e. the float model's linear weights
+    on top of the packed ones). ``enable=False`` drops the caches. Returns the number of layers.
+    """
+    layers = [m for m in model.modules() if isinstance(m, _PackedLinear)]
+    for m in layers:
+        m.cache_decoded = enable
+        m._decoded = None
+    return len(layers)
 
 
 def summarize_report(report: list[LayerReport]) -> str:

@@ -102,11 +102,16 @@ def _nonpersistent_dtypes(model: nn.Module) -> dict[str, str]:
 
 def _plain_config(config: Any) -> Any:
     """The model config without a ``quantization_config`` it was loaded with (e.g. the GGUF the
-    float model came from): this checkpoint's quantization is described by quantization_config.json."""
-    if getattr(config, "quantization_config", None) is None:
+    float model came from, or this checkpoint's own) and without the transformers guard: the
+    checkpoint's quantization is described by quantization_config.json (and re-added to config.json
+    by :func:`_write_transformers_fields`)."""
+    if getattr(config, "quantization_config", None) is None and not hasattr(config, "transformers_weights"):
         return config
     config = copy.deepcopy(config)
-    del config.quantization_config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    if hasattr(config, "transformers_weights"):
+        del config.transformers_weights
     return config
 
 
@@ -160,6 +165,7 @@ def save_quantized(model: nn.Module, path: str | os.PathLike, tokenizer: Any = N
             "weights_file": WEIGHTS_FILE,
             "sha256": _sha256(tmp / WEIGHTS_FILE),
         }
+        _write_transformers_fields(tmp / CONFIG_FILE, meta)
         (tmp / QUANT_FILE).write_text(json.dumps(meta, indent=1))
         # Rename into place, the JSON last: a crash midway leaves a checksum that does not match.
         names = sorted(p.name for p in tmp.iterdir() if p.name != QUANT_FILE) + [QUANT_FILE]
@@ -191,26 +197,33 @@ def _read_meta(folder: Path) -> dict[str, Any]:
     return meta
 
 
-def _read_tensors(folder: Path, meta: dict[str, Any]) -> dict[str, torch.Tensor]:
+def _verify_checksum(folder: Path, meta: dict[str, Any]) -> None:
     weights = folder / WEIGHTS_FILE
     if "sha256" in meta and _sha256(weights) != meta["sha256"]:
         raise CheckpointError(
             f"{weights} does not match the checksum in {QUANT_FILE}: the file is truncated, modified, "
             "or from another save")
+
+
+def _read_tensors(folder: Path, meta: dict[str, Any]) -> dict[str, torch.Tensor]:
+    weights = folder / WEIGHTS_FILE
+    _verify_checksum(folder, meta)
     try:
         return load_file(str(weights))
     except (SafetensorError, OSError, ValueError) as e:
         raise CheckpointError(f"{weights} is not a readable safetensors file ({e})") from e
 
 
-def _build_model(folder: Path, meta: dict[str, Any]) -> nn.Module:
+def _build_model(folder: Path, meta: dict[str, Any], dtype: Optional[torch.dtype] = None) -> nn.Module:
     """The float architecture from config.json, without spending time on random init."""
     import transformers
 
     config = transformers.AutoConfig.from_pretrained(folder)
-    dtype = getattr(torch, meta["dtype"], None)
-    if not isinstance(dtype, torch.dtype):
+    _strip_transformers_fields(config)  # they describe the files; the model in memory is built here
+    saved = getattr(torch, meta["dtype"], None)
+    if not isinstance(saved, torch.dtype):
         raise CheckpointError(f"unknown parameter dtype {meta['dtype']!r} in {QUANT_FILE}")
+    dtype = dtype or saved  # built directly in the requested dtype, as from_pretrained(dtype=...) does
     cls = getattr(transformers, meta["model_class"], None)
     try:
         from transformers.initialization import no_init_weights
@@ -240,12 +253,15 @@ def _swap_layers(model: nn.Module, layers: list[dict[str, Any]]) -> None:
                 f"the model from config.json has {list(shape)}")
         layer = cls(rec["in_features"], rec["out_features"], config_from_dict(rec["config"]), bias=rec["bias"],
                     device=float_weight(module).device)
+        if layer.bias is not None and module.bias is not None:
+            layer.bias = layer.bias.to(module.bias.dtype)  # the model's float dtype, as the layer replaced
         set_submodule(model, name, layer)
 
 
 def _load_strict(model: nn.Module, tensors: dict[str, torch.Tensor], tied: dict[str, str],
                  buffer_dtypes: dict[str, str]) -> None:
     own = model.state_dict()
+    packed = {f"{n}.{t}" for n, m in model.named_modules() if isinstance(m, _PackedLinear) for t in m.tensor_names}
     expected = set(own) - set(tied)
     missing, unexpected = sorted(expected - set(tensors)), sorted(set(tensors) - expected)
     if missing or unexpected:
@@ -253,18 +269,13 @@ def _load_strict(model: nn.Module, tensors: dict[str, torch.Tensor], tied: dict[
             f"checkpoint tensors do not match the model: missing {missing[:8]}{' …' if len(missing) > 8 else ''}, "
             f"unexpected {unexpected[:8]}{' …' if len(unexpected) > 8 else ''}")
     for name, t in tensors.items():
-        if t.shape != own[name].shape or t.dtype != own[name].dtype:
+        same_kind = t.is_floating_point() and own[name].is_floating_point() and name not in packed
+        if t.shape != own[name].shape or (t.dtype != own[name].dtype and not same_kind):
             raise CheckpointError(
                 f"tensor {name!r}: checkpoint has {t.dtype} {list(t.shape)}, the model expects "
                 f"{own[name].dtype} {list(own[name].shape)}")
     model.load_state_dict(tensors, strict=False)
-    for name, dt in buffer_dtypes.items():
-        owner_name, _, attr = name.rpartition(".")
-        owner = model.get_submodule(owner_name) if owner_name else model
-        buf = owner._buffers.get(attr)
-        dtype = getattr(torch, dt, None)
-        if buf is not None and isinstance(dtype, torch.dtype) and buf.dtype != dtype:
-            owner._buffers[attr] = buf.to(dtype)
+    restore_buffer_dtypes(model, buffer_dtypes)
     # Re-tie aliases (e.g. lm_head.weight → model.embed_tokens.weight) to the very same Parameter.
     for alias, target in tied.items():
         owner_name, _, attr = alias.rpartition(".")
@@ -288,15 +299,209 @@ def load_quantized(path: str | os.PathLike, device: str | torch.device = "cpu",
     folder = Path(path)
     meta = _read_meta(folder)
     tensors = _read_tensors(folder, meta)
-    model = _build_model(folder, meta)
+    model = _build_model(folder, meta, dtype)
     _swap_layers(model, meta["layers"])
     _load_strict(model, tensors, meta["tied"], meta.get("buffer_dtypes", {}))
-    if dtype is not None:
-        model.to(dtype)
     model.to(device).eval()
+    bind_save_pretrained(model)
     model.quantization_config = config_from_dict(meta)
     model.quantization_report = [LayerReport(**r) for r in meta.get("report", [])]
     return model
 
 
-__all__ = ["CheckpointError", "FORMAT_VERSION", "load_quantized", "quantized_layers", "save_quantized"]
+# ---------------------------------------------------------------- transformers-native loading
+# (used by integrations/hf_quantizer.py; kept apart from the format-version logic above)
+_SAFETENSORS_DTYPES = {"F16": torch.float16, "BF16": torch.bfloat16, "F32": torch.float32, "F64": torch.float64,
+                       "I8": torch.int8, "I16": torch.int16, "I32": torch.int32, "I64": torch.int64,
+                       "U8": torch.uint8, "BOOL": torch.bool}
+
+
+def _write_transformers_fields(config_path: Path, meta: dict[str, Any]) -> None:
+    """Add ``quantization_config`` (quant method ``potkernels``) and the ``transformers_weights``
+    guard to a saved ``config.json``, so transformers routes it to :class:`PoTHfQuantizer` and,
+    without potkernels imported, refuses it instead of loading random weights."""
+    from .hf_quantizer import WEIGHTS_GUARD, PoTQuantizationConfig
+
+    qc = PoTQuantizationConfig(bits=meta["bits"], group_size=meta["group_size"], kind=meta["kind"],
+                               modules_to_not_convert=list(meta.get("skip", [])),
+                               format_version=meta["format_version"])
+    d = json.loads(config_path.read_text())
+    d["quantization_config"] = qc.to_dict()
+    d["transformers_weights"] = WEIGHTS_GUARD
+    config_path.write_text(json.dumps(d, indent=2, sort_keys=True) + "\n")
+
+
+def _strip_transformers_fields(config: Any) -> None:
+    """Remove, in place, what :func:`_write_transformers_fields` added (an in-memory model keeps a plain config)."""
+    for attr in ("quantization_config", "transformers_weights"):
+        if hasattr(config, attr):
+            delattr(config, attr)
+
+
+def restore_buffer_dtypes(model: nn.Module, buffer_dtypes: dict[str, str]) -> None:
+    """Give non-persistent float buffers (rotary ``inv_freq``) the dtypes the saved model had."""
+    for name, dt in buffer_dtypes.items():
+        owner_name, _, attr = name.rpartition(".")
+        try:
+            owner = model.get_submodule(owner_name) if owner_name else model
+        except AttributeError:
+            continue
+        buf = owner._buffers.get(attr)
+        dtype = getattr(torch, dt, None)
+        if buf is not None and isinstance(dtype, torch.dtype) and buf.dtype != dtype:
+            owner._buffers[attr] = buf.to(dtype)
+
+
+def read_checkpoint_meta(path: str | os.PathLike, verify_checksum: bool = True) -> dict[str, Any]:
+    """``quantization_config.json`` of a checkpoint after the format and (optionally) sha256 checks."""
+    folder = Path(path)
+    meta = _read_meta(folder)
+    if verify_checksum:
+        _verify_checksum(folder, meta)
+    return meta
+
+
+def check_checkpoint_tensors(path: str | os.PathLike, model: nn.Module, meta: dict[str, Any]) -> None:
+    """Compare the safetensors header with ``model`` (built with its packed layers, any device incl. meta).
+
+    Every state-dict entry except the tied aliases must be stored, nothing else; packed tensors must
+    have exactly the format's dtype and shape, float tensors the shape (transformers casts them to the
+    requested dtype). Raises :class:`CheckpointError` naming the first problems, before anything loads.
+    """
+    from safetensors import safe_open
+
+    weights = Path(path) / WEIGHTS_FILE
+    try:
+        with safe_open(str(weights), framework="pt") as f:
+            header = {k: (f.get_slice(k).get_dtype(), tuple(f.get_slice(k).get_shape())) for k in f.keys()}
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"{weights} is not a readable safetensors file ({e})") from e
+    own = model.state_dict()
+    packed = {f"{n}.{t}" for n, m in model.named_modules() if isinstance(m, _PackedLinear) for t in m.tensor_names}
+    expected = set(own) - set(meta.get("tied", {}))
+    missing, unexpected = sorted(expected - set(header)), sorted(set(header) - expected)
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{weights}: tensors do not match the model: missing {missing[:8]}{' …' if len(missing) > 8 else ''}, "
+            f"unexpected {unexpected[:8]}{' …' if len(unexpected) > 8 else ''}")
+    for name, (dt, shape) in header.items():
+        want, dtype = own[name], _SAFETENSORS_DTYPES.get(dt)
+        ok = shape == tuple(want.shape) and dtype is not None and (
+            dtype == want.dtype if name in packed or not want.is_floating_point() else dtype.is_floating_point)
+        if not ok:
+            raise CheckpointError(f"tensor {name!r}: checkpoint has {dt} {list(shape)}, the model expects "
+                                  f"{want.dtype} {list(want.shape)}")
+
+
+def bind_save_pretrained(model: nn.Module) -> None:
+    """Make ``model.save_pretrained(dir)`` write the potkernels checkpoint format (:func:`save_quantized`).
+
+    transformers' own ``save_pretrained`` would write a config without the quantization fields and
+    split or rename tensors; this instance method keeps one format whichever way a model is saved.
+    """
+    import types
+
+    if not hasattr(model, "config"):
+        return
+
+    def save_pretrained(self, save_directory: str | os.PathLike, is_main_process: bool = True,
+                        push_to_hub: bool = False, **kwargs: Any) -> None:
+        if push_to_hub:
+            raise NotImplementedError("push_to_hub is not supported for potkernels models: save_pretrained to a "
+                                      "folder, then upload it with `huggingface-cli upload`")
+        if kwargs.get("state_dict") is not None:
+            raise NotImplementedError("save_pretrained(state_dict=...) is not supported for potkernels models")
+        if is_main_process:
+            save_quantized(self, save_directory)
+
+    model.save_pretrained = types.MethodType(save_pretrained, model)
+
+
+def detect_checkpoint(path: str | os.PathLike) -> Optional[str]:
+    """What a local folder holds: ``"potkernels"`` (a complete quantized checkpoint), ``None`` (not one).
+
+    Raises :class:`CheckpointError` for a folder that is a damaged potkernels checkpoint: a config.json
+    naming potkernels without ``quantization_config.json``, or packed tensors with no quantization
+    config at all (these would otherwise load as a float model with random weights).
+    """
+    folder = Path(path)
+    if not folder.is_dir():
+        return None
+    if (folder / QUANT_FILE).is_file():
+        _read_meta(folder)
+        return "potkernels"
+    cfg_file = folder / CONFIG_FILE
+    if cfg_file.is_file():
+        try:
+            qc = json.loads(cfg_file.read_text()).get("quantization_config")
+        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+            qc = None
+        if isinstance(qc, dict) and qc.get("quant_method") == FORMAT_NAME:
+            raise CheckpointError(f"{folder} is a potkernels checkpoint without its {QUANT_FILE}: it cannot be "
+                                  "loaded (copy the whole folder, or quantize again)")
+    weights = folder / WEIGHTS_FILE
+    if weights.is_file():
+        from safetensors import safe_open
+
+        suffixes = {t for cls in LAYER_CLASSES.values() for t in cls.tensor_names} - {"scales", "bias"}
+        try:
+            with safe_open(str(weights), framework="pt") as f:
+                keys = list(f.keys())
+                meta = f.metadata() or {}
+        except (SafetensorError, OSError, ValueError):
+            return None
+        if "potkernels_format" in meta or any(k.rpartition(".")[2] in suffixes for k in keys):
+            raise CheckpointError(f"{folder} holds packed potkernels tensors but no {QUANT_FILE}: the "
+                                  "checkpoint is incomplete and cannot be loaded")
+    return None
+
+
+def save_checkpoint_dir(model: nn.Module, path: str | os.PathLike, tokenizer: Any = None,
+                        overwrite: bool = False) -> Path:
+    """:func:`save_quantized` into a sibling temporary folder, then rename it to ``path`` in one step.
+
+    ``path`` must not exist, or be an empty folder, unless ``overwrite`` (then the old folder is
+    replaced as a whole, never mixed with the new files). A crash or Ctrl-C leaves ``path`` as it was.
+    """
+    import shutil
+
+    out = Path(path)
+    check_output_dir(out, overwrite)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
+    old = None
+    try:
+        save_quantized(model, tmp, tokenizer=tokenizer)
+        os.chmod(tmp, 0o755)
+        if out.exists():
+            old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.old-"))
+            os.replace(out, old / out.name)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if old is not None and (old / out.name).exists() and not out.exists():
+            os.replace(old / out.name, out)  # put the previous checkpoint back
+        raise
+    finally:
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    return out
+
+
+def check_output_dir(path: str | os.PathLike, overwrite: bool = False) -> None:
+    """Raise FileExistsError unless ``path`` can take a new checkpoint (before any work is done)."""
+    out = Path(path)
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"{out} exists and is not a folder; choose another output path")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise FileExistsError(f"{out} exists and is not empty; pass --overwrite to replace it (as a whole)")
+    parent = out.parent if str(out.parent) else Path(".")
+    probe = parent
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir() or not os.access(probe, os.W_OK):
+        raise PermissionError(f"cannot write {out}: {probe} is not a writable folder")
+
+
+__all__ = ["CheckpointError", "FORMAT_VERSION", "bind_save_pretrained", "check_output_dir", "detect_checkpoint",
+           "load_quantized", "quantized_layers", "save_checkpoint_dir", "save_quantized"]
