@@ -1,7 +1,9 @@
 """Command line: ``python -m calibration quantize …`` and ``python -m calibration eval …``.
 
 Both print progress on stderr and, with ``--json``, one machine-readable object as the last
-line of stdout (results, seconds, peak RSS, and peak CUDA memory when on a GPU).
+line of stdout (results, seconds, peak RSS, and peak CUDA memory when on a GPU). Errors end
+with one ``error: …`` line (exit 1), Ctrl-C with one line (exit 130); a checkpoint is only
+ever renamed into place complete.
 """
 from __future__ import annotations
 
@@ -55,52 +57,102 @@ def build_config(kind: str, bits: int, group_size: Optional[int]) -> PoTConfig |
 
 
 def check_calib_source(source: str) -> None:
-    """Fail before loading any model when a calibration file is missing or empty."""
-    if source in ("wikitext2", "self"):
+    """Fail before loading any model when a calibration file is missing or empty, or the hub is needed
+    but unreachable."""
+    if source in ("builtin", "self"):
         return
-    path = Path(source)
-    if not path.is_file():
-        raise CliError(f"--calib {source!r} is neither 'wikitext2', 'self' nor an existing text file")
-    if not read_text(path).strip():
-        raise CliError(f"--calib file {source} is empty")
+    if source == "wikitext2":
+        from potkernels.models import hub_reachable
+
+        if not hub_reachable():
+            raise CliError("--calib wikitext2 downloads WikiText-2 from the hub, which is unreachable (offline or "
+                           "HF_HUB_OFFLINE); use --calib builtin (shipped text), --calib self, or a local text "
+                           "file such as ../shared/data/wikitext-2/valid.txt")
+        return
+    check_text_file(source, "--calib")
 
 
-def load_base(spec: str, device: str):
-    """A float model and tokenizer from ``smollm2``, a local folder or a hub id."""
-    from potkernels.models import load_model
+# ---------------------------------------------------------------- input checks (before any model loads)
+def check_text_file(path: str, flag: str) -> None:
+    p = Path(path)
+    if not p.is_file():
+        raise CliError(f"{flag} {path!r}: no such file" if not p.exists() else f"{flag} {path!r} is not a file")
+    try:
+        if not read_text(p).strip():
+            raise CliError(f"{flag} file {path} is empty")
+    except UnicodeDecodeError as e:
+        raise CliError(f"{flag} file {path} is not UTF-8 text ({e})") from None
+
+
+def check_model(spec: str, allow_quantized: bool) -> Optional[int]:
+    """Check the model spec without loading it; returns its context length when cheaply known."""
+    from potkernels import CheckpointError
+    from potkernels.models import QuantizedCheckpoint, check_model_spec, model_context
 
     try:
-        return load_model(spec, device=device)
-    except (FileNotFoundError, OSError, ValueError) as e:
+        check_model_spec(spec, allow_quantized=allow_quantized)
+        return model_context(spec)
+    except (FileNotFoundError, QuantizedCheckpoint, CheckpointError) as e:
         raise CliError(str(e)) from None
 
 
-def save_checkpoint(model, tokenizer, out: str | Path) -> None:
-    """Write the quantized model so that ``potkernels.load_quantized(out)`` reloads it."""
-    from potkernels import save_quantized
+def check_window(window: Optional[int], context: Optional[int]) -> None:
+    if window is not None and context is not None and window > context:
+        raise CliError(f"--window {window} is longer than the model's context of {context} tokens")
 
-    save_quantized(model, str(out), tokenizer=tokenizer)
+
+def check_out(out: Optional[str], overwrite: bool) -> None:
+    if out is None:
+        return
+    from potkernels.integrations.serialization import check_output_dir
+
+    try:
+        check_output_dir(out, overwrite)
+    except (FileExistsError, PermissionError) as e:
+        raise CliError(f"--out: {e}") from None
+
+
+def check_report_path(path: Optional[str]) -> None:
+    if path is None:
+        return
+    p = Path(path)
+    if p.is_dir():
+        raise CliError(f"--report {path} is a folder; give a file name")
+    if not p.parent.is_dir():
+        raise CliError(f"--report {path}: folder {p.parent} does not exist")
+
+
+def load_base(spec: str, device: str, allow_quantized: bool = False):
+    """A float model and tokenizer from ``smollm2``, a local folder or a hub id (or, with
+    ``allow_quantized``, a potkernels checkpoint folder)."""
+    from potkernels import CheckpointError
+    from potkernels.models import load_model
+
+    try:
+        return load_model(spec, device=device, allow_quantized=allow_quantized)
+    except (FileNotFoundError, OSError, ValueError, CheckpointError) as e:
+        raise CliError(str(e)) from None
+
+
+def save_checkpoint(model, tokenizer, out: str | Path, overwrite: bool = False) -> None:
+    """Write the quantized model to a temporary folder and rename it to ``out`` (``potkernels.load_quantized``
+    and ``AutoModelForCausalLM.from_pretrained`` reload it); an existing ``out`` is replaced as a whole."""
+    from potkernels.integrations.serialization import save_checkpoint_dir
+
+    try:
+        save_checkpoint_dir(model, str(out), tokenizer=tokenizer, overwrite=overwrite)
+    except (FileExistsError, PermissionError) as e:
+        raise CliError(f"--out: {e}") from None
 
 
 def load_any(spec: str, device: str):
     """``(model, tokenizer)`` from a quantized checkpoint folder, or a plain/hub/smollm2 model."""
-    from potkernels import load_quantized
-    from potkernels.integrations.serialization import QUANT_FILE, CheckpointError
-
-    path = Path(spec)
-    if path.is_dir() and (path / QUANT_FILE).is_file():
-        try:
-            model = load_quantized(str(path), device=device)
-        except (CheckpointError, FileNotFoundError, OSError) as e:
-            raise CliError(f"could not load the quantized checkpoint {spec}: {e}") from None
-        from transformers import AutoTokenizer
-
-        return model, AutoTokenizer.from_pretrained(str(path))
-    return load_base(spec, device)
+    return load_base(spec, device, allow_quantized=True)
 
 
 def evaluate_text(model, tokenizer, text_path: str, window: Optional[int], max_windows: Optional[int],
                   batch_size: int = 1) -> dict[str, Any]:
+    check_window(window, default_window(model, cap=10**9))
     window = window or default_window(model)
     try:
         ids = tokenize_text(read_text(text_path), tokenizer)
@@ -110,6 +162,17 @@ def evaluate_text(model, tokenizer, text_path: str, window: Optional[int], max_w
         raise CliError(str(e)) from None
     return {"perplexity": r["ppl"], "nll": r["nll"], "window": window, "windows": r["windows"],
             "tokens": r["tokens"], "eval_seconds": time.perf_counter() - t0}
+
+
+def validate_quantize_inputs(args: argparse.Namespace) -> None:
+    """Every input of ``quantize`` that can be checked without the model (the general checks)."""
+    if args.eval_text:
+        check_text_file(args.eval_text, "--eval-text")
+    check_out(args.out, args.overwrite)
+    check_report_path(args.report)
+    context = check_model(args.model, allow_quantized=False)
+    if args.eval_text:
+        check_window(args.window, context)
 
 
 def cmd_quantize(args: argparse.Namespace) -> dict[str, Any]:
@@ -125,8 +188,11 @@ def cmd_quantize(args: argparse.Namespace) -> dict[str, Any]:
     needs_data = args.method == "two-step" or args.act_weighted
     if needs_data:
         check_calib_source(args.calib)
+    validate_quantize_inputs(args)
     t_start = time.perf_counter()
     model, tok = load_base(args.model, args.device)
+    if args.eval_text:
+        check_window(args.window, default_window(model, cap=10**9))  # smollm2 / hub: known only now
     ids = None
     if needs_data:
         try:
@@ -168,13 +234,15 @@ def cmd_quantize(args: argparse.Namespace) -> dict[str, Any]:
         if fp_eval is not None:
             result["perplexity_fp"] = fp_eval["perplexity"]
     if args.out:
-        save_checkpoint(model, tok, args.out)
+        save_checkpoint(model, tok, args.out, overwrite=args.overwrite)
         result["out"] = str(args.out)
     result["seconds"] = time.perf_counter() - t_start
     return result
 
 
 def cmd_eval(args: argparse.Namespace) -> dict[str, Any]:
+    check_text_file(args.text, "--text")
+    check_window(args.window, check_model(args.model, allow_quantized=True))
     t_start = time.perf_counter()
     model, tok = load_any(args.model, args.device)
     result = {"command": "eval", "model": args.model, "text": args.text, "device": str(args.device),
@@ -184,47 +252,97 @@ def cmd_eval(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """``ArgumentDefaultsHelpFormatter`` that leaves out ``(default: None)`` and defaults the help states."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "(default" in text or action.default is None:
+            return text
+        return super()._get_help_string(action)
+
+
+def positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v}")
+    return v
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m calibration", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m calibration", description=__doc__, formatter_class=HelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
 
     def common(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-        sp.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-        sp.add_argument("--window", type=int, default=None, help="perplexity window (default: model context, ≤ 2048)")
-        sp.add_argument("--max-windows", type=int, default=None, help="evaluate only the first N windows")
-        sp.add_argument("--json", action="store_true", help="print one JSON object as the last stdout line")
+        sp.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                        help="where to run: cpu, cuda or cuda:N.")
+        sp.add_argument("--threads", type=positive_int, default=None,
+                        help="torch CPU threads (default: torch's own choice).")
+        sp.add_argument("--window", type=int, default=None,
+                        help="perplexity window in tokens; must not exceed the model's context "
+                             "(default: the model's context, at most 2048).")
+        sp.add_argument("--max-windows", type=positive_int, default=None,
+                        help="evaluate only the first N windows (default: all of the text).")
+        sp.add_argument("--json", action="store_true",
+                        help="print one JSON object with the results as the last line of stdout.")
 
-    q = sub.add_parser("quantize", help="quantize a model (RTN, PoTPTQ step 1, or step 1 + 2)")
-    q.add_argument("--model", default="smollm2", help="'smollm2' (offline default), a local folder or a hub id")
-    q.add_argument("--kind", choices=("pot", "int"), default="pot")
-    q.add_argument("--bits", type=int, default=3, help=f"PoT: {POT_BITS}; int: {INT_BITS}")
-    q.add_argument("--group-size", type=parse_group_size, default=128, help="32, 64, 128, 256 or 'channel'")
-    q.add_argument("--method", choices=METHODS, default="two-step")
+    q = sub.add_parser("quantize", formatter_class=HelpFormatter,
+                       help="quantize a model (RTN, PoTPTQ step 1, or step 1 + 2) and optionally save it",
+                       description="Quantize a float model and optionally evaluate and save it. All inputs "
+                                   "(model, files, --out) are checked before the model is loaded; the "
+                                   "checkpoint is written to a temporary folder and renamed into place.")
+    q.add_argument("--model", default="smollm2",
+                   help="the float model: 'smollm2' (offline SmolLM2-135M), a local folder or a hub id.")
+    q.add_argument("--kind", choices=("pot", "int"), default="pot",
+                   help="code: power-of-two (pot) or the uniform-int baseline (int).")
+    q.add_argument("--bits", type=int, default=3, help=f"bits per weight: PoT {POT_BITS}, int {INT_BITS}.")
+    q.add_argument("--group-size", type=parse_group_size, default=128,
+                   help="input columns per scale: 32, 64, 128, 256 or 'channel' (one group per output row).")
+    q.add_argument("--method", choices=METHODS, default="two-step",
+                   help="rtn: round to nearest; init: PoTPTQ step 1 (scale grid search); "
+                        "two-step: step 1 then step 2 (block-wise scale refinement on calibration data).")
     q.add_argument("--act-weighted", action=argparse.BooleanOptionalAction, default=None,
                    help="step 1 weights each input column's error by its mean x² on the calibration data "
                         "(default: on for two-step, off for init; --no-act-weighted gives the paper's "
-                        "data-free step 1, which collapses SmolLM2 at 3 bits)")
-    q.add_argument("--calib", default="wikitext2", help="'wikitext2', 'self' or a text file")
-    q.add_argument("--samples", type=int, default=DEFAULT_SAMPLES)
-    q.add_argument("--seq-len", type=int, default=DEFAULT_SEQ_LEN)
-    q.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS)
-    q.add_argument("--lr", type=float, default=DEFAULT_LR)
-    q.add_argument("--lam", type=float, default=DEFAULT_LAM)
-    q.add_argument("--batch-size", type=int, default=DEFAULT_BATCH)
-    q.add_argument("--seed", type=int, default=0)
-    q.add_argument("--out", default=None, help="checkpoint folder (reload with potkernels.load_quantized)")
-    q.add_argument("--eval-text", default=None, help="also report perplexity on this text file")
+                        "data-free step 1, which collapses SmolLM2 at 3 bits).")
+    q.add_argument("--calib", default="builtin",
+                   help="calibration text: 'builtin' (public-domain Shakespeare shipped with the package, "
+                        "offline), 'self' (text sampled from the model, offline), 'wikitext2' (WikiText-2 "
+                        "train through `datasets`: needs the hub) or a local text file.")
+    q.add_argument("--samples", type=positive_int, default=DEFAULT_SAMPLES,
+                   help="number of calibration windows.")
+    q.add_argument("--seq-len", type=int, default=DEFAULT_SEQ_LEN, help="tokens per calibration window (≥ 2).")
+    q.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS, help="step-2 passes over the calibration windows.")
+    q.add_argument("--lr", type=float, default=DEFAULT_LR, help="step-2 Adam learning rate.")
+    q.add_argument("--lam", type=float, default=DEFAULT_LAM, help="step-2 weight λ of the scale regulariser.")
+    q.add_argument("--batch-size", type=positive_int, default=DEFAULT_BATCH, help="step-2 windows per Adam step.")
+    q.add_argument("--seed", type=int, default=0, help="seed for the calibration windows and step 2.")
+    q.add_argument("--out", default=None,
+                   help="checkpoint folder to write (must not exist or be empty unless --overwrite); reload "
+                        "with AutoModelForCausalLM.from_pretrained or potkernels.load_quantized "
+                        "(default: nothing is saved).")
+    q.add_argument("--overwrite", action="store_true",
+                   help="replace an existing --out folder as a whole (never mixed with old files).")
+    q.add_argument("--eval-text", default=None,
+                   help="also report perplexity on this text file (default: no evaluation).")
     q.add_argument("--eval-fp", action=argparse.BooleanOptionalAction, default=True,
-                   help="with --eval-text, also score the float model first (the 'before' perplexity)")
+                   help="with --eval-text, also score the float model first (the 'before' perplexity).")
     q.add_argument("--report", default=None,
-                   help="write the full calibration report (per block: loss, per-layer SQNR step 1 vs final) as JSON")
+                   help="write the full calibration report (per block: loss, per-layer SQNR step 1 vs final) "
+                        "to this JSON file (default: none).")
     common(q)
 
-    e = sub.add_parser("eval", help="perplexity of a quantized checkpoint or a float model on a text file")
-    e.add_argument("model", help="a quantized checkpoint folder, a model folder, a hub id or 'smollm2'")
-    e.add_argument("--text", required=True, help="text file, e.g. ../shared/data/wikitext-2-raw/wiki.test.raw")
-    e.add_argument("--batch-size", type=int, default=1)
+    e = sub.add_parser("eval", formatter_class=HelpFormatter,
+                       help="perplexity of a quantized checkpoint or a float model on a text file",
+                       description="Perplexity of a potkernels checkpoint (or a float model) on a text "
+                                   "file, in non-overlapping windows. A damaged or config-less checkpoint "
+                                   "is refused.")
+    e.add_argument("model", help="a potkernels checkpoint folder, a float model folder, a hub id or 'smollm2'.")
+    e.add_argument("--text", required=True, help="UTF-8 text file, e.g. ../shared/data/wikitext-2-raw/wiki.test.raw.")
+    e.add_argument("--batch-size", type=positive_int, default=1, help="windows per forward pass.")
     common(e)
     return p
 
@@ -232,19 +350,22 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    if getattr(args, "samples", 1) < 1 or getattr(args, "seq_len", 2) < 2 or getattr(args, "epochs", 0) < 0:
-        parser.error("--samples must be ≥ 1, --seq-len ≥ 2, --epochs ≥ 0")
+    if getattr(args, "seq_len", 2) < 2 or getattr(args, "epochs", 0) < 0:
+        parser.error("--seq-len must be ≥ 2 and --epochs ≥ 0")
     if args.window is not None and args.window < 2:
         parser.error("--window must be ≥ 2")
     if str(args.device).startswith("cuda") and not torch.cuda.is_available():
         parser.error(f"--device {args.device}: CUDA is not available here")
+    if args.threads:
+        torch.set_num_threads(args.threads)
     try:
         result = cmd_quantize(args) if args.command == "quantize" else cmd_eval(args)
     except CliError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("interrupted: nothing was written", file=sys.stderr)
+        return 130
     result.update(memory_stats())
     if args.json:
         print(json.dumps(result))

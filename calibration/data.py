@@ -1,6 +1,7 @@
 """Calibration windows: random fixed-length token windows from a text, or text the model writes itself.
 
 Sources:
+    ``"builtin"``    the public-domain text shipped in ``calibration/data/shakespeare.txt`` (offline);
     ``"wikitext2"``  WikiText-2 raw *train* split through ``datasets`` (needs a reachable hub);
     a file path      any local UTF-8 text file (e.g. ../shared/data/wikitext-2/valid.txt);
     ``"self"``       data-free: sequences sampled from the float model itself, starting at BOS.
@@ -13,7 +14,8 @@ import torch
 
 from .eval import read_text, tokenize_text
 
-SOURCES = ("wikitext2", "self", "<path to a text file>")
+SOURCES = ("builtin", "wikitext2", "self", "<path to a text file>")
+BUILTIN_TEXT = Path(__file__).resolve().parent / "data" / "shakespeare.txt"  # licence: data/README.md
 
 
 def wikitext2_train_text() -> str:
@@ -74,7 +76,7 @@ def self_generated(model, tokenizer, n_samples: int, seq_len: int, seed: int = 0
 
 def get_calibration_ids(source: str, tokenizer, n_samples: int, seq_len: int, seed: int = 0,
                         model=None) -> torch.LongTensor:
-    """Calibration windows from ``source`` ("wikitext2", "self" or a text file path).
+    """Calibration windows from ``source`` ("builtin", "wikitext2", "self" or a text file path).
 
     Returns LongTensor ``[n_samples, seq_len]`` (on CPU). Clear errors for a missing, empty or
     too-short text.
@@ -83,12 +85,14 @@ def get_calibration_ids(source: str, tokenizer, n_samples: int, seq_len: int, se
         raise ValueError(f"need n_samples ≥ 1 and seq_len ≥ 2, got {n_samples}, {seq_len}")
     if source == "self":
         return self_generated(model, tokenizer, n_samples, seq_len, seed)
-    if source == "wikitext2":
+    if source == "builtin":
+        text = read_text(BUILTIN_TEXT)
+    elif source == "wikitext2":
         text = wikitext2_train_text()
     elif Path(source).is_file():
         text = read_text(source)
     else:
-        raise FileNotFoundError(f"calibration source {source!r} is neither 'wikitext2', 'self' nor a text file")
+        raise FileNotFoundError(f"calibration source {source!r} is neither 'builtin', 'wikitext2', 'self' nor a text file")
     if not text.strip():
         raise ValueError(f"calibration text {source!r} is empty")
     return random_windows(tokenize_text(text, tokenizer), n_samples, seq_len, seed)

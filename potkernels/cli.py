@@ -18,8 +18,9 @@ import torch
 from torch import nn
 
 from .format import IntConfig, PoTConfig, QuantConfig
-from .integrations import dequantize_model, eligible_linears, load_quantized, quantize_model, save_quantized
+from .integrations import cache_decoded_weights, eligible_linears, load_quantized, quantize_model
 from .integrations.hf import LayerReport, summarize_report
+from .integrations.serialization import CheckpointError, check_output_dir, detect_checkpoint, save_checkpoint_dir
 from .nn import _PackedLinear
 
 DEFAULT_PROMPT = "The three primary colors are"
@@ -108,22 +109,54 @@ def _mb(n: int) -> str:
 
 
 # ---------------------------------------------------------------- the demo
+class CliError(Exception):
+    """A user-facing error: one ``error: …`` line, exit status 2, no traceback."""
+
+
+def check_demo_inputs(args: argparse.Namespace, cfg: QuantConfig) -> Path:
+    """Everything the demo can check before loading a model; returns the output folder."""
+    from .models import QuantizedCheckpoint, check_model_spec
+
+    try:
+        check_model_spec(args.model)
+    except (FileNotFoundError, QuantizedCheckpoint, CheckpointError) as e:
+        raise CliError(str(e)) from None
+    if args.max_new_tokens < 1:
+        raise CliError(f"--max-new-tokens must be ≥ 1, got {args.max_new_tokens}")
+    out = Path(args.out) if args.out else default_out(args.model, cfg)
+    # The default folder (named after model and code) is the demo's own: re-running replaces it, but only
+    # when it holds a potkernels checkpoint. An explicit --out is never replaced without --overwrite.
+    overwrite = args.overwrite
+    if not args.out and out.is_dir():
+        try:
+            overwrite = overwrite or detect_checkpoint(out) == "potkernels"
+        except CheckpointError:
+            pass
+    try:
+        check_output_dir(out, overwrite)
+    except (FileExistsError, PermissionError) as e:
+        raise CliError(f"--out: {e}") from None
+    args.overwrite = overwrite
+    return out
+
+
 def run_demo(args: argparse.Namespace) -> int:
     from .models import load_model
 
     cfg = make_config(args.kind, args.bits, args.group_size)
-    out = Path(args.out) if args.out else default_out(args.model, cfg)
+    out = check_demo_inputs(args, cfg)
     t0 = time.perf_counter()
     try:
         model, tok = load_model(args.model)
-    except FileNotFoundError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    except (FileNotFoundError, CheckpointError, ValueError) as e:
+        raise CliError(str(e)) from None
     print(f"loaded {args.model} ({type(model).__name__}, {sum(p.numel() for p in model.parameters()) / 1e6:.1f} M "
           f"parameters) in {time.perf_counter() - t0:.1f} s")
 
     fp_linear, fp_total = linear_bytes(model), model_bytes(model)
+    t0 = time.perf_counter()
     fp_text = greedy(model, tok, args.prompt, args.max_new_tokens)
+    fp_seconds = time.perf_counter() - t0
 
     t0 = time.perf_counter()
     quantize_model(model, cfg)
@@ -135,7 +168,7 @@ def run_demo(args: argparse.Namespace) -> int:
     print(f"  linear weights : {_mb(fp_linear)} → {_mb(q_linear)}  ({fp_linear / q_linear:.2f}× smaller)")
     print(f"  whole model    : {_mb(fp_total)} → {_mb(q_total)}")
 
-    save_quantized(model, out, tokenizer=tok)
+    save_checkpoint_dir(model, out, tokenizer=tok, overwrite=args.overwrite)
     print(f"saved to {out}/ ({_mb(dir_bytes(out)).strip()} on disk)")
     reloaded = load_quantized(out)
     reloaded_logits = prompt_logits(reloaded, tok, args.prompt)
@@ -144,49 +177,101 @@ def run_demo(args: argparse.Namespace) -> int:
                            "the reloaded checkpoint does not reproduce the model"):
         return 1
 
-    if args.packed_generate:
-        gen_model = reloaded
-    else:
-        # A CPU has no decode kernel, so every forward of the packed model decodes all weights
-        # again; generate with the decoded twin instead, after checking it computes the same logits.
-        gen_model = dequantize_model(model)
-        if not check_identical("decoded twin (nn.Linear holding the decoded weights): logits identical to the "
-                               "packed model", prompt_logits(gen_model, tok, args.prompt), reloaded_logits,
-                               "the decoded twin does not reproduce the packed model"):
+    if not args.packed_generate:
+        # A CPU has no decode kernel: without the cache every generated token decodes all weights again.
+        # The cache decodes once (memory: the float linear weights again) and computes the same logits.
+        cache_decoded_weights(reloaded)
+        if not check_identical("decoded-weight cache: logits identical to the packed model",
+                               prompt_logits(reloaded, tok, args.prompt), reloaded_logits,
+                               "the decoded-weight cache does not reproduce the packed model"):
             return 1
-    q_text = greedy(gen_model, tok, args.prompt, args.max_new_tokens)
+    t0 = time.perf_counter()
+    q_text = greedy(reloaded, tok, args.prompt, args.max_new_tokens)
+    q_seconds = time.perf_counter() - t0
     print(f"\nprompt: {args.prompt!r} (greedy, {args.max_new_tokens} new tokens)")
-    print(f"  float      : {fp_text!r}")
-    print(f"  {cfg.kind}{cfg.bits} g{cfg.group_size or 'ch':<5}: {q_text!r}")
+    print(f"  float      : {fp_text!r}  ({fp_seconds:.1f} s)")
+    print(f"  {cfg.kind}{cfg.bits} g{cfg.group_size or 'ch':<5}: {q_text!r}  ({q_seconds:.1f} s)")
     return 0
 
 
 def _group_size(s: str) -> Optional[int]:
-    return None if s in ("none", "channel", "None") else int(s)
+    if s.lower() in ("none", "channel"):
+        return None
+    try:
+        return int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"group size must be 32, 64, 128, 256 or 'channel', got {s!r}") from None
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """``ArgumentDefaultsHelpFormatter`` that leaves out ``(default: None)`` and defaults the help states."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "(default" in text or action.default is None:
+            return text
+        return super()._get_help_string(action)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m potkernels", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m potkernels", description=__doc__.splitlines()[0],
+                                formatter_class=HelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
-    d = sub.add_parser("demo", help="quantize, save, reload and generate with a small LLM on the CPU")
-    d.add_argument("--model", default="smollm2", help="'smollm2' (offline, default), a local folder or a hub id")
-    d.add_argument("--kind", choices=("pot", "int"), default="pot")
-    d.add_argument("--bits", type=int, default=4)
-    d.add_argument("--group-size", type=_group_size, default=128, help="32, 64, 128, 256 or 'channel'")
-    d.add_argument("--prompt", default=DEFAULT_PROMPT)
-    d.add_argument("--max-new-tokens", type=int, default=24)
-    d.add_argument("--out", default=None, help="checkpoint directory (default out/<model>-<kind><bits>-g<G>)")
+    d = sub.add_parser("demo", help="quantize, save, reload and generate with a small LLM on the CPU",
+                       description=__doc__.split("\n\n")[1].replace("\n", " "), formatter_class=HelpFormatter)
+    d.add_argument("--model", default="smollm2",
+                   help="the float model: 'smollm2' (offline SmolLM2-135M), a local folder or a hub id.")
+    d.add_argument("--kind", choices=("pot", "int"), default="pot",
+                   help="code: power-of-two (pot) or the uniform-int baseline (int).")
+    d.add_argument("--bits", type=int, default=4, help="bits per weight: PoT 2, 3 or 4; int 2, 3, 4 or 8.")
+    d.add_argument("--group-size", type=_group_size, default=128,
+                   help="input columns per scale: 32, 64, 128, 256 or 'channel' (one group per output row).")
+    d.add_argument("--prompt", default=DEFAULT_PROMPT, help="text both models continue greedily.")
+    d.add_argument("--max-new-tokens", type=int, default=24, help="tokens to generate.")
+    d.add_argument("--out", default=None,
+                   help="checkpoint folder (default: out/<model>-<kind><bits>-g<G>, replaced when it holds an "
+                        "earlier checkpoint); an explicit folder must not exist or be empty unless --overwrite.")
+    d.add_argument("--overwrite", action="store_true", help="replace an existing --out folder as a whole.")
     d.add_argument("--packed-generate", action="store_true",
-                   help="generate through the packed layers (decodes every weight at every step: slow on a CPU)")
+                   help="generate without the decoded-weight cache (decodes every weight at every token: "
+                        "slow on a CPU, but no extra memory).")
     d.set_defaults(func=run_demo)
+    lm = sub.add_parser("lm_eval", add_help=False, formatter_class=HelpFormatter,
+                        help="lm-eval's own command line (`lm_eval …`) with potkernels imported, so "
+                             "`--model hf --model_args pretrained=CHECKPOINT` loads PoT checkpoints")
+    lm.set_defaults(func=None)
     return p
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
+def run_lm_eval(argv: Sequence[str]) -> int:
+    """``lm_eval`` with potkernels registered: every argument goes to lm-eval's own CLI unchanged."""
+    from lm_eval.__main__ import cli_evaluate
+
+    saved = sys.argv
+    sys.argv = ["lm_eval", *argv]
     try:
-        make_config(args.kind, args.bits, args.group_size)
-    except ValueError as e:
+        cli_evaluate()
+    except SystemExit as e:
+        return int(e.code or 0) if not isinstance(e.code, str) else 1
+    finally:
+        sys.argv = saved
+    return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        if argv[:1] == ["lm_eval"]:
+            return run_lm_eval(argv[1:])
+        args = build_parser().parse_args(argv)
+        try:
+            make_config(args.kind, args.bits, args.group_size)
+        except ValueError as e:
+            raise CliError(str(e)) from None
+        return args.func(args)
+    except CliError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    return args.func(args)
+    except KeyboardInterrupt:
+        print("interrupted: no checkpoint was left half-written", file=sys.stderr)
+        return 130
