@@ -139,3 +139,28 @@ def test_packed_weight_does_not_fit_layer():
 def test_quantize_model_with_nothing_to_do():
     with pytest.raises(ValueError, match="no nn.Linear"):
         quantize_model(MODELS["llama"](), PoTConfig(4, 32), skip=("*",))
+
+
+@pytest.mark.parametrize("cfg", CFGS, ids=str)
+def test_quantize_model_names_bad_layer_and_swaps_nothing(cfg):
+    model = MODELS["llama"]()
+    bad = "model.layers.1.mlp.down_proj"
+    with torch.no_grad():
+        model.get_submodule(bad).weight[2, 7] = float("nan")
+    with pytest.raises(ValueError, match=rf"layer '{bad}'.*NaN/Inf.*no layer was quantized"):
+        quantize_model(model, cfg)
+    assert not any(isinstance(m, (PoTLinear, IntLinear)) for m in model.modules())
+    assert not hasattr(model, "quantization_report")
+
+
+def test_quantize_model_params_error_swaps_nothing():
+    model = MODELS["llama"]()
+
+    def params(name, module):
+        if name.endswith("layers.1.self_attn.o_proj"):
+            return {"scales": torch.ones(3, 3)}  # wrong shape
+        return {}
+
+    with pytest.raises(ValueError, match="layer 'model.layers.1.self_attn.o_proj'"):
+        quantize_model(model, PoTConfig(4, 32), params=params)
+    assert not any(isinstance(m, PoTLinear) for m in model.modules())

@@ -54,3 +54,61 @@ def test_perplexity_windows(tiny):
     assert r["windows"] == 3 and r["tokens"] == 3 * 31 and math.isfinite(r["ppl"])
     # batching windows does not change the number
     assert perplexity(model, ids, window=32, max_windows=3, batch_size=2)["ppl"] == pytest.approx(r["ppl"], rel=1e-5)
+
+
+def _saved_quantized(tmp_path, tiny):
+    from potkernels import PoTConfig, quantize_model, save_quantized
+
+    model, tok = tiny
+    quantize_model(model, PoTConfig(4, 32))
+    save_quantized(model, tmp_path / "ckpt", tokenizer=tok)
+    return model, tok, tmp_path / "ckpt"
+
+
+def _task_yaml(tmp_path, text_path):
+    import yaml
+
+    folder = tmp_path / "tasks"
+    folder.mkdir()
+    (folder / "local_text.yaml").write_text(yaml.safe_dump(text_task(text_path)))
+    return folder
+
+
+def test_lm_eval_evaluator_on_saved_checkpoint_equals_in_memory(tmp_path, shared_data, tiny, one_thread):
+    """lm-eval's own evaluator and HFLM, given the checkpoint *folder*, load it through transformers'
+    from_pretrained (the potkernels quantizer) and score exactly what the in-memory model scores."""
+    from lm_eval import simple_evaluate
+    from lm_eval.tasks import TaskManager
+
+    path = tmp_path / "t.txt"
+    path.write_text((shared_data / "tinyshakespeare.txt").read_text()[:6000])
+    model, tok, ckpt = _saved_quantized(tmp_path, tiny)
+    in_memory = lm_eval_text(model, tok, path, limit=3)
+    out = simple_evaluate(model="hf", model_args=f"pretrained={ckpt},dtype=float32,max_length=64", tasks=["local_text"],
+                          limit=3, device="cpu", batch_size=1, bootstrap_iters=0, log_samples=False,
+                          task_manager=TaskManager(include_defaults=False, include_path=str(_task_yaml(tmp_path, path))))
+    metrics = out["results"]["local_text"]
+    for m, v in in_memory.items():
+        assert float(metrics[f"{m},none"]) == pytest.approx(v, rel=1e-6)
+
+
+@pytest.mark.slow
+def test_potkernels_lm_eval_command(tmp_path, shared_data, tiny, one_thread):
+    """`python -m potkernels lm_eval --model hf --model_args pretrained=CKPT --tasks local_text --include_path DIR`:
+    lm-eval's own command line (it indexes its built-in tasks: ~25 s) on the saved checkpoint."""
+    import json
+
+    from potkernels.cli import main
+
+    path = tmp_path / "t.txt"
+    path.write_text((shared_data / "tinyshakespeare.txt").read_text()[:6000])
+    model, tok, ckpt = _saved_quantized(tmp_path, tiny)
+    want = lm_eval_text(model, tok, path, limit=2)
+    rc = main(["lm_eval", "--model", "hf", "--model_args", f"pretrained={ckpt},dtype=float32,max_length=64",
+               "--tasks", "local_text", "--include_path", str(_task_yaml(tmp_path, path)), "--limit", "2",
+               "--device", "cpu", "--batch_size", "1", "--output_path", str(tmp_path / "results")])
+    assert rc == 0
+    results = list((tmp_path / "results").rglob("results_*.json"))
+    assert len(results) == 1
+    got = json.loads(results[0].read_text())["results"]["local_text"]
+    assert float(got["word_perplexity,none"]) == pytest.approx(want["word_perplexity"], rel=1e-6)
