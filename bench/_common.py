@@ -1,7 +1,9 @@
 """Shared benchmark plumbing: device, timing, HBM bandwidth, rotation, results folder, table, JSON."""
 from __future__ import annotations
 
+import argparse
 import datetime
+import importlib.util
 import json
 import math
 import os
@@ -170,3 +172,29 @@ def write_json(path: Path, meta: dict[str, Any], rows: list[dict[str, Any]], **e
     path.write_text(json.dumps({"meta": meta, **extra, "rows": rows}, indent=1) + "\n")
     if extra.get("complete", True):
         print(f"wrote {path}")
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each flag's default, except ``None`` and defaults the help already states."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "(default" in text or action.default is None:
+            return text
+        return super()._get_help_string(action)
+
+
+def save_plot(plot: Callable[..., None], *args: Any, path: Path) -> bool:
+    """``plot(*args, path)`` when matplotlib is installed; otherwise one line saying the PNG was skipped
+    (matplotlib is optional: ``pip install -e ".[bench]"``). Returns whether the PNG was written."""
+    if importlib.util.find_spec("matplotlib") is None:
+        print(f"note: matplotlib is not installed, so {path.name} was not drawn; the JSON holds every number "
+              "(pip install matplotlib for the plot)")
+        return False
+    plot(*args, path)
+    return True
+
+
+def baseline_name(device: torch.device) -> str:
+    """The float matmul the kernels are compared with: fp16 ``F.linear`` on a GPU, fp32 on a CPU."""
+    return "fp16" if device.type == "cuda" else "fp32"

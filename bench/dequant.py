@@ -18,7 +18,7 @@ import argparse
 
 import torch
 
-from _common import bench, hbm_bandwidth_gbs, metadata, pick_device, print_table, results_dir, write_json
+from _common import bench, hbm_bandwidth_gbs, metadata, pick_device, print_table, results_dir, save_plot, write_json
 
 from potkernels import IntConfig, PoTConfig, ops
 from potkernels.format import quantize_int, quantize_pot
@@ -91,7 +91,7 @@ def main() -> None:
     meta.update(hbm_copy_GBs=hbm, mode="triton kernels" if gpu else "torch reference path", reps=reps,
                 group_size=args.group)
     write_json(out / "dequant.json", meta, rows)
-    plot(rows, meta, out / "dequant.png")
+    save_plot(plot, rows, meta, path=out / "dequant.png")
 
 
 def plot(rows, meta, path) -> None:
