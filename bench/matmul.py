@@ -80,7 +80,7 @@ def main() -> None:
                     help="where to run (default: cuda when available, else cpu)")
     ap.add_argument("--quick", action="store_true",
                     help=f"GPU: only K×N {'×'.join(map(str, QUICK_SHAPES[0]))} and {'×'.join(map(str, QUICK_SHAPES[1]))}, "
-                         f"M in {set(QUICK_M)}, at most 20 ms of timing per point. (A CPU run is always a smoke "
+                         f"M in {{{', '.join(map(str, QUICK_M))}}}, at most 20 ms of timing per point. (A CPU run is always a smoke "
                          f"test of the script: the first two SmolLM2 shapes of the selection, the first two M ≤ 16, "
                          f"4-bit codes, against fp32 F.linear.)")
     ap.add_argument("--shapes", default="llama8b,square8k,gpt2,smollm2",

@@ -203,3 +203,20 @@ def test_group_size_message(capsys):
             main(["quantize" if main is calib_cli.main else "demo", "--group-size", "abc"])
         err = capsys.readouterr().err
         assert "group size must be" in err and "'abc'" in err and "_group_size" not in err
+
+
+def test_demo_ctrl_c_and_out_refusal(capsys, monkeypatch, tmp_path, tiny_model_dir):
+    import potkernels.models
+
+    def interrupt(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(potkernels.models, "load_model", interrupt)
+    out = tmp_path / "ckpt"
+    assert demo_cli.main(["demo", "--model", str(tiny_model_dir), "--out", str(out)]) == 130
+    err = capsys.readouterr().err
+    assert err.strip().splitlines()[-1].startswith("interrupted") and "Traceback" not in err and not out.exists()
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    assert demo_cli.main(["demo", "--model", str(tiny_model_dir), "--out", str(out)]) == 2
+    assert "not empty" in capsys.readouterr().err and (out / "keep.txt").read_text() == "mine"

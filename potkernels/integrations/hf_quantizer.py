@@ -111,6 +111,7 @@ class PoTHfQuantizer(HfQuantizer):
         if len(files) != 1:
             raise CheckpointError(f"a potkernels checkpoint has one weights file, transformers found {files}")
         folder = files[0].parent
+        _fetch_quant_file(folder, getattr(model.config, "name_or_path", None))
         meta = read_checkpoint_meta(folder, verify_checksum=True)
         want = self.quantization_config.quant_config()
         have = config_from_dict(meta)
@@ -150,6 +151,21 @@ class PoTHfQuantizer(HfQuantizer):
     @property
     def is_trainable(self) -> bool:
         return False
+
+
+def _fetch_quant_file(folder: Path, name_or_path: Optional[str]) -> None:
+    """A hub checkpoint: transformers fetched config.json and the weights; fetch quantization_config.json
+    into the same snapshot folder (a local folder must already hold it)."""
+    from .serialization import QUANT_FILE
+
+    if (folder / QUANT_FILE).is_file() or not name_or_path or Path(name_or_path).exists():
+        return
+    from transformers.utils import cached_file
+
+    try:
+        cached_file(name_or_path, QUANT_FILE, _raise_exceptions_for_missing_entries=False)
+    except OSError as e:  # reported below as a missing file
+        log.warning("could not fetch %s for %s: %s", QUANT_FILE, name_or_path, e)
 
 
 def _guard_init_weights(model) -> None:
