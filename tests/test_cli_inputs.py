@@ -220,3 +220,19 @@ def test_demo_ctrl_c_and_out_refusal(capsys, monkeypatch, tmp_path, tiny_model_d
     (out / "keep.txt").write_text("mine")
     assert demo_cli.main(["demo", "--model", str(tiny_model_dir), "--out", str(out)]) == 2
     assert "not empty" in capsys.readouterr().err and (out / "keep.txt").read_text() == "mine"
+
+
+def test_demo_default_out_is_replaced_only_when_it_is_a_checkpoint(tmp_path, monkeypatch, tiny_model_dir):
+    from potkernels import PoTConfig, quantize_model, save_quantized
+
+    monkeypatch.chdir(tmp_path)
+    cfg = PoTConfig(4, 128)
+    args = demo_cli.build_parser().parse_args(["demo", "--model", str(tiny_model_dir)])
+    default = demo_cli.default_out(args.model, cfg)
+    save_quantized(quantize_model(tiny_gpt2(), PoTConfig(4, 32)), default)  # an earlier demo run
+    assert demo_cli.check_demo_inputs(args, cfg) == default and args.overwrite
+    (default / "quantization_config.json").unlink()
+    (default / "model.safetensors").unlink()
+    args = demo_cli.build_parser().parse_args(["demo", "--model", str(tiny_model_dir)])
+    with pytest.raises(demo_cli.CliError, match="not empty"):
+        demo_cli.check_demo_inputs(args, cfg)

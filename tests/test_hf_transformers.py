@@ -108,3 +108,26 @@ def test_plain_transformers_fails_naming_potkernels(tmp_path):
     assert r.returncode != 0 and "LOADED" not in r.stdout
     last = r.stderr.strip().splitlines()[-1]
     assert last.startswith("ValueError") and "import potkernels" in last, r.stderr[-2000:]
+
+
+def test_save_pretrained_survives_pickle_copy_and_dequantize(tmp_path, one_thread):
+    import copy
+    import io
+
+    model, path = _saved(tmp_path, "llama", pk.PoTConfig(4, 32))
+    buf = io.BytesIO()
+    torch.save(model, buf)
+    buf.seek(0)
+    again = torch.load(buf, weights_only=False)
+    twin = copy.deepcopy(again)
+    assert twin.save_pretrained.model is twin
+    twin.save_pretrained(tmp_path / "twin")
+    x = tokens()
+    assert torch.equal(_logits(pk.load_quantized(tmp_path / "twin"), x), _logits(model, x))
+    hf = AutoModelForCausalLM.from_pretrained(path)
+    hf.dequantize()  # transformers' own API: back to nn.Linear, then a plain float checkpoint
+    hf.save_pretrained(tmp_path / "float")
+    assert not (tmp_path / "float" / QUANT_FILE).exists()
+    plain = AutoModelForCausalLM.from_pretrained(tmp_path / "float")
+    assert not any(isinstance(m, pk.PoTLinear) for m in plain.modules())
+    assert torch.equal(_logits(plain, x), _logits(model, x))

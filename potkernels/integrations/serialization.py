@@ -398,23 +398,35 @@ def bind_save_pretrained(model: nn.Module) -> None:
 
     transformers' own ``save_pretrained`` would write a config without the quantization fields and
     split or rename tensors; this instance method keeps one format whichever way a model is saved.
+    A model with no packed layer left (e.g. after ``model.dequantize()``) saves the transformers way.
     """
-    import types
+    if hasattr(model, "config"):
+        model.save_pretrained = _PoTSavePretrained(model)
 
-    if not hasattr(model, "config"):
-        return
 
-    def save_pretrained(self, save_directory: str | os.PathLike, is_main_process: bool = True,
-                        push_to_hub: bool = False, **kwargs: Any) -> None:
-        if push_to_hub:
-            raise NotImplementedError("push_to_hub is not supported for potkernels models: save_pretrained to a "
-                                      "folder, then upload it with `huggingface-cli upload`")
-        if kwargs.get("state_dict") is not None:
-            raise NotImplementedError("save_pretrained(state_dict=...) is not supported for potkernels models")
-        if is_main_process:
-            save_quantized(self, save_directory)
+class _PoTSavePretrained:
+    """``model.save_pretrained`` for packed models; an object (not a bound method) so that the model
+    still pickles and deep-copies (the copy's method then saves the copy)."""
 
-    model.save_pretrained = types.MethodType(save_pretrained, model)
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+
+    def __call__(self, save_directory: str | os.PathLike, *args: Any, **kwargs: Any) -> None:
+        return _save_pretrained(self.model, save_directory, *args, **kwargs)
+
+
+def _save_pretrained(self, save_directory: str | os.PathLike, is_main_process: bool = True,
+                     push_to_hub: bool = False, **kwargs: Any) -> None:
+    if not any(isinstance(m, _PackedLinear) for m in self.modules()):
+        return type(self).save_pretrained(self, save_directory, is_main_process=is_main_process,
+                                          push_to_hub=push_to_hub, **kwargs)
+    if push_to_hub:
+        raise NotImplementedError("push_to_hub is not supported for potkernels models: save_pretrained to a "
+                                  "folder, then upload it with `huggingface-cli upload`")
+    if kwargs.get("state_dict") is not None:
+        raise NotImplementedError("save_pretrained(state_dict=...) is not supported for potkernels models")
+    if is_main_process:
+        save_quantized(self, save_directory)
 
 
 def detect_checkpoint(path: str | os.PathLike) -> Optional[str]:
