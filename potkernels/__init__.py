@@ -13,12 +13,20 @@ from .format import (
     quantize_weight,
     sqnr_db,
 )
-from .integrations import (CheckpointError, LayerReport, PoTQuantizationConfig, load_quantized, quantize_model,
-                           save_quantized)
+from .integrations import CheckpointError, LayerReport, load_quantized, quantize_model, save_quantized
 from .nn import IntLinear, PoTLinear
 from .ops import dequantize, int_matmul, pot_matmul
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    if name == "PoTQuantizationConfig":  # the transformers config class: imports transformers only when used
+        from .integrations import PoTQuantizationConfig
+
+        return PoTQuantizationConfig
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "CheckpointError", "IntConfig", "IntLinear", "IntWeight", "LayerReport", "PoTConfig", "PoTQuantizationConfig", "PoTLinear", "PoTWeight",

@@ -131,3 +131,19 @@ def test_save_pretrained_survives_pickle_copy_and_dequantize(tmp_path, one_threa
     plain = AutoModelForCausalLM.from_pretrained(tmp_path / "float")
     assert not any(isinstance(m, pk.PoTLinear) for m in plain.modules())
     assert torch.equal(_logits(plain, x), _logits(model, x))
+
+
+def test_registration_is_lazy_but_always_in_time(tmp_path):
+    """`import potkernels` does not import transformers' quantizer registry (seconds of imports), yet
+    from_pretrained afterwards finds the potkernels quantizer."""
+    _, path = _saved(tmp_path, "llama", pk.PoTConfig(4, 32))
+    code = ("import sys, potkernels\n"
+            "assert 'transformers.quantizers.auto' not in sys.modules\n"
+            "from transformers import AutoModelForCausalLM\n"
+            f"m = AutoModelForCausalLM.from_pretrained({str(path)!r})\n"
+            "print(type(m.model.layers[0].mlp.up_proj).__name__)\n")
+    import pathlib
+    env = {**os.environ, "PYTHONPATH": str(pathlib.Path(__file__).resolve().parents[1])}
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=180, env=env)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.strip().splitlines()[-1] == "PoTLinear"
