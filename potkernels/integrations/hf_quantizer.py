@@ -105,7 +105,8 @@ class PoTHfQuantizer(HfQuantizer):
     def _process_model_before_weight_loading(self, model, checkpoint_files=None, **kwargs: Any):
         if not self.pre_quantized:
             return model  # quantize on load: the float weights load first, see below
-        from .serialization import CheckpointError, check_checkpoint_tensors, read_checkpoint_meta, _swap_layers
+        from .serialization import (FORMAT_VERSION, CheckpointError, _swap_layers, check_checkpoint_tensors,
+                                    read_checkpoint_meta)
 
         files = [Path(f) for f in checkpoint_files or []]
         if len(files) != 1:
@@ -113,6 +114,11 @@ class PoTHfQuantizer(HfQuantizer):
         folder = files[0].parent
         _fetch_quant_file(folder, getattr(model.config, "name_or_path", None))
         meta = read_checkpoint_meta(folder, verify_checksum=True)
+        if meta.get("format_version") != FORMAT_VERSION:
+            # Older formats are repacked by load_quantized; transformers loads buffers as stored.
+            raise CheckpointError(
+                f"{folder} uses checkpoint format version {meta.get('format_version')}; from_pretrained reads "
+                f"version {FORMAT_VERSION}: convert it once with potkernels.load_quantized(dir).save_pretrained(new_dir)")
         want = self.quantization_config.quant_config()
         have = config_from_dict(meta)
         if want != have:
