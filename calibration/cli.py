@@ -17,14 +17,25 @@ import torch
 
 from potkernels.format.config import INT_BITS, POT_BITS, IntConfig, PoTConfig
 
-from .calibrate import DEFAULT_BATCH, DEFAULT_EPOCHS, DEFAULT_LAM, DEFAULT_LR, METHODS, calibrate_model, check_method
+from .calibrate import (DATA_METHODS, DEFAULT_BATCH, DEFAULT_EPOCHS, DEFAULT_LAM, DEFAULT_LR, METHODS, calibrate_model,
+                        check_method)
 from .data import get_calibration_ids
 from .eval import default_window, perplexity, read_text, tokenize_text
+from .gptq import DEFAULT_DAMP
 
 # Default calibration set: 32 windows of 256 tokens (with DEFAULT_EPOCHS/BATCH: 64 Adam steps
 # per block), sized for the 2-core CPU budget; on a GPU use e.g. --samples 128 --seq-len 2048.
 DEFAULT_SAMPLES = 32
 DEFAULT_SEQ_LEN = 256
+# GPTQ's Hessians need ≥ 16 k tokens (with 4 k, SmolLM2's 1536-input down_proj overfits).
+DEFAULT_SEQ_LEN_GPTQ = 512
+
+
+def model_context(model) -> Optional[int]:
+    """The model's context length (``max_position_embeddings`` / ``n_positions``), if it declares one."""
+    cfg = getattr(model, "config", None)
+    n = getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", None)
+    return int(n) if n else None
 
 
 class CliError(Exception):
@@ -119,15 +130,30 @@ def cmd_quantize(args: argparse.Namespace) -> dict[str, Any]:
     except ValueError as e:
         raise CliError(str(e)) from None
     if args.act_weighted is None:
-        args.act_weighted = args.method == "two-step"
+        args.act_weighted = args.method in DATA_METHODS and args.kind == "pot"
     if args.act_weighted and args.method == "rtn":
-        raise CliError("--act-weighted weights the step-1 search; use it with --method init or two-step")
-    needs_data = args.method == "two-step" or args.act_weighted
+        raise CliError("--act-weighted weights the step-1 search; use it with --method init, two-step or gptq")
+    if args.act_weighted and args.kind == "int":
+        raise CliError("--act-weighted weights the PoT step-1 search; int GPTQ uses min/max scales")
+    if args.refine and args.method != "gptq":
+        raise CliError("--refine (step 2 with the GPTQ codes frozen) needs --method gptq; "
+                       "--method two-step is step 1 + step 2")
+    needs_data = args.method in DATA_METHODS or args.act_weighted
+    if args.seq_len is None:
+        args.seq_len = DEFAULT_SEQ_LEN_GPTQ if args.method == "gptq" else DEFAULT_SEQ_LEN
     if needs_data:
         check_calib_source(args.calib)
+    elif args.calib_given:
+        print(f"note: --method {args.method} is data-free; --calib {args.calib} is not used "
+              "(add --act-weighted to weight step 1 by its activations)", file=sys.stderr)
     t_start = time.perf_counter()
     model, tok = load_base(args.model, args.device)
     ids = None
+    context = model_context(model)
+    if needs_data and context is not None and args.seq_len > context:
+        print(f"note: --seq-len {args.seq_len} is longer than the model's context ({context} tokens); "
+              f"calibrating on windows of {context}", file=sys.stderr)
+        args.seq_len = context
     if needs_data:
         try:
             ids = get_calibration_ids(args.calib, tok, args.samples, args.seq_len, seed=args.seed, model=model)
@@ -140,18 +166,18 @@ def cmd_quantize(args: argparse.Namespace) -> dict[str, Any]:
     t0 = time.perf_counter()
     calibrate_model(model, cfg, ids, args.method, epochs=args.epochs, lr=args.lr, lam=args.lam,
                     batch_size=args.batch_size, device=args.device, progress=True, seed=args.seed,
-                    act_weighted=args.act_weighted)
+                    act_weighted=args.act_weighted, refine=args.refine, damp=args.damp)
     calib_seconds = time.perf_counter() - t0
     report = model.calibration_report
     print(report["summary"], file=sys.stderr)
-    for b in report.get("blocks", []):
+    for b in report.get("blocks", []) if args.method != "gptq" else []:
         sq0 = sum(b["sqnr_init_db"].values()) / len(b["sqnr_init_db"])
         sq1 = sum(b["sqnr_final_db"].values()) / len(b["sqnr_final_db"])
         print(f"block {b['index']:3d}: output MSE {b['loss_init']:.4g} -> {b['loss_final']:.4g}, "
               f"mean weight SQNR {sq0:.2f} -> {sq1:.2f} dB ({b['seconds']:.1f} s)", file=sys.stderr)
     result: dict[str, Any] = {
         "command": "quantize", "model": args.model, "config": cfg.to_dict(), "method": args.method,
-        "act_weighted": args.act_weighted,
+        "act_weighted": args.act_weighted, "refine": args.refine,
         "calib": args.calib if ids is not None else None,
         "samples": None if ids is None else ids.shape[0], "seq_len": None if ids is None else ids.shape[1],
         "epochs": report.get("epochs"), "lr": args.lr, "lam": args.lam,
@@ -195,19 +221,27 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--max-windows", type=int, default=None, help="evaluate only the first N windows")
         sp.add_argument("--json", action="store_true", help="print one JSON object as the last stdout line")
 
-    q = sub.add_parser("quantize", help="quantize a model (RTN, PoTPTQ step 1, or step 1 + 2)")
+    q = sub.add_parser("quantize", help="quantize a model (RTN, PoTPTQ step 1, step 1 + 2, or GPTQ)")
     q.add_argument("--model", default="smollm2", help="'smollm2' (offline default), a local folder or a hub id")
     q.add_argument("--kind", choices=("pot", "int"), default="pot")
     q.add_argument("--bits", type=int, default=3, help=f"PoT: {POT_BITS}; int: {INT_BITS}")
     q.add_argument("--group-size", type=parse_group_size, default=128, help="32, 64, 128, 256 or 'channel'")
-    q.add_argument("--method", choices=METHODS, default="two-step")
+    q.add_argument("--method", choices=METHODS, default="two-step",
+                   help="rtn | init (PoTPTQ step 1) | two-step (step 1 + 2) | gptq (step-1 scales, then GPTQ "
+                        "rounding; also for --kind int)")
     q.add_argument("--act-weighted", action=argparse.BooleanOptionalAction, default=None,
                    help="step 1 weights each input column's error by its mean x² on the calibration data "
                         "(default: on for two-step, off for init; --no-act-weighted gives the paper's "
                         "data-free step 1, which collapses SmolLM2 at 3 bits)")
-    q.add_argument("--calib", default="wikitext2", help="'wikitext2', 'self' or a text file")
+    q.add_argument("--refine", action="store_true",
+                   help="gptq: afterwards PoTPTQ step 2 with the GPTQ codes frozen (only the scales learn)")
+    q.add_argument("--damp", type=float, default=DEFAULT_DAMP, help="gptq: damping, fraction of mean diag(H)")
+    q.add_argument("--calib", default=None,
+                   help="'wikitext2', 'self' or a text file (default: wikitext2; data methods only)")
     q.add_argument("--samples", type=int, default=DEFAULT_SAMPLES)
-    q.add_argument("--seq-len", type=int, default=DEFAULT_SEQ_LEN)
+    q.add_argument("--seq-len", type=int, default=None,
+                   help=f"calibration window (default: {DEFAULT_SEQ_LEN_GPTQ} for gptq, {DEFAULT_SEQ_LEN} otherwise; "
+                        "clamped to the model's context)")
     q.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS)
     q.add_argument("--lr", type=float, default=DEFAULT_LR)
     q.add_argument("--lam", type=float, default=DEFAULT_LAM)
@@ -232,9 +266,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command == "quantize":
+        args.calib_given = args.calib is not None
+        args.calib = args.calib or "wikitext2"
     if args.threads:
         torch.set_num_threads(args.threads)
-    if getattr(args, "samples", 1) < 1 or getattr(args, "seq_len", 2) < 2 or getattr(args, "epochs", 0) < 0:
+    if getattr(args, "samples", 1) < 1 or (getattr(args, "seq_len", None) or 2) < 2 or getattr(args, "epochs", 0) < 0:
         parser.error("--samples must be ≥ 1, --seq-len ≥ 2, --epochs ≥ 0")
     if args.window is not None and args.window < 2:
         parser.error("--window must be ≥ 2")
