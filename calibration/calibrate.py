@@ -45,7 +45,7 @@ def calibrate_model(model: nn.Module, cfg: PoTConfig | IntConfig, calib_ids: Opt
                     device: Optional[str | torch.device] = None, skip: Iterable[str] = ("lm_head",),
                     act_dtype: Optional[torch.dtype] = None, progress: bool = True, seed: int = 0,
                     act_weighted: Optional[bool] = None, refine: bool = False, damp: float = DEFAULT_DAMP,
-                    act_order: bool = True, true_sequential: bool = True,
+                    act_order: bool = True, true_sequential: bool = False,
                     gptq_block_size: int = DEFAULT_BLOCK_SIZE, hessian_batch: int = 8) -> nn.Module:
     """Quantize ``model`` in place with calibrated scales.
 

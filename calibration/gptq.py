@@ -17,9 +17,11 @@ How it is arranged (:func:`gptq_model`):
 * **Block by block on the quantized model's own activations.** Block ℓ's Hessians come from
   the outputs of the already-quantized blocks < ℓ (as PoTPTQ step 2 is fed in ``refine.py``).
   Linears that read the same tensor (q/k/v, gate/up, GPT-2's c_attn alone) share one Hessian and
-  are rounded together as one stacked weight. With ``true_sequential`` (default) the groups are
-  quantized in call order and each group's Hessian is taken with the earlier groups of the
-  same block already quantized (each such pass stops at the group's first linear).
+  are rounded together as one stacked weight. By default all Hessians of a block come from one
+  pass of the float block (stopped at its last linear's input); with ``true_sequential`` the
+  groups are quantized in call order and each group's Hessian is taken with the earlier groups of
+  the same block already quantized (one pass per group, each stopped at the group's first linear:
+  about twice the forward work).
 * **Act-order, damping, lazy batches.** Columns go in order of decreasing ``diag(H)``;
   ``damp · mean(diag H)`` is added to the diagonal; the feedback inside a batch of
   ``block_size`` columns is applied column by column and to the rest of the matrix once per batch
@@ -469,7 +471,7 @@ def _packed_layer(module: nn.Module, grid: Grid, q: torch.Tensor) -> nn.Module:
 def gptq_model(model: nn.Module, cfg: PoTConfig | IntConfig, calib_ids: torch.Tensor, *,
                batch_size: int = 8, skip: Iterable[str] = ("lm_head",), act_weighted: bool = True,
                damp: float = DEFAULT_DAMP, block_size: int = DEFAULT_BLOCK_SIZE, act_order: bool = True,
-               true_sequential: bool = True, refine: bool = False, epochs: int = 4, lr: float = 1e-3,
+               true_sequential: bool = False, refine: bool = False, epochs: int = 4, lr: float = 1e-3,
                lam: float = 0.1, refine_batch: int = 2, act_dtype: Optional[torch.dtype] = None,
                progress: bool = True, seed: int = 0) -> tuple[list[GPTQBlockReport], list[LayerReport]]:
     """GPTQ over every transformer block of ``model`` (in place), swapping its linears to packed layers.

@@ -157,8 +157,8 @@ def test_refine_keeps_codes_and_true_sequential_option():
         assert all(torch.equal(u, v) for u, v in zip(pa.codes(), pb.codes()))
     c = tiny_llama()
     c.load_state_dict(base.state_dict())
-    calibrate_model(c, cfg, ids, "gptq", true_sequential=False, progress=False)
-    assert len(c.calibration_report["blocks"]) == 2 and c.calibration_report["true_sequential"] is False
+    calibrate_model(c, cfg, ids, "gptq", true_sequential=True, progress=False)
+    assert len(c.calibration_report["blocks"]) == 2 and c.calibration_report["true_sequential"] is True
 
 
 def test_gptq_bad_input():
