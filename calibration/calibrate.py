@@ -111,6 +111,11 @@ def calibrate_model(model: nn.Module, cfg: PoTConfig | IntConfig, calib_ids: Opt
                              f"{calib_ids.dtype} {tuple(calib_ids.shape)}")
         if epochs < 0 or lr <= 0 or lam < 0 or batch_size < 1:
             raise ValueError(f"need epochs ≥ 0, lr > 0, lam ≥ 0, batch_size ≥ 1; got {epochs}, {lr}, {lam}, {batch_size}")
+        context = getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions", None) \
+            if hasattr(model, "config") else None
+        if context and calib_ids.shape[1] > context:
+            raise ValueError(f"calibration windows of {calib_ids.shape[1]} tokens exceed the model's context of "
+                             f"{context}; use windows of ≤ {context} tokens")
         if method == "gptq":
             if not 0 <= damp < 1 or gptq_block_size < 1 or hessian_batch < 1:
                 raise ValueError(f"need 0 ≤ damp < 1, gptq_block_size ≥ 1, hessian_batch ≥ 1; got {damp}, "

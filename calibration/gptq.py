@@ -37,8 +37,8 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass, replace
-from typing import Any, Callable, Iterable, Optional
+from dataclasses import asdict, dataclass
+from typing import Any, Iterable, Optional
 
 import torch
 import torch.nn.functional as F
@@ -53,8 +53,8 @@ from potkernels.integrations.hf import LayerReport, eligible_linears, is_skipped
 from potkernels.nn import float_weight, linear_class_for
 
 from .init import init_scales
-from .refine import (_block_out, _Captured, _qualified_name, _run, capture_block_inputs, default_act_dtype,
-                     find_blocks, fit_gammas, input_channel_weights)
+from .refine import (_qualified_name, _run, capture_block_inputs, default_act_dtype, find_blocks, fit_gammas,
+                     input_channel_weights)
 
 log = logging.getLogger("potkernels.calibration")
 
@@ -233,15 +233,6 @@ def _upper_inverse_cholesky(h: torch.Tensor, damp: float) -> torch.Tensor:
                 return up
         extra = max(10 * extra, damp * 10)
     raise FloatingPointError("GPTQ: the Hessian is not positive definite even with heavy damping")
-
-
-@dataclass
-class GPTQResult:
-    """One GPTQ solve: rounded values ``q`` ``[N, K]`` (on the grid) and the proxy output errors."""
-
-    q: torch.Tensor
-    err_gptq: float  # tr((W − Q) H (W − Q)ᵀ) / tr(W H Wᵀ): relative output error on the calibration inputs
-    err_rtn: float  # the same with every column rounded plainly under the same scales
 
 
 def relative_output_error(w: torch.Tensor, q: torch.Tensor, h: torch.Tensor) -> float:

@@ -171,6 +171,8 @@ def test_gptq_bad_input():
         calibrate_model(model, IntConfig(3, 32), torch.randint(0, VOCAB, (2, 8)), "gptq", act_weighted=True)
     with pytest.raises(ValueError, match="damp"):
         calibrate_model(model, PoTConfig(3, 32), torch.randint(0, VOCAB, (2, 8)), "gptq", damp=-1)
+    with pytest.raises(ValueError, match="exceed the model's context of 64"):  # tiny GPT-2: n_positions 64
+        calibrate_model(model, PoTConfig(3, 32), torch.randint(0, VOCAB, (2, 65)), "gptq")
     w, h = torch.randn(4, 8), torch.eye(8)
     with pytest.raises(ValueError, match="Hessian"):
         gptq_quantize(w, torch.eye(7), make_grid(w, PoTConfig(3, 32), h))
