@@ -144,8 +144,8 @@ def cmd_quantize(args: argparse.Namespace) -> dict[str, Any]:
     if needs_data:
         check_calib_source(args.calib)
     elif args.calib_given:
-        print(f"note: --method {args.method} is data-free; --calib {args.calib} is not used "
-              "(add --act-weighted to weight step 1 by its activations)", file=sys.stderr)
+        hint = " (add --act-weighted to weight step 1 by its activations)" if args.method == "init" else ""
+        print(f"note: --method {args.method} is data-free; --calib {args.calib} is not used{hint}", file=sys.stderr)
     t_start = time.perf_counter()
     model, tok = load_base(args.model, args.device)
     ids = None
