@@ -1,8 +1,8 @@
 """The quality ladder: WikiText-2 perplexity of SmolLM2-135M under every quantizer, one command.
 
-Rows: FP | RTN int | RTN PoT | PoT step 1 | PoT two-step | HQQ int, at 4/3/2 bits g128 and
-2 bits g64, plus the activation-weighted step 1 alone and under step 2 (``-act`` rows; see
-calibration/refine.py: the paper's data-free step 1 collapses SmolLM2 at 3 bits). Each row loads the float model afresh, quantizes it, and scores the WikiText-2 raw
+Rows: FP | RTN int | HQQ int | int GPTQ | RTN PoT | PoT step 1 | PoT two-step | activation-weighted
+step 1 alone and under step 2 (``-act`` rows; see calibration/refine.py: the paper's data-free step 1
+collapses SmolLM2 at 3 bits) | PoT GPTQ | PoT GPTQ + frozen-E refine, at 4/3/2 bits g128 and 2 bits g64. Each row loads the float model afresh, quantizes it, and scores the WikiText-2 raw
 test text (tokenized once, non-overlapping windows of ``--window`` tokens).
 
     python bench/ladder.py --device cuda                       # full ladder (GPU, ~20 min)
@@ -171,11 +171,18 @@ def write_markdown(path: Path, results: list[dict], meta: dict) -> None:
               "\"PoT step 1\" / \"PoT two-step\" are the paper's (data-free weight-space search, then Γ);",
               "the \"activation-weighted\" rows weight step 1's search by each input channel's mean x² on the",
               "calibration windows (calibration/refine.py explains why PoT needs it), alone or under step 2.",
+              "\"int GPTQ\" / \"PoT GPTQ\" (calibration/gptq.py): scales fixed first (int: static min/max; PoT:",
+              "activation-weighted step 1), then GPTQ's column-by-column rounding with error feedback through the",
+              "inverse Hessian (act-order, 1 % damping, lazy batches of 128, Hessians block by block on the quantized",
+              "model's own activations); PoT rounds to the nearest level in value. \"+ frozen-E refine\": step 2",
+              "afterwards with the GPTQ codes frozen (only Γ learns).",
               "All PoT/int rows store b + 16/G bits per weight (+ 8/G for the int zero point); lm_head stays float."]
+    if meta.get("note"):
+        lines += ["", meta["note"]]
     path.write_text("\n".join(lines) + "\n")
 
 
-def merge(paths: list[Path], out_dir: Path) -> None:
+def merge(paths: list[Path], out_dir: Path, note: str | None = None) -> None:
     """Join the rows of several ``ladder.json`` files made with the same window settings (e.g. two
     processes each running some configs) into ``out_dir``'s ladder.json / ladder.md."""
     parts = [json.loads(Path(p).read_text()) for p in paths]
@@ -186,6 +193,8 @@ def merge(paths: list[Path], out_dir: Path) -> None:
     meta["commands"] = [c for m in parts for c in m["commands"]]
     meta["peak_rss_mib"] = max(m["peak_rss_mib"] for m in parts)
     results = [r for m in parts for r in m["results"]]
+    if note:
+        meta["note"] = note
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "ladder.json").write_text(json.dumps({**meta, "results": results}, indent=1))
     write_markdown(out_dir / "ladder.md", results, meta)
@@ -220,9 +229,10 @@ def main(argv=None) -> int:
     p.add_argument("--resume", action="store_true", help="keep rows already in ladder.json and skip them")
     p.add_argument("--merge", nargs="+", metavar="JSON",
                    help="only join these ladder.json files into --results (no evaluation)")
+    p.add_argument("--note", default=None, help="with --merge: a paragraph appended to ladder.md (e.g. what was run)")
     args = p.parse_args(argv)
     if args.merge:
-        merge([Path(x) for x in args.merge], Path(args.results))
+        merge([Path(x) for x in args.merge], Path(args.results), args.note)
         return 0
     if args.threads:
         torch.set_num_threads(args.threads)
