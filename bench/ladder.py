@@ -1,8 +1,8 @@
 """The quality ladder: WikiText-2 perplexity of SmolLM2-135M under every quantizer, one command.
 
-Rows: FP | RTN int | RTN PoT | PoT step 1 | PoT two-step | HQQ int, at 4/3/2 bits g128 and
-2 bits g64, plus the activation-weighted step 1 alone and under step 2 (``-act`` rows; see
-calibration/refine.py: the paper's data-free step 1 collapses SmolLM2 at 3 bits). Each row loads the float model afresh, quantizes it, and scores the WikiText-2 raw
+Rows: FP | RTN int | HQQ int | int GPTQ | RTN PoT | PoT step 1 | PoT two-step | activation-weighted
+step 1 alone and under step 2 (``-act`` rows; see calibration/refine.py: the paper's data-free step 1
+collapses SmolLM2 at 3 bits) | PoT GPTQ | PoT GPTQ + frozen-E refine, at 4/3/2 bits g128 and 2 bits g64. Each row loads the float model afresh, quantizes it, and scores the WikiText-2 raw
 test text (tokenized once, non-overlapping windows of ``--window`` tokens).
 
     python bench/ladder.py --device cuda                       # full ladder (GPU, ~20 min)
@@ -39,14 +39,17 @@ from calibration.calibrate import calibrate_model  # noqa: E402
 from calibration.data import get_calibration_ids  # noqa: E402
 from calibration.eval import perplexity, read_text, tokenize_text  # noqa: E402
 from potkernels import IntConfig, IntLinear, PoTConfig, PoTLinear  # noqa: E402
-from potkernels.integrations.hf import eligible_linears  # noqa: E402
+from potkernels.integrations.hf import dequantize_model, eligible_linears  # noqa: E402
 from potkernels.models import load_model  # noqa: E402
 from potkernels.nn import float_weight, is_conv1d  # noqa: E402
 
-ROWS = ("fp", "rtn-int", "rtn-pot", "pot-init", "pot-two-step", "hqq-int", "pot-init-act", "pot-two-step-act")
-LABELS = {"fp": "FP (fp32)", "rtn-int": "RTN int", "rtn-pot": "RTN PoT", "pot-init": "PoT step 1",
-          "pot-two-step": "PoT two-step", "hqq-int": "HQQ int",
-          "pot-init-act": "PoT step 1, activation-weighted", "pot-two-step-act": "PoT two-step, activation-weighted"}
+ROWS = ("fp", "rtn-int", "hqq-int", "gptq-int", "rtn-pot", "pot-init", "pot-two-step", "pot-init-act",
+        "pot-two-step-act", "pot-gptq", "pot-gptq-refine")
+LABELS = {"fp": "FP (fp32)", "rtn-int": "RTN int", "rtn-pot": "RTN PoT", "pot-init": "PoT step 1 (paper)",
+          "pot-two-step": "PoT two-step (paper)", "hqq-int": "HQQ int", "gptq-int": "int GPTQ",
+          "pot-init-act": "PoT step 1, activation-weighted", "pot-two-step-act": "PoT two-step, activation-weighted",
+          "pot-gptq": "PoT GPTQ", "pot-gptq-refine": "PoT GPTQ + frozen-E refine"}
+CALIB_ROWS = {"pot-two-step", "pot-init-act", "pot-two-step-act", "gptq-int", "pot-gptq", "pot-gptq-refine"}
 CONFIGS = ((4, 128), (3, 128), (2, 128), (2, 64))
 DATA = ROOT.parent / "shared" / "data"  # the offline data folder beside the checkout
 
@@ -91,9 +94,15 @@ def run_row(row: str, bits: int, group: int, args, eval_ids: torch.Tensor, calib
         calibrate_model(model, PoTConfig(bits, group), calib_ids, "init" if row == "pot-init-act" else "two-step",
                         epochs=epochs, lr=args.lr, lam=args.lam, batch_size=args.batch_size, progress=True,
                         act_weighted=row.endswith("-act"))
+    elif row in ("gptq-int", "pot-gptq", "pot-gptq-refine"):
+        cfg = IntConfig(bits, group) if row == "gptq-int" else PoTConfig(bits, group)
+        calibrate_model(model, cfg, calib_ids, "gptq", refine=row.endswith("refine"), epochs=args.refine_epochs,
+                        lr=args.lr, lam=args.lam, batch_size=args.batch_size, progress=True)
     elif row == "hqq-int":
         apply_hqq(model, bits, group)
     quant_s = time.perf_counter() - t0
+    if args.backend == "decoded":
+        dequantize_model(model)  # decode once: the same weights and F.linear as the 'torch' backend
     for m in model.modules():  # which matmul the packed layers use (see --backend)
         if isinstance(m, (PoTLinear, IntLinear)):
             m.backend = None if args.backend == "auto" else args.backend
@@ -104,7 +113,13 @@ def run_row(row: str, bits: int, group: int, args, eval_ids: torch.Tensor, calib
            "ppl": r["ppl"], "nll": r["nll"], "tokens": r["tokens"], "windows": r["windows"], "window": r["window"],
            "quantize_seconds": quant_s, "eval_seconds": time.perf_counter() - t0}
     rep = getattr(model, "calibration_report", None)
-    if rep and "blocks" in rep:
+    if rep and rep.get("method") == "gptq":
+        out["gptq"] = {k: rep[k] for k in ("samples", "seq_len", "refine", "epochs", "damp", "act_order",
+                                           "true_sequential", "act_weighted")}
+        errs = [(sum(b["err_rtn"].values()) / len(b["err_rtn"]), sum(b["err_gptq"].values()) / len(b["err_gptq"]))
+                for b in rep["blocks"]]
+        out["gptq"]["block_rel_output_error_rtn_vs_gptq"] = errs
+    elif rep and "blocks" in rep:
         out["two_step"] = {k: rep[k] for k in ("samples", "seq_len", "epochs", "lr", "lam", "batch_size")}
         out["two_step"]["block_loss"] = [(b["loss_init"], b["loss_final"]) for b in rep["blocks"]]
     if hasattr(model, "quantization_report"):
@@ -156,11 +171,18 @@ def write_markdown(path: Path, results: list[dict], meta: dict) -> None:
               "\"PoT step 1\" / \"PoT two-step\" are the paper's (data-free weight-space search, then Γ);",
               "the \"activation-weighted\" rows weight step 1's search by each input channel's mean x² on the",
               "calibration windows (calibration/refine.py explains why PoT needs it), alone or under step 2.",
+              "\"int GPTQ\" / \"PoT GPTQ\" (calibration/gptq.py): scales fixed first (int: static min/max; PoT:",
+              "activation-weighted step 1), then GPTQ's column-by-column rounding with error feedback through the",
+              "inverse Hessian (act-order, 1 % damping, lazy batches of 128, Hessians block by block on the quantized",
+              "model's own activations); PoT rounds to the nearest level in value. \"+ frozen-E refine\": step 2",
+              "afterwards with the GPTQ codes frozen (only Γ learns).",
               "All PoT/int rows store b + 16/G bits per weight (+ 8/G for the int zero point); lm_head stays float."]
+    if meta.get("note"):
+        lines += ["", meta["note"]]
     path.write_text("\n".join(lines) + "\n")
 
 
-def merge(paths: list[Path], out_dir: Path) -> None:
+def merge(paths: list[Path], out_dir: Path, note: str | None = None) -> None:
     """Join the rows of several ``ladder.json`` files made with the same window settings (e.g. two
     processes each running some configs) into ``out_dir``'s ladder.json / ladder.md."""
     parts = [json.loads(Path(p).read_text()) for p in paths]
@@ -171,6 +193,8 @@ def merge(paths: list[Path], out_dir: Path) -> None:
     meta["commands"] = [c for m in parts for c in m["commands"]]
     meta["peak_rss_mib"] = max(m["peak_rss_mib"] for m in parts)
     results = [r for m in parts for r in m["results"]]
+    if note:
+        meta["note"] = note
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "ladder.json").write_text(json.dumps({**meta, "results": results}, indent=1))
     write_markdown(out_dir / "ladder.md", results, meta)
@@ -196,16 +220,19 @@ def main(argv=None) -> int:
     p.add_argument("--lam", type=float, default=0.1)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--backend", choices=("torch", "triton", "auto"), default="torch",
-                   help="matmul of the packed layers: 'torch' (reference decode + fp32 matmul, the quality "
-                        "reference), 'triton' (the kernels), 'auto' (the op's device default)")
+    p.add_argument("--refine-epochs", type=int, default=4, help="pot-gptq-refine: Γ epochs with E frozen")
+    p.add_argument("--backend", choices=("decoded", "torch", "triton", "auto"), default="decoded",
+                   help="matmul of the packed layers: 'decoded' (reference decode once, then nn.Linear: the "
+                        "same numbers as 'torch', faster on a CPU), 'torch' (reference decode + fp32 matmul "
+                        "every forward, the quality reference), 'triton' (the kernels), 'auto' (the op's default)")
     p.add_argument("--results", default=str(ROOT / "bench" / "results"))
     p.add_argument("--resume", action="store_true", help="keep rows already in ladder.json and skip them")
     p.add_argument("--merge", nargs="+", metavar="JSON",
                    help="only join these ladder.json files into --results (no evaluation)")
+    p.add_argument("--note", default=None, help="with --merge: a paragraph appended to ladder.md (e.g. what was run)")
     args = p.parse_args(argv)
     if args.merge:
-        merge([Path(x) for x in args.merge], Path(args.results))
+        merge([Path(x) for x in args.merge], Path(args.results), args.note)
         return 0
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -236,7 +263,7 @@ def main(argv=None) -> int:
     _, tok = load_model(args.model, device="cpu")
     eval_ids = tokenize_text(read_text(args.text), tok)
     calib_ids = None
-    if {"pot-two-step", "pot-init-act", "pot-two-step-act"} & set(args.rows):
+    if CALIB_ROWS & set(args.rows):
         calib_ids = get_calibration_ids(args.calib, tok, args.samples, args.seq_len, seed=0)
 
     plan = [("fp", None, None)] if "fp" in args.rows else []
@@ -255,7 +282,7 @@ def main(argv=None) -> int:
                 "commands": commands, "environment": environment(args), "calib": args.calib,
                 "two_step": {"samples": args.samples, "seq_len": args.seq_len, "epochs": args.epochs,
                              "epochs_2bit": args.epochs_2bit, "lr": args.lr, "lam": args.lam,
-                             "batch_size": args.batch_size},
+                             "batch_size": args.batch_size, "refine_epochs": args.refine_epochs},
                 "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
         if args.device.startswith("cuda"):
             meta["cuda_max_allocated_mib"] = torch.cuda.max_memory_allocated() / 2**20

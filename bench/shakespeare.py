@@ -12,9 +12,9 @@ embedding/LM head stay small so most weights sit in the quantized ``Conv1D`` lay
 Metric: standard perplexity over the validation text (non-overlapping windows of the block size,
 ``calibration.eval.perplexity``) and bits per character (mean NLL / ln 2).
 
-Rows at each bit width (same group size): FP | int RTN | PoT RTN | PoT two-step (the calibrator,
-``calibration.calibrate_model``; noted as unavailable if that module is missing) |
-int QAT | PoT QAT. QAT starts from RTN scales, trains with ``train_qat`` (CE + optional
+Rows at each bit width (same group size): FP | int RTN | PoT RTN | calibrated PTQ rows from
+``calibration.calibrate_model`` (PoT two-step as in the paper and activation-weighted, int GPTQ,
+PoT GPTQ, PoT GPTQ + frozen-E refine; ``--calibrated`` picks them) | int QAT | PoT QAT (``--no-qat``). QAT starts from RTN scales, trains with ``train_qat`` (CE + optional
 distillation from the FP model), then exports with ``convert``; the exported packed model is what
 is evaluated, and its logits are checked to equal the QAT model's (on the reference decode path;
 on a GPU the evaluation itself uses the default, Triton, path). "gap closed" =
@@ -121,20 +121,36 @@ def fp_model(args, s: Setup, train: torch.Tensor, vocab: list[str], device: str)
                    "final_train_loss": sum(hist["ce"][-20:]) / len(hist["ce"][-20:]), "saved_to": str(out)}
 
 
-def two_step(fp, cfg: PoTConfig, train: torch.Tensor, s: Setup, seed: int):
-    """PoTPTQ step 1 + 2 from the calibrator (lazy import); returns (model, note)."""
+def calibration_windows(train: torch.Tensor, s: Setup, seed: int) -> torch.Tensor:
+    """``s.calib_windows`` random train windows of ``s.block`` characters (seeded): LongTensor ``[n, block]``."""
+    gen = torch.Generator().manual_seed(seed)
+    starts = torch.randint(0, train.numel() - s.block, (s.calib_windows,), generator=gen).tolist()
+    return torch.stack([train[i : i + s.block] for i in starts])
+
+
+# Calibrated rows: label → (code, calibrate_model keyword arguments).
+CALIBRATED = {
+    "PoT two-step": ("pot", {"method": "two-step", "act_weighted": False}),  # the paper's, as first committed
+    "PoT two-step, act-weighted": ("pot", {"method": "two-step", "act_weighted": True}),
+    "int GPTQ": ("int", {"method": "gptq"}),
+    "PoT GPTQ": ("pot", {"method": "gptq"}),
+    "PoT GPTQ + refine": ("pot", {"method": "gptq", "refine": True}),
+}
+
+
+def calibrated(fp, cfg, train: torch.Tensor, s: Setup, seed: int, **kwargs):
+    """A copy of ``fp`` through ``calibration.calibrate_model(**kwargs)`` on train windows; (model, note)."""
     try:
         from calibration import calibrate_model
     except ImportError as e:
         return None, f"unavailable in this checkout ({e}); filled once the calibrator (calibration.calibrate_model) is merged"
-    gen = torch.Generator().manual_seed(seed)
-    starts = torch.randint(0, train.numel() - s.block, (s.calib_windows,), generator=gen).tolist()
-    calib = torch.stack([train[i : i + s.block] for i in starts])
-    # act_weighted=False: the paper's data-free step 1 under step 2, as in the committed table
-    model = calibrate_model(copy.deepcopy(fp), cfg, calib, method="two-step", epochs=s.calib_epochs,
-                            batch_size=s.calib_batch, progress=False, act_weighted=False)
-    return model, (f"calibrate_model(method='two-step'): {s.calib_windows} train windows of {s.block}, "
-                   f"batch {s.calib_batch}, {s.calib_epochs} epochs")
+    calib = calibration_windows(train, s, seed)
+    model = calibrate_model(copy.deepcopy(fp), cfg, calib, epochs=s.calib_epochs, batch_size=s.calib_batch,
+                            progress=False, **kwargs)
+    args = ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
+    steps = f", batch {s.calib_batch}, {s.calib_epochs} epochs" if kwargs["method"] == "two-step" or \
+        kwargs.get("refine") else ""
+    return model, f"calibrate_model({args}): {s.calib_windows} train windows of {s.block}{steps}"
 
 
 def qat(fp, cfg, train: torch.Tensor, val: torch.Tensor, s: Setup, args) -> tuple:
@@ -206,13 +222,18 @@ def run(args) -> dict:
         for name, cfg in codes:
             t = time.perf_counter()
             add(f"{name} RTN", bits, quantize_model(copy.deepcopy(fp), cfg), time.perf_counter() - t)
-        if "pot" in args.codes and not args.no_two_step:
+        for label in args.calibrated:
+            code, kwargs = CALIBRATED[label]
+            if code not in args.codes:
+                continue
             t = time.perf_counter()
             try:
-                model, note = two_step(fp, pot, train, s, args.seed)
+                model, note = calibrated(fp, pot if code == "pot" else intc, train, s, args.seed, **kwargs)
             except Exception as e:  # an API mismatch must not cost the QAT rows; it is reported
                 model, note = None, f"failed: {type(e).__name__}: {e}"
-            add("PoT two-step", bits, model, time.perf_counter() - t, note=note)
+            add(label, bits, model, time.perf_counter() - t, note=note)
+        if args.no_qat:
+            continue
         for name, cfg in codes:
             name = f"{name} QAT"
             t = time.perf_counter()
@@ -290,16 +311,18 @@ def main(argv=None) -> None:
     p.add_argument("--bits", type=int, nargs="+", default=[4, 3, 2])
     p.add_argument("--codes", nargs="+", choices=["pot", "int"], default=["pot", "int"])
     p.add_argument("--no-control", action="store_true", help="leave out the 'FP continued' control row")
-    p.add_argument("--no-two-step", action="store_true", help="leave out the calibrator's row")
+    p.add_argument("--calibrated", nargs="*", choices=list(CALIBRATED), default=list(CALIBRATED),
+                   help="calibrated PTQ rows (calibration.calibrate_model); none: leave them out")
+    p.add_argument("--no-qat", action="store_true", help="leave out the QAT rows")
     p.add_argument("--group-size", type=int, help="override the setup's group size (0 = per channel)")
     p.add_argument("--fp-steps", type=int)
     p.add_argument("--qat-steps", type=int)
     p.add_argument("--qat-lr", type=float)
     p.add_argument("--qat-scale-lr", type=float)
     p.add_argument("--kd-weight", type=float)
-    p.add_argument("--calib-windows", type=int, help="two-step: calibration windows")
-    p.add_argument("--calib-batch", type=int, help="two-step: windows per Adam step")
-    p.add_argument("--calib-epochs", type=int, help="two-step: epochs of step 2")
+    p.add_argument("--calib-windows", type=int, help="calibrated rows: calibration windows")
+    p.add_argument("--calib-batch", type=int, help="two-step / refine: windows per Adam step")
+    p.add_argument("--calib-epochs", type=int, help="two-step / refine: epochs of step 2")
     p.add_argument("--threads", type=int, help="torch CPU threads (1 is fastest on a busy shared machine)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--log-every", type=int, default=100)

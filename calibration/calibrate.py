@@ -1,4 +1,4 @@
-"""One entry point for every calibration method: RTN, PoTPTQ step 1, PoTPTQ step 1 + 2."""
+"""One entry point for every calibration method: RTN, PoTPTQ step 1, PoTPTQ step 1 + 2, GPTQ."""
 from __future__ import annotations
 
 import time
@@ -11,11 +11,15 @@ from potkernels.format.config import IntConfig, PoTConfig
 from potkernels.integrations.hf import eligible_linears, quantize_model, summarize_report
 from potkernels.nn import float_weight
 
+from .gptq import DEFAULT_BLOCK_SIZE, DEFAULT_DAMP, gptq_model
 from .init import init_scales
 from .refine import refine_model
 
-Method = Literal["rtn", "init", "two-step"]
-METHODS = ("rtn", "init", "two-step")
+Method = Literal["rtn", "init", "two-step", "gptq"]
+METHODS = ("rtn", "init", "two-step", "gptq")
+# Methods that need calibration data; and those a uniform-int config supports.
+DATA_METHODS = ("two-step", "gptq")
+INT_METHODS = ("rtn", "gptq")
 
 # Defaults sized for a 2-core CPU run of a 135M model (≈15 min); raise them on a GPU
 # (the paper: 128 × 2048 tokens, 10 epochs at 3 bits, 40 at 2 bits).
@@ -29,8 +33,8 @@ def check_method(cfg: PoTConfig | IntConfig, method: str) -> None:
     """Reject impossible combinations up front (clear message, before any work)."""
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-    if isinstance(cfg, IntConfig) and method != "rtn":
-        raise ValueError(f"method {method!r} calibrates PoT scales; uniform int (kind 'int') only supports 'rtn'")
+    if isinstance(cfg, IntConfig) and method not in INT_METHODS:
+        raise ValueError(f"method {method!r} calibrates PoT scales; uniform int (kind 'int') supports {INT_METHODS}")
     if not isinstance(cfg, (PoTConfig, IntConfig)):
         raise TypeError(f"cfg must be a PoTConfig or IntConfig, got {type(cfg).__name__}")
 
@@ -40,17 +44,26 @@ def calibrate_model(model: nn.Module, cfg: PoTConfig | IntConfig, calib_ids: Opt
                     lam: float = DEFAULT_LAM, batch_size: int = DEFAULT_BATCH,
                     device: Optional[str | torch.device] = None, skip: Iterable[str] = ("lm_head",),
                     act_dtype: Optional[torch.dtype] = None, progress: bool = True, seed: int = 0,
-                    act_weighted: Optional[bool] = None) -> nn.Module:
+                    act_weighted: Optional[bool] = None, refine: bool = False, damp: float = DEFAULT_DAMP,
+                    act_order: bool = True, true_sequential: bool = False,
+                    gptq_block_size: int = DEFAULT_BLOCK_SIZE, hessian_batch: int = 8) -> nn.Module:
     """Quantize ``model`` in place with calibrated scales.
 
     Args:
         model: a GPT-2 or Llama-family causal LM in float.
-        cfg: :class:`PoTConfig` (any method) or :class:`IntConfig` (``"rtn"`` only).
-        calib_ids: LongTensor ``[n_samples, seq_len]`` of calibration windows (``"two-step"`` only).
+        cfg: :class:`PoTConfig` (any method) or :class:`IntConfig` (``"rtn"``, ``"gptq"``).
+        calib_ids: LongTensor ``[n_samples, seq_len]`` of calibration windows (``"two-step"``,
+            ``"gptq"``, activation-weighted ``"init"``).
         method: ``"rtn"`` round-to-nearest scales; ``"init"`` PoTPTQ step 1 (data-free grid
-            search); ``"two-step"`` step 1 then step 2 (block-wise Γ refinement on ``calib_ids``).
+            search); ``"two-step"`` step 1 then step 2 (block-wise Γ refinement on ``calib_ids``);
+            ``"gptq"`` scales from (activation-weighted) step 1, then GPTQ's error-compensating
+            rounding onto the PoT (or int, min/max scales) grid, see :mod:`calibration.gptq`.
         epochs, lr, lam, batch_size: step-2 Adam epochs over the samples, learning rate, λ of
-            the Γ regulariser, samples per step.
+            the Γ regulariser, samples per step (``"two-step"``, and ``"gptq"`` with ``refine``).
+        refine: ``"gptq"`` only: afterwards learn Γ per group with the GPTQ codes frozen.
+        damp, act_order, true_sequential, gptq_block_size, hessian_batch: ``"gptq"`` settings
+            (damping fraction of mean diag H, column order by decreasing diag H, groups of linears
+            quantized in call order inside a block, lazy-batch width, samples per Hessian forward).
         device: where to run (the model is moved there and stays there); default: its device.
         skip: layers left in float (see :func:`potkernels.quantize_model`).
         act_dtype: dtype of the activations kept between blocks (default: see
@@ -68,9 +81,14 @@ def calibrate_model(model: nn.Module, cfg: PoTConfig | IntConfig, calib_ids: Opt
     """
     check_method(cfg, method)
     if act_weighted is None:
-        act_weighted = method == "two-step" and calib_ids is not None
+        act_weighted = method in DATA_METHODS and calib_ids is not None and isinstance(cfg, PoTConfig)
     if act_weighted and method == "rtn":
         raise ValueError("act_weighted applies to the step-1 search; method 'rtn' has none (use 'init' or 'two-step')")
+    if act_weighted and isinstance(cfg, IntConfig):
+        raise ValueError("act_weighted weights the PoT step-1 search; int GPTQ uses min/max scales")
+    if refine and method != "gptq":
+        raise ValueError(f"refine (step 2 with the codes frozen) follows GPTQ; method {method!r} has no codes to keep "
+                         "(use method 'two-step' for step 2)")
     if act_weighted and calib_ids is None:
         raise ValueError("act_weighted needs calibration data (calib_ids [n_samples, seq_len])")
     if device is not None:
@@ -85,7 +103,7 @@ def calibrate_model(model: nn.Module, cfg: PoTConfig | IntConfig, calib_ids: Opt
         quantize_model(model, cfg, skip=skip, params=lambda _n, m: {"scales": init_scales(float_weight(m), cfg)})
     else:
         if calib_ids is None:
-            raise ValueError("method 'two-step' needs calibration data (calib_ids [n_samples, seq_len])")
+            raise ValueError(f"method {method!r} needs calibration data (calib_ids [n_samples, seq_len])")
         if method == "init":  # activation-weighted step 1 alone: the block-wise pass with no step 2
             epochs = 0
         if calib_ids.dim() != 2 or calib_ids.dtype != torch.long or calib_ids.numel() == 0:
@@ -93,16 +111,36 @@ def calibrate_model(model: nn.Module, cfg: PoTConfig | IntConfig, calib_ids: Opt
                              f"{calib_ids.dtype} {tuple(calib_ids.shape)}")
         if epochs < 0 or lr <= 0 or lam < 0 or batch_size < 1:
             raise ValueError(f"need epochs ≥ 0, lr > 0, lam ≥ 0, batch_size ≥ 1; got {epochs}, {lr}, {lam}, {batch_size}")
-        blocks, layers = refine_model(model, cfg, calib_ids, epochs, lr, lam, batch_size, skip=skip,
-                                      act_dtype=act_dtype, progress=progress, seed=seed, act_weighted=act_weighted)
+        context = getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions", None) \
+            if hasattr(model, "config") else None
+        if context and calib_ids.shape[1] > context:
+            raise ValueError(f"calibration windows of {calib_ids.shape[1]} tokens exceed the model's context of "
+                             f"{context}; use windows of ≤ {context} tokens")
+        if method == "gptq":
+            if not 0 <= damp < 1 or gptq_block_size < 1 or hessian_batch < 1:
+                raise ValueError(f"need 0 ≤ damp < 1, gptq_block_size ≥ 1, hessian_batch ≥ 1; got {damp}, "
+                                 f"{gptq_block_size}, {hessian_batch}")
+            blocks, layers = gptq_model(model, cfg, calib_ids, batch_size=hessian_batch, skip=skip,
+                                        act_weighted=act_weighted, damp=damp, block_size=gptq_block_size,
+                                        act_order=act_order, true_sequential=true_sequential, refine=refine,
+                                        epochs=epochs, lr=lr, lam=lam, refine_batch=batch_size, act_dtype=act_dtype,
+                                        progress=progress, seed=seed)
+            info.update(refine=refine, damp=damp, act_order=act_order, true_sequential=true_sequential,
+                        gptq_block_size=gptq_block_size)
+        else:
+            blocks, layers = refine_model(model, cfg, calib_ids, epochs, lr, lam, batch_size, skip=skip,
+                                          act_dtype=act_dtype, progress=progress, seed=seed,
+                                          act_weighted=act_weighted)
         # Linears outside the blocks (none in GPT-2 / Llama besides the skipped lm_head) get step 1.
         if any(True for _ in eligible_linears(model, skip)):
-            quantize_model(model, cfg, skip=skip,
-                           params=lambda _n, m: {"scales": init_scales(float_weight(m), cfg)})
+            quantize_model(model, cfg, skip=skip, params=None if isinstance(cfg, IntConfig) else
+                           lambda _n, m: {"scales": init_scales(float_weight(m), cfg)})
             layers += model.quantization_report
         if not layers:
             raise ValueError("no linear layer was quantized (check `skip`)")
         model.quantization_report, model.quantization_config = layers, cfg
+        if method == "gptq" and not refine:
+            epochs = 0
         info.update(samples=calib_ids.shape[0], seq_len=calib_ids.shape[1], epochs=epochs, lr=lr, lam=lam,
                     batch_size=batch_size, blocks=[b.to_dict() for b in blocks])
     info["seconds"] = time.perf_counter() - t0

@@ -19,14 +19,25 @@ import torch
 
 from potkernels.format.config import INT_BITS, POT_BITS, IntConfig, PoTConfig
 
-from .calibrate import DEFAULT_BATCH, DEFAULT_EPOCHS, DEFAULT_LAM, DEFAULT_LR, METHODS, calibrate_model, check_method
+from .calibrate import (DATA_METHODS, DEFAULT_BATCH, DEFAULT_EPOCHS, DEFAULT_LAM, DEFAULT_LR, METHODS, calibrate_model,
+                        check_method)
 from .data import get_calibration_ids
 from .eval import default_window, perplexity, read_text, tokenize_text
+from .gptq import DEFAULT_DAMP
 
 # Default calibration set: 32 windows of 256 tokens (with DEFAULT_EPOCHS/BATCH: 64 Adam steps
 # per block), sized for the 2-core CPU budget; on a GPU use e.g. --samples 128 --seq-len 2048.
 DEFAULT_SAMPLES = 32
 DEFAULT_SEQ_LEN = 256
+# GPTQ's Hessians need ≥ 16 k tokens (with 4 k, SmolLM2's 1536-input down_proj overfits).
+DEFAULT_SEQ_LEN_GPTQ = 512
+
+
+def model_context(model) -> Optional[int]:
+    """The model's context length (``max_position_embeddings`` / ``n_positions``), if it declares one."""
+    cfg = getattr(model, "config", None)
+    n = getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", None)
+    return int(n) if n else None
 
 
 class CliError(Exception):
@@ -182,18 +193,33 @@ def cmd_quantize(args: argparse.Namespace) -> dict[str, Any]:
     except ValueError as e:
         raise CliError(str(e)) from None
     if args.act_weighted is None:
-        args.act_weighted = args.method == "two-step"
+        args.act_weighted = args.method in DATA_METHODS and args.kind == "pot"
     if args.act_weighted and args.method == "rtn":
-        raise CliError("--act-weighted weights the step-1 search; use it with --method init or two-step")
-    needs_data = args.method == "two-step" or args.act_weighted
+        raise CliError("--act-weighted weights the step-1 search; use it with --method init, two-step or gptq")
+    if args.act_weighted and args.kind == "int":
+        raise CliError("--act-weighted weights the PoT step-1 search; int GPTQ uses min/max scales")
+    if args.refine and args.method != "gptq":
+        raise CliError("--refine (step 2 with the GPTQ codes frozen) needs --method gptq; "
+                       "--method two-step is step 1 + step 2")
+    needs_data = args.method in DATA_METHODS or args.act_weighted
+    if args.seq_len is None:
+        args.seq_len = DEFAULT_SEQ_LEN_GPTQ if args.method == "gptq" else DEFAULT_SEQ_LEN
     if needs_data:
         check_calib_source(args.calib)
+    elif args.calib_given:
+        hint = " (add --act-weighted to weight step 1 by its activations)" if args.method == "init" else ""
+        print(f"note: --method {args.method} is data-free; --calib {args.calib} is not used{hint}", file=sys.stderr)
     validate_quantize_inputs(args)
     t_start = time.perf_counter()
     model, tok = load_base(args.model, args.device)
     if args.eval_text:
         check_window(args.window, default_window(model, cap=10**9))  # smollm2 / hub: known only now
     ids = None
+    context = model_context(model)
+    if needs_data and context is not None and args.seq_len > context:
+        print(f"note: --seq-len {args.seq_len} is longer than the model's context ({context} tokens); "
+              f"calibrating on windows of {context}", file=sys.stderr)
+        args.seq_len = context
     if needs_data:
         try:
             ids = get_calibration_ids(args.calib, tok, args.samples, args.seq_len, seed=args.seed, model=model)
@@ -206,18 +232,18 @@ def cmd_quantize(args: argparse.Namespace) -> dict[str, Any]:
     t0 = time.perf_counter()
     calibrate_model(model, cfg, ids, args.method, epochs=args.epochs, lr=args.lr, lam=args.lam,
                     batch_size=args.batch_size, device=args.device, progress=True, seed=args.seed,
-                    act_weighted=args.act_weighted)
+                    act_weighted=args.act_weighted, refine=args.refine, damp=args.damp)
     calib_seconds = time.perf_counter() - t0
     report = model.calibration_report
     print(report["summary"], file=sys.stderr)
-    for b in report.get("blocks", []):
+    for b in report.get("blocks", []) if args.method != "gptq" else []:
         sq0 = sum(b["sqnr_init_db"].values()) / len(b["sqnr_init_db"])
         sq1 = sum(b["sqnr_final_db"].values()) / len(b["sqnr_final_db"])
         print(f"block {b['index']:3d}: output MSE {b['loss_init']:.4g} -> {b['loss_final']:.4g}, "
               f"mean weight SQNR {sq0:.2f} -> {sq1:.2f} dB ({b['seconds']:.1f} s)", file=sys.stderr)
     result: dict[str, Any] = {
         "command": "quantize", "model": args.model, "config": cfg.to_dict(), "method": args.method,
-        "act_weighted": args.act_weighted,
+        "act_weighted": args.act_weighted, "refine": args.refine,
         "calib": args.calib if ids is not None else None,
         "samples": None if ids is None else ids.shape[0], "seq_len": None if ids is None else ids.shape[1],
         "epochs": report.get("epochs"), "lr": args.lr, "lam": args.lam,
@@ -290,7 +316,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="print one JSON object with the results as the last line of stdout.")
 
     q = sub.add_parser("quantize", formatter_class=HelpFormatter,
-                       help="quantize a model (RTN, PoTPTQ step 1, or step 1 + 2) and optionally save it",
+                       help="quantize a model (RTN, PoTPTQ step 1, step 1 + 2, or GPTQ) and optionally save it",
                        description="Quantize a float model and optionally evaluate and save it. All inputs "
                                    "(model, files, --out) are checked before the model is loaded; the "
                                    "checkpoint is written to a temporary folder and renamed into place.")
@@ -303,18 +329,26 @@ def build_parser() -> argparse.ArgumentParser:
                    help="input columns per scale: 32, 64, 128, 256 or 'channel' (one group per output row).")
     q.add_argument("--method", choices=METHODS, default="two-step",
                    help="rtn: round to nearest; init: PoTPTQ step 1 (scale grid search); "
-                        "two-step: step 1 then step 2 (block-wise scale refinement on calibration data).")
+                        "two-step: step 1 then step 2 (block-wise scale refinement on calibration data); "
+                        "gptq: step-1 scales, then GPTQ rounding on the PoT grid (also for --kind int).")
     q.add_argument("--act-weighted", action=argparse.BooleanOptionalAction, default=None,
                    help="step 1 weights each input column's error by its mean x² on the calibration data "
                         "(default: on for two-step, off for init; --no-act-weighted gives the paper's "
                         "data-free step 1, which collapses SmolLM2 at 3 bits).")
-    q.add_argument("--calib", default="builtin",
+    q.add_argument("--refine", action="store_true",
+                   help="gptq: afterwards PoTPTQ step 2 with the GPTQ codes frozen (only the scales learn).")
+    q.add_argument("--damp", type=float, default=DEFAULT_DAMP,
+                   help="gptq: Hessian damping, as a fraction of the mean of diag(H).")
+    q.add_argument("--calib", default=None,
                    help="calibration text: 'builtin' (public-domain Shakespeare shipped with the package, "
                         "offline), 'self' (text sampled from the model, offline), 'wikitext2' (WikiText-2 "
-                        "train through `datasets`: needs the hub) or a local text file.")
+                        "train through `datasets`: needs the hub) or a local text file (default: builtin; "
+                        "data methods only).")
     q.add_argument("--samples", type=positive_int, default=DEFAULT_SAMPLES,
                    help="number of calibration windows.")
-    q.add_argument("--seq-len", type=int, default=DEFAULT_SEQ_LEN, help="tokens per calibration window (≥ 2).")
+    q.add_argument("--seq-len", type=int, default=None,
+                   help=f"tokens per calibration window, ≥ 2 (default: {DEFAULT_SEQ_LEN_GPTQ} for gptq, "
+                        f"{DEFAULT_SEQ_LEN} otherwise; clamped to the model's context).")
     q.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS, help="step-2 passes over the calibration windows.")
     q.add_argument("--lr", type=float, default=DEFAULT_LR, help="step-2 Adam learning rate.")
     q.add_argument("--lam", type=float, default=DEFAULT_LAM, help="step-2 weight λ of the scale regulariser.")
@@ -350,7 +384,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if getattr(args, "seq_len", 2) < 2 or getattr(args, "epochs", 0) < 0:
+    if args.command == "quantize":
+        args.calib_given = args.calib is not None
+        args.calib = args.calib or "builtin"
+    if (getattr(args, "seq_len", None) or 2) < 2 or getattr(args, "epochs", 0) < 0:
         parser.error("--seq-len must be ≥ 2 and --epochs ≥ 0")
     if args.window is not None and args.window < 2:
         parser.error("--window must be ≥ 2")

@@ -181,6 +181,58 @@ class BlockResult:
     outputs: list[torch.Tensor]  # the quantized block's outputs on xs (the next block's inputs)
 
 
+def fit_gammas(block: nn.Module, gammas: list[nn.Parameter], xs: list[torch.Tensor], targets: list[torch.Tensor],
+               extras: dict[int, tuple], epochs: int, lr: float, lam: float,
+               seed: int = 0) -> tuple[list[torch.Tensor], float, float]:
+    """Adam on ``gammas`` (the only trainable tensors) to fit ``block(x)`` to ``targets`` (step 2's loop).
+
+    The block's own parameters are frozen for the duration. Loss per step:
+    ``mse(block(x), y) + (λ/2)·mean(Γ²)``, one sample batch ``xs[i]`` at a time, ``epochs`` passes in
+    a seeded random order. If training did not lower the output MSE on ``xs``, the Γ are reset to
+    0. Returns ``(outputs, loss_init, loss_final)``: the block's outputs on ``xs`` with the final Γ
+    (dtype of ``xs``) and the mean output MSE before/after.
+    """
+    dtype = next(block.parameters()).dtype
+
+    @torch.no_grad()
+    def quantized_outputs() -> tuple[list[torch.Tensor], float]:
+        outs = [_run(block, x, extras, dtype) for x in xs]
+        tot = sum(float(F.mse_loss(o.float(), y.float(), reduction="sum")) for o, y in zip(outs, targets))
+        return [o.to(x.dtype) for o, x in zip(outs, xs)], tot / sum(y.numel() for y in targets)
+
+    frozen = [(p, p.requires_grad) for p in block.parameters()]
+    try:
+        for p, _ in frozen:
+            p.requires_grad_(False)
+        for g in gammas:
+            g.requires_grad_(True)
+        outputs, loss_init = quantized_outputs()
+        loss_final = loss_init
+        if epochs > 0:
+            opt = torch.optim.Adam(gammas, lr=lr)
+            n_gamma = sum(g.numel() for g in gammas)
+            order = torch.Generator().manual_seed(seed)
+            for _ in range(epochs):
+                for i in torch.randperm(len(xs), generator=order).tolist():
+                    out = _run(block, xs[i], extras, dtype).float()
+                    reg = sum(g.square().sum() for g in gammas) / n_gamma
+                    loss = F.mse_loss(out, targets[i].float()) + lam / 2 * reg
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    opt.step()
+            outputs, loss_final = quantized_outputs()
+            if not loss_final <= loss_init:
+                # Adam's fixed-size steps can overshoot on a few samples; never return scales that
+                # do worse on the calibration set than the start did.
+                for g in gammas:
+                    g.data.zero_()
+                outputs, loss_final = quantized_outputs()
+    finally:
+        for p, flag in frozen:
+            p.requires_grad_(flag)
+    return outputs, loss_init, loss_final
+
+
 def input_channel_weights(sq_sum: torch.Tensor, floor: float = ACT_WEIGHT_FLOOR) -> torch.Tensor:
     """Per-input-channel error weights from ``Σ x²`` ``[K]``: normalised to mean 1, plus ``floor``
     so a channel that was silent on the calibration text still counts a little."""
@@ -223,45 +275,11 @@ def refine_block(block: nn.Module, names: Iterable[str], xs: list[torch.Tensor],
     fq = {name: FakeQuantLinear(m, cfg, init[name]) for name, m in linears.items()}
     for name, m in fq.items():
         set_submodule(block, name, m)
-    frozen = [(p, p.requires_grad) for p in block.parameters()]
     try:
-        for p, _ in frozen:
-            p.requires_grad_(False)
-        gammas = [m.gamma for m in fq.values()]
-        for g in gammas:
-            g.requires_grad_(True)
-
-        @torch.no_grad()
-        def quantized_outputs() -> tuple[list[torch.Tensor], float]:
-            outs = [_run(block, x, extras, dtype) for x in xs]
-            tot = sum(float(F.mse_loss(o.float(), y.float(), reduction="sum")) for o, y in zip(outs, targets))
-            return [o.to(x.dtype) for o, x in zip(outs, xs)], tot / sum(y.numel() for y in targets)
-
-        outputs, loss_init = quantized_outputs()
-        loss_final = loss_init
-        if epochs > 0:
-            opt = torch.optim.Adam(gammas, lr=lr)
-            n_gamma = sum(g.numel() for g in gammas)
-            order = torch.Generator().manual_seed(seed)
-            for _ in range(epochs):
-                for i in torch.randperm(len(xs), generator=order).tolist():
-                    out = _run(block, xs[i], extras, dtype).float()
-                    reg = sum(g.square().sum() for g in gammas) / n_gamma
-                    loss = F.mse_loss(out, targets[i].float()) + lam / 2 * reg
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    opt.step()
-            outputs, loss_final = quantized_outputs()
-            if not loss_final <= loss_init:
-                # Adam's fixed-size steps can overshoot on a few samples; never return scales that
-                # do worse on the calibration set than step 1 did.
-                for g in gammas:
-                    g.data.zero_()
-                outputs, loss_final = quantized_outputs()
+        outputs, loss_init, loss_final = fit_gammas(block, [m.gamma for m in fq.values()], xs, targets, extras,
+                                                    epochs, lr, lam, seed)
         scales = {name: m.scales().detach().clone() for name, m in fq.items()}
     finally:
-        for p, flag in frozen:
-            p.requires_grad_(flag)
         for name, m in linears.items():
             set_submodule(block, name, m)
     return BlockResult(init, scales, loss_init, loss_final, outputs)

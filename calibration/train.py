@@ -3,8 +3,8 @@
 ``train_lm`` trains any Hugging Face causal LM (anything returning ``.logits``) on batches of
 token ids with AdamW, linear warm-up + cosine decay and gradient clipping; the loss is
 ``(1 − kd_weight) · CE + kd_weight · T² · KL(teacher ‖ student)`` on next-token logits.
-``train_qat`` is the same loop for a model prepared with :func:`calibration.qat.prepare_qat`,
-giving the QAT scale gains their own learning rate (:func:`calibration.qat.qat_param_groups`).
+:func:`calibration.qat.train_qat` is the same loop for a model prepared with
+:func:`calibration.qat.prepare_qat` (it lives there, so this module never imports ``calibration.qat``).
 The Hugging Face ``Trainer`` works on QAT models as well; this loop exists for distillation,
 data-free QAT and scripts that should not depend on ``Trainer``'s defaults.
 """
@@ -149,20 +149,4 @@ def train_lm(model: nn.Module, batches: Batches, steps: int, lr: float, *, teach
     return history
 
 
-def train_qat(model: nn.Module, batches: Batches, steps: int, lr: float, *, scale_lr: float | None = None,
-              weight_decay: float = 0.0, scale_weight_decay: float = 0.0, **kwargs) -> dict:
-    """:func:`train_lm` for a model prepared with ``prepare_qat``.
-
-    ``scale_lr`` is the peak lr of the scale gains γ (log2 of S/S0; default ``lr``);
-    ``scale_weight_decay`` pulls S back towards its initial value. Other arguments as ``train_lm``
-    (``teacher``, ``kd_weight``, ``kd_temperature``, ``warmup``, ``autocast_dtype`` …).
-    """
-    from calibration.qat import qat_layers, qat_param_groups
-
-    if next(qat_layers(model), None) is None:
-        raise ValueError("train_qat needs a model prepared with prepare_qat (no QAT layer found); use train_lm")
-    groups = qat_param_groups(model, lr, scale_lr, weight_decay, scale_weight_decay)
-    return train_lm(model, batches, steps, lr, param_groups=groups, **kwargs)
-
-
-__all__ = ["train_lm", "train_qat", "lm_loss", "RandomWindows"]
+__all__ = ["train_lm", "lm_loss", "RandomWindows"]

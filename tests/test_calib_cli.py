@@ -38,12 +38,15 @@ def run(capsys, *argv):
 
 
 @pytest.mark.parametrize("argv,message", [
-    (["--kind", "int", "--method", "two-step"], "only supports 'rtn'"),
-    (["--kind", "int", "--method", "init"], "only supports 'rtn'"),
+    (["--kind", "int", "--method", "two-step"], "uniform int (kind 'int') supports ('rtn', 'gptq')"),
+    (["--kind", "int", "--method", "init"], "uniform int (kind 'int') supports ('rtn', 'gptq')"),
+    (["--kind", "int", "--method", "gptq", "--act-weighted"], "int GPTQ uses min/max scales"),
+    (["--method", "two-step", "--refine"], "--refine (step 2 with the GPTQ codes frozen) needs --method gptq"),
+    (["--method", "gptq", "--calib", "/nonexistent/calib.txt"], "--calib '/nonexistent/calib.txt': no such file"),
     (["--kind", "pot", "--bits", "8", "--method", "rtn"], "PoT bits must be one of"),
     (["--kind", "pot", "--bits", "3", "--group-size", "100", "--method", "rtn"], "group_size must be one of"),
     (["--method", "two-step", "--calib", "/nonexistent/calib.txt"], "--calib '/nonexistent/calib.txt': no such file"),
-    (["--method", "rtn", "--act-weighted"], "use it with --method init or two-step"),
+    (["--method", "rtn", "--act-weighted"], "use it with --method init, two-step or gptq"),
     (["--method", "init", "--act-weighted", "--calib", "/nonexistent/calib.txt"], "--calib '/nonexistent/calib.txt': no such file"),
 ])
 def test_impossible_options_fail_before_loading(capsys, argv, message):
@@ -117,3 +120,48 @@ def test_activation_weighted_step1_json(capsys, tiny_model_dir, text_file):
     assert code == 0, err
     r = json.loads(out.strip().splitlines()[-1])
     assert r["method"] == "init" and r["act_weighted"] and r["epochs"] == 0 and r["samples"] == 2
+
+
+@pytest.fixture
+def context128_model_dir(tmp_path, shared_data):
+    """A tiny random GPT-2 whose context (128) is shorter than every default --seq-len."""
+    from transformers import GPT2Config, GPT2LMHeadModel, GPT2TokenizerFast
+
+    tok = GPT2TokenizerFast.from_pretrained(shared_data / "gpt2-tokenizer")
+    cfg = GPT2Config(n_embd=64, n_layer=1, n_head=2, vocab_size=len(tok), n_positions=128, tie_word_embeddings=True)
+    out = tmp_path / "ctx128"
+    GPT2LMHeadModel(cfg).eval().save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+@pytest.mark.parametrize("method", ["gptq", "two-step"])
+def test_short_context_model_calibrates_with_default_flags(capsys, context128_model_dir, text_file, method):
+    """Default --seq-len (512 gptq / 256 two-step) > the model's 128 positions: clamped with a note, no IndexError."""
+    argv = ["quantize", "--model", context128_model_dir, "--method", method, "--calib", text_file, "--json"]
+    if method == "two-step":
+        argv += ["--epochs", "1"]  # keep the test short; the defaults under test are the window ones
+    code, out, err = run(capsys, *argv)
+    assert code == 0, err
+    assert "longer than the model's context (128 tokens)" in err
+    q = json.loads(out.strip().splitlines()[-1])
+    assert q["seq_len"] == 128 and q["samples"] == 32 and q["method"] == method
+
+
+def test_init_with_calib_says_it_is_unused(capsys, tiny_model_dir, text_file):
+    code, out, err = run(capsys, "quantize", "--model", tiny_model_dir, "--method", "init", "--calib", text_file,
+                         "--bits", "3", "--group-size", "32", "--json")
+    assert code == 0, err
+    assert "is data-free; --calib" in err and "is not used" in err
+    assert json.loads(out.strip().splitlines()[-1])["calib"] is None
+
+
+def test_gptq_cli_int_and_pot(capsys, tmp_path, tiny_model_dir, text_file):
+    for kind, extra in (("int", []), ("pot", ["--refine", "--epochs", "1"])):
+        code, out, err = run(capsys, "quantize", "--model", tiny_model_dir, "--kind", kind, "--bits", "3",
+                             "--group-size", "32", "--method", "gptq", "--calib", text_file, "--samples", "4",
+                             "--seq-len", "32", "--out", tmp_path / kind, "--json", *extra)
+        assert code == 0, err
+        q = json.loads(out.strip().splitlines()[-1])
+        assert q["method"] == "gptq" and q["refine"] == (kind == "pot") and q["act_weighted"] == (kind == "pot")
+        assert (tmp_path / kind).is_dir() and "GPTQ" in err  # the per-block progress bar

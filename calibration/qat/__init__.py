@@ -6,12 +6,12 @@
 
 Files: ``fake_quant.py`` (forward = the format's quantize/decode, STE backward), ``layers.py``
 (QAT layers, learnable log-domain scales), ``prepare.py`` (swap / export), ``datafree.py``
-(teacher-generated text); the loop is :mod:`calibration.train`.
+(teacher-generated text), ``training.py`` (``train_qat``); the loop is :mod:`calibration.train`.
 """
-from ..train import train_qat
 from .datafree import sample_from_teacher
 from .layers import IntQATLinear, PoTQATLinear, QATLinear
 from .prepare import convert, prepare_qat, qat_layers, qat_param_groups, scales_from_quantized
+from .training import train_qat
 
 __all__ = [
     "QATLinear", "PoTQATLinear", "IntQATLinear", "prepare_qat", "convert", "qat_layers", "qat_param_groups",
