@@ -112,11 +112,11 @@ def _warps(cfg):
 
 
 def _code(kind: str, bits: int) -> dict[str, Any]:
-    """Constexprs that select the code in every kernel of this package."""
-    from potkernels.format.packing import plane_widths
+    """Constexprs that select the code in every kernel of this package (v2 layout)."""
+    from potkernels.format.layout import layout
 
-    widths = plane_widths(bits - 1 if kind == "pot" else bits)
-    return dict(IS_POT=kind == "pot", W0=widths[0], W1=widths[1] if len(widths) > 1 else 0, BITS=bits)
+    lay = layout(kind, bits)
+    return dict(IS_POT=kind == "pot", BITS=bits, UNIT_WORDS=lay.unit_words, UNIT_CODES=lay.unit_codes)
 
 
 def _only_params(fn, consts: dict[str, Any]) -> dict[str, Any]:
@@ -131,16 +131,17 @@ def _kernel_specs() -> None:
         from potkernels.kernels.gemv import gemv_kernel
 
         w, s = _warps(cfg)
-        consts = dict(_code(kind, bits), IS_BF16=False, HAS_BIAS=False, SPLIT=True, FUSED_REDUCE=True,
-                      EVEN_K=True, **{k: v for k, v in cfg.items() if k.isupper()})
-        return Build(gemv_kernel, _only_params(gemv_kernel, consts), {"x_ptr": "fp16", "y_ptr": "fp16"},
-                     32 * cfg["BLOCK_R"] * cfg["BLOCK_N"] / (32 * w), w, s)
+        consts = dict(_code(kind, bits), IS_BF16=False, X_F16=True, HAS_BIAS=False, SPLIT=True, FUSED_REDUCE=True,
+                      EVEN_K=True, USE_ASM=True, **{k: v for k, v in cfg.items() if k.isupper()})
+        # steady-state loop: one run of 32 k per iteration (v1: BLOCK_R rows of 32 k)
+        wpi = 32 * cfg.get("BLOCK_R", 1) * cfg["BLOCK_N"] / (32 * w)
+        return Build(gemv_kernel, _only_params(gemv_kernel, consts), {"x_ptr": "fp16", "y_ptr": "fp16"}, wpi, w, s)
 
     def build_dequant(kind, bits, g, cfg):
         from potkernels.kernels.dequant import dequant_kernel
 
         w, s = _warps(cfg)
-        consts = dict(_code(kind, bits), IS_BF16=False, EXPAND=cfg.get("LOADER", "expand") == "expand",
+        consts = dict(_code(kind, bits), W0=0, W1=0, IS_BF16=False, EXPAND=cfg.get("LOADER", "expand") == "expand",
                       SCALE_PER_TILE=True, BLOCK_K=cfg["BLOCK_K"], BLOCK_N=cfg["BLOCK_N"])
         return Build(dequant_kernel, _only_params(dequant_kernel, consts), {"out_ptr": "fp16"},
                      cfg["BLOCK_K"] * cfg["BLOCK_N"] / (32 * w), w, s, extra_bytes_per_weight=2.0)
@@ -163,12 +164,11 @@ def _kernel_specs() -> None:
     def build_decode_bound(kind, bits, g, cfg):
         from potkernels.kernels import decode_bench
 
-        dc = dict(getattr(decode_bench, "DEFAULT_CONFIG", {"BLOCK_R": 8, "BLOCK_N": 128, "num_warps": 4}))
+        dc = dict(decode_bench.DEFAULT_CONFIG)
         w = int(dc["num_warps"])
-        consts = dict(_code(kind, bits), **{k: v for k, v in dc.items() if k.isupper()})
+        consts = dict(_code(kind, bits), USE_ASM=True, **{k: v for k, v in dc.items() if k.isupper()})
         fn = decode_bench.decode_reduce_kernel
-        return Build(fn, _only_params(fn, consts), {"x_ptr": "fp16"},
-                     32 * dc["BLOCK_R"] * dc["BLOCK_N"] / (32 * w), w, 1)
+        return Build(fn, _only_params(fn, consts), {"x_ptr": "fp16"}, decode_bench.weights_per_iter(kind, bits, dc), w, 1)
 
     register(KernelSpec("gemv", "gemv", 1, build_gemv))
     register(KernelSpec("small_batch", "small_batch", 16, build_dot("small_batch")))
@@ -178,7 +178,7 @@ def _kernel_specs() -> None:
 
 
 # ------------------------------------------------------------------ compile + SASS
-DEFAULT_PTR = {"x_ptr": "fp16", "q_ptr": "i32", "sg_ptr": "i32", "sc_ptr": "fp16", "z_ptr": "u8", "b_ptr": "fp16",
+DEFAULT_PTR = {"x_ptr": "fp16", "q_ptr": "i32", "sg_ptr": "i32", "lut_ptr": "i32", "sc_ptr": "fp16", "z_ptr": "u8", "b_ptr": "fp16",
                "y_ptr": "fp16", "part_ptr": "fp32", "out_ptr": "fp16", "cnt_ptr": "i32"}
 
 
