@@ -229,23 +229,26 @@ def resources(cubin: bytes) -> dict[str, int]:
 
 
 def steady_loop(sass):
-    """Instructions of the longest loop body (a branch back to a lower address); the whole kernel if none."""
+    """Instructions of the steady-state loop: the longest *innermost* loop body (a branch back to
+    a lower address whose range holds no other backward branch); the whole kernel if none.
+    Per-group work outside it (scale loads, zero-point constants) is excluded: it is amortized
+    over ``G / 32`` runs (the report states ``outer_loop_instructions`` too)."""
     addr_index = {a: i for i, (a, *_rest) in enumerate(sass)}
-    best = None
+    loops = []
     for i, (a, op, mods, operands) in enumerate(sass):
         if op != "BRA":
             continue
         m = re.search(r"0x([0-9a-f]+)", operands)
-        if not m:
-            continue
-        tgt = int(m.group(1), 16)
-        if tgt < a and tgt in addr_index:
-            body = sass[addr_index[tgt]: i + 1]
-            if best is None or len(body) > len(best):
-                best = body
-    if best is None:
-        return [s for s in sass if s[1] not in ("NOP",)], False
-    return best, True
+        if m and int(m.group(1), 16) < a and int(m.group(1), 16) in addr_index:
+            loops.append((addr_index[int(m.group(1), 16)], i))
+    inner = [(lo, hi) for lo, hi in loops if not any(lo <= lo2 and hi2 <= hi and (lo2, hi2) != (lo, hi)
+                                                     for lo2, hi2 in loops)]
+    if not inner:
+        return [s for s in sass if s[1] not in ("NOP",)], False, 0
+    lo, hi = max(inner, key=lambda r: r[1] - r[0])
+    outer = [(l2, h2) for l2, h2 in loops if l2 <= lo and hi <= h2 and (l2, h2) != (lo, hi)]
+    outer_len = min((h2 - l2 + 1 for l2, h2 in outer), default=0)
+    return sass[lo: hi + 1], True, outer_len
 
 
 def ldg_width(mods: str) -> int:
@@ -288,7 +291,7 @@ def run_spec(spec: KernelSpec, kind: str, bits: int, group: int, gpu: str, arch:
     kern = compile_build(b, arch)
     sass = disassemble(kern.asm["cubin"])
     res = resources(kern.asm["cubin"])
-    body, is_loop = steady_loop(sass)
+    body, is_loop, outer_len = steady_loop(sass)
     ops = collections.Counter(op for _, op, _, _ in body)
     wpi = b.weights_per_iter
     pipes = collections.Counter()
@@ -306,6 +309,7 @@ def run_spec(spec: KernelSpec, kind: str, bits: int, group: int, gpu: str, arch:
         "registers": res["REG"], "spill_bytes": res["STACK"] + res["LOCAL"], "spill_instructions": spill_ops,
         "smem_bytes": kern.metadata.shared, "ldg_bits": max(ldg) if ldg else 0,
         "weights_per_iter": wpi, "steady_loop_found": is_loop, "loop_instructions": len(body),
+        "outer_loop_instructions": outer_len,
         "compile_s": round(time.time() - t0, 1),
     }
     pred = predict(rec, b, len(body) / wpi / 32, pipes["alu"] / wpi / 32)

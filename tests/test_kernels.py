@@ -214,3 +214,24 @@ def test_decode_bench_checksum():
         sums = decode_reduce(w, x, reps=1, config={"RUNS": 6, "BLOCK_N": 16})
         ref = (x.float() @ packed.dequantize(F16).float().t()).sum()
         assert abs(float(sums.sum()) - float(ref)) <= 1e-2 * float(ref.abs() + 1)
+
+
+@pytest.mark.parametrize("kind,bits", [("pot", 4), ("pot", 3), ("pot", 2), ("int", 4), ("int", 3)])
+def test_gemv_fp16_run_error_bound(kind, bits):
+    """fp16x2 accumulation over runs of 32 k (16 terms per lane), then fp32 (FORMAT.md §6):
+    |y − y_exact| ≤ γ_16 · Σ_k |x_k w_k| + fp32 slack, element-wise, and never NaN/Inf."""
+    n, k = 96, 512
+    packed = make_weight(kind, bits, 128, n, k)
+    x = (torch.randn(1, k, device=DEVICE) * 3).to(F16)
+    w = packed.dequantize(F16).double()
+    exact = x.double() @ w.t()
+    mag = x.double().abs() @ w.abs().t()
+    u = 2.0**-11
+    gamma16 = 16 * u / (1 - 16 * u)
+    out = torch.full((1, n), float("nan"), dtype=torch.float32, device=DEVICE)
+    y16 = matmul(x, packed, None, regime="gemv", config={"BLOCK_N": 32, "split": 2})
+    out.copy_(y16.float())
+    assert torch.isfinite(out).all()
+    # the final fp16 store rounds once more (≤ u·|y|)
+    bound = gamma16 * mag + u * exact.abs() + 1e-6 * mag + 2.0**-20
+    assert bool(((out.double() - exact).abs() <= bound).all())

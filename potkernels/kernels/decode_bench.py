@@ -26,7 +26,6 @@ def decode_reduce_kernel(x_ptr, q_ptr, sc_ptr, z_ptr, out_ptr, N, K, KP, G, reps
     offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     mask_n = offs_n < N
     run0 = tl.program_id(1) * RUNS
-    xi_ptr = x_ptr.to(tl.pointer_type(tl.int32))
     UNITS_PER_RUN: tl.constexpr = 1 if BITS == 3 else BITS
     s = tl.load(sc_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)
     if IS_POT:
@@ -39,7 +38,7 @@ def decode_reduce_kernel(x_ptr, q_ptr, sc_ptr, z_ptr, out_ptr, N, K, KP, G, reps
     for rep in range(reps):
         for r in tl.static_range(RUNS):
             run = (run0 + r + rep) % (KP // 32)  # varies with rep: nothing to hoist
-            acc2, _ = run_dot(q_ptr, x_ptr, xi_ptr, zcs, run * UNITS_PER_RUN, offs_n, mask_n, N, K,
+            acc2, _ = run_dot(q_ptr, x_ptr, zcs, run * UNITS_PER_RUN, offs_n, mask_n, N, K,
                               IS_POT, BITS, True, True, USE_ASM)
             acc = fold2(acc2, s, acc, USE_ASM)
     pid = tl.program_id(1) * tl.num_programs(0) + tl.program_id(0)

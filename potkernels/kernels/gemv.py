@@ -16,7 +16,7 @@ columns):
 * **bf16 / fp32 activations**: the same lanes converted to fp32 and FFMA'd (no fp16 rounding).
 
 ``USE_ASM`` selects inline PTX (``shf.r.wrap`` / ``lop3`` / ``fma.rn.f16x2``, compiled GPU runs)
-or the pure-Triton twin (same bit operations; fp16 FMA emulated exactly in fp32 — bit-identical,
+or the pure-Triton twin (same bit operations; fp16 FMA emulated exactly in fp64 — bit-identical,
 see FORMAT.md §6), which the interpreter tests. Split-K partials go to an fp32 ``[n_split, N]``
 buffer reduced in split order (deterministic) by the last program of each column block.
 """
@@ -35,10 +35,10 @@ def hfma2(a, b, c, USE_ASM: tl.constexpr):
         r = tl.inline_asm_elementwise("fma.rn.f16x2 $0, $1, $2, $3;", "=r,r,r,r", [a, b, c],
                                       dtype=tl.uint32, is_pure=True, pack=1)
     else:
-        # x·v is exact in fp32 (v a power of two / a small integer ×2^−b); the fp32 sum with the
-        # fp16 accumulator then rounds to fp16 exactly like the fused fp16 FMA (FORMAT.md §6).
-        lo = (lo_half(c).to(tl.float32) + lo_half(a).to(tl.float32) * lo_half(b).to(tl.float32)).to(tl.float16)
-        hi = (hi_half(c).to(tl.float32) + hi_half(a).to(tl.float32) * hi_half(b).to(tl.float32)).to(tl.float16)
+        # a·b + c of fp16 operands is exact in fp64 (≤ 22-bit product, exponent span < 53 bits), so
+        # one rounding to fp16 is the fused fp16 FMA, bit for bit (FORMAT.md §6).
+        lo = (lo_half(c).to(tl.float64) + lo_half(a).to(tl.float64) * lo_half(b).to(tl.float64)).to(tl.float16)
+        hi = (hi_half(c).to(tl.float64) + hi_half(a).to(tl.float64) * hi_half(b).to(tl.float64)).to(tl.float16)
         lo_b = lo.to(tl.int16, bitcast=True).to(tl.int32) & 0xFFFF
         hi_b = hi.to(tl.int16, bitcast=True).to(tl.int32) & 0xFFFF
         r = (lo_b | (hi_b << 16)).to(tl.uint32, bitcast=True)
@@ -114,17 +114,13 @@ def pot_word_pairs(w, BITS: tl.constexpr, USE_ASM: tl.constexpr):
 
 
 @triton.jit
-def _x_pair(x_ptr, xi_ptr, k, K, EVEN_K: tl.constexpr):
-    """x[k], x[k+1] (k even) as int32 fp16x2 bits — one 32-bit load when K % 32 == 0."""
-    if EVEN_K:
-        r = tl.load(xi_ptr + k // 2).to(tl.uint32, bitcast=True)
-    else:
-        lo = tl.load(x_ptr + k, mask=k < K, other=0.0).to(tl.float16)
-        hi = tl.load(x_ptr + k + 1, mask=k + 1 < K, other=0.0).to(tl.float16)
-        lo_b = lo.to(tl.int16, bitcast=True).to(tl.int32) & 0xFFFF
-        hi_b = hi.to(tl.int16, bitcast=True).to(tl.int32) & 0xFFFF
-        r = (lo_b | (hi_b << 16)).to(tl.uint32, bitcast=True)
-    return r
+def _x_pair(x_ptr, k, K):
+    """x[k], x[k+1] (k even, masked past K) as uint32 fp16x2 bits."""
+    lo = tl.load(x_ptr + k, mask=k < K, other=0.0).to(tl.float16)
+    hi = tl.load(x_ptr + k + 1, mask=k + 1 < K, other=0.0).to(tl.float16)
+    lo_b = lo.to(tl.int16, bitcast=True).to(tl.int32) & 0xFFFF
+    hi_b = hi.to(tl.int16, bitcast=True).to(tl.int32) & 0xFFFF
+    return (lo_b | (hi_b << 16)).to(tl.uint32, bitcast=True)
 
 
 @triton.jit
@@ -135,14 +131,42 @@ def _x_pair32(x_ptr, k, K):
 
 
 @triton.jit
-def _use_pair(acc2, acc32, v2, x_ptr, xi_ptr, k, K, X_F16: tl.constexpr, EVEN_K: tl.constexpr,
-              USE_ASM: tl.constexpr):
-    """Accumulate one decoded pair (codes k, k+1): HFMA2 for fp16 x, two FFMA for bf16/fp32 x."""
-    if X_F16:
-        x2 = _x_pair(x_ptr, xi_ptr, k, K, EVEN_K)
-        acc2 = hfma2(x2 + tl.zeros_like(v2), v2, acc2, USE_ASM)
+def _lo32(q):
+    return (q & 0xFFFFFFFF).to(tl.uint32)
+
+
+@triton.jit
+def _hi32(q):
+    return ((q >> 32) & 0xFFFFFFFF).to(tl.uint32)
+
+
+@triton.jit
+def x_run_pairs(x_ptr, k0, K, EVEN_K: tl.constexpr):
+    """The 16 fp16x2 pairs x[k0 + 2p], x[k0 + 2p + 1] of a run (p = 0 … 15), as uint32 scalars:
+    eight 64-bit loads when K % 32 == 0 (shared by every column of the thread)."""
+    if EVEN_K:
+        xl = x_ptr.to(tl.pointer_type(tl.int64)) + k0 // 4
+        q0, q1, q2, q3 = tl.load(xl), tl.load(xl + 1), tl.load(xl + 2), tl.load(xl + 3)
+        q4, q5, q6, q7 = tl.load(xl + 4), tl.load(xl + 5), tl.load(xl + 6), tl.load(xl + 7)
+        r = (_lo32(q0), _hi32(q0), _lo32(q1), _hi32(q1), _lo32(q2), _hi32(q2), _lo32(q3), _hi32(q3),
+             _lo32(q4), _hi32(q4), _lo32(q5), _hi32(q5), _lo32(q6), _hi32(q6), _lo32(q7), _hi32(q7))
     else:
-        xl, xh = _x_pair32(x_ptr, k, K)
+        r = (_x_pair(x_ptr, k0, K), _x_pair(x_ptr, k0 + 2, K), _x_pair(x_ptr, k0 + 4, K), _x_pair(x_ptr, k0 + 6, K),
+             _x_pair(x_ptr, k0 + 8, K), _x_pair(x_ptr, k0 + 10, K), _x_pair(x_ptr, k0 + 12, K),
+             _x_pair(x_ptr, k0 + 14, K), _x_pair(x_ptr, k0 + 16, K), _x_pair(x_ptr, k0 + 18, K),
+             _x_pair(x_ptr, k0 + 20, K), _x_pair(x_ptr, k0 + 22, K), _x_pair(x_ptr, k0 + 24, K),
+             _x_pair(x_ptr, k0 + 26, K), _x_pair(x_ptr, k0 + 28, K), _x_pair(x_ptr, k0 + 30, K))
+    return r
+
+
+@triton.jit
+def _use_pair(acc2, acc32, v2, xr, P: tl.constexpr, x_ptr, k0, K, X_F16: tl.constexpr, USE_ASM: tl.constexpr):
+    """Accumulate decoded pair ``P`` of the run (codes k0 + 2P, k0 + 2P + 1): HFMA2 for fp16 x
+    (``xr`` from :func:`x_run_pairs`), two FFMA for bf16/fp32 x."""
+    if X_F16:
+        acc2 = hfma2(xr[P] + tl.zeros_like(v2), v2, acc2, USE_ASM)
+    else:
+        xl, xh = _x_pair32(x_ptr, k0 + 2 * P, K)
         acc32 = acc32 + xl * lo_half(v2).to(tl.float32) + xh * hi_half(v2).to(tl.float32)
     return acc2, acc32
 
@@ -183,18 +207,22 @@ def _load_words(q_ptr, row, N, offs_n, m):
 
 
 @triton.jit
-def run_dot(q_ptr, x_ptr, xi_ptr, zcs, unit0, offs_n, mask_n, N, K,
+def run_dot(q_ptr, x_ptr, zcs, unit0, offs_n, mask_n, N, K,
             IS_POT: tl.constexpr, BITS: tl.constexpr, X_F16: tl.constexpr, EVEN_K: tl.constexpr,
             USE_ASM: tl.constexpr):
     """One run of 32 k starting at unit ``unit0`` → (fp16x2 accumulator, fp32 accumulator) [BN],
     scale-free (the caller multiplies by the group's scale). ``zcs``: :func:`int_zero_consts`."""
     acc2 = tl.zeros(offs_n.shape, dtype=tl.uint32)
     acc32 = tl.zeros(offs_n.shape, dtype=tl.float32)
+    k0 = unit0 * (32 if BITS == 3 else 32 // BITS)
+    if X_F16:
+        xr = x_run_pairs(x_ptr, k0, K, EVEN_K)
+    else:
+        xr = (k0,)  # unused
     # int pair J of a word: source word >> SHIFT_UNIT·(J // SPLIT_J), lane offset BITS·(J % SPLIT_J)
     SPLIT_J: tl.constexpr = (BITS == 2) * 5 + (BITS == 3) * 3 + (BITS == 4) * 2 + (BITS == 8) * 1
     SHIFT_UNIT: tl.constexpr = (BITS == 2) * 10 + (BITS == 3) * 9 + (BITS == 4) * 8 + (BITS == 8) * 8
     if BITS == 3:
-        k0 = unit0 * 32
         w0 = _load_words(q_ptr, unit0 * 3, N, offs_n, mask_n)
         w1 = _load_words(q_ptr, unit0 * 3 + 1, N, offs_n, mask_n)
         w2 = _load_words(q_ptr, unit0 * 3 + 2, N, offs_n, mask_n)
@@ -209,16 +237,14 @@ def run_dot(q_ptr, x_ptr, xi_ptr, zcs, unit0, offs_n, mask_n, N, K,
                 else:
                     h = int_pair_magic(w, SHIFT_UNIT * (j // SPLIT_J), BITS * (j % SPLIT_J), 3)
                     v = _int_fix(h, BITS * (j % SPLIT_J), zcs[j % SPLIT_J], 3, USE_ASM)
-                acc2, acc32 = _use_pair(acc2, acc32, v, x_ptr, xi_ptr, k0 + 10 * wi + 2 * j, K, X_F16, EVEN_K, USE_ASM)
+                acc2, acc32 = _use_pair(acc2, acc32, v, xr, 5 * wi + j, x_ptr, k0, K, X_F16, USE_ASM)
         if IS_POT:
             v = pot3_spare_pair(w0, w1, w2)
         else:
             v = _int_fix(int3_spare_magic(w0, w1, w2), 0, zcs[0], 3, USE_ASM)
-        acc2, acc32 = _use_pair(acc2, acc32, v, x_ptr, xi_ptr, k0 + 30, K, X_F16, EVEN_K, USE_ASM)
+        acc2, acc32 = _use_pair(acc2, acc32, v, xr, 15, x_ptr, k0, K, X_F16, USE_ASM)
     else:
-        CODES: tl.constexpr = 32 // BITS
         PAIRS: tl.constexpr = 16 // BITS
-        k0 = unit0 * CODES
         for u in tl.static_range(BITS):  # BITS words per run of 32 k
             w = _load_words(q_ptr, unit0 + u, N, offs_n, mask_n)
             if IS_POT:
@@ -229,8 +255,7 @@ def run_dot(q_ptr, x_ptr, xi_ptr, zcs, unit0, offs_n, mask_n, N, K,
                 else:
                     h = int_pair_magic(w, SHIFT_UNIT * (j // SPLIT_J), BITS * (j % SPLIT_J), BITS)
                     v = _int_fix(h, BITS * (j % SPLIT_J), zcs[j % SPLIT_J], BITS, USE_ASM)
-                acc2, acc32 = _use_pair(acc2, acc32, v, x_ptr, xi_ptr, k0 + u * CODES + 2 * j, K, X_F16, EVEN_K,
-                                        USE_ASM)
+                acc2, acc32 = _use_pair(acc2, acc32, v, xr, u * PAIRS + j, x_ptr, k0, K, X_F16, USE_ASM)
     return acc2, acc32
 
 
@@ -262,7 +287,6 @@ def gemv_kernel(x_ptr, q_ptr, sc_ptr, z_ptr, b_ptr, y_ptr, part_ptr, cnt_ptr,
     pid_k = tl.program_id(1)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     mask_n = offs_n < N
-    xi_ptr = x_ptr.to(tl.pointer_type(tl.int32))
     UNITS_PER_RUN: tl.constexpr = 1 if BITS == 3 else BITS
     QMAX: tl.constexpr = 2 ** (BITS - 1) - 1
     n_runs = KP // 32
@@ -279,7 +303,7 @@ def gemv_kernel(x_ptr, q_ptr, sc_ptr, z_ptr, b_ptr, y_ptr, part_ptr, cnt_ptr,
             s = s * (2.0 ** BITS)  # lanes are (q − z)·2^−bits
             zcs = int_zero_consts(tl.load(z_ptr + grp * N + offs_n, mask=mask_n, other=0).to(tl.int32), BITS)
         for run in range(g0, tl.minimum(g0 + runs_per_group, r_hi)):
-            acc2, acc32 = run_dot(q_ptr, x_ptr, xi_ptr, zcs, run * UNITS_PER_RUN, offs_n, mask_n, N, K,
+            acc2, acc32 = run_dot(q_ptr, x_ptr, zcs, run * UNITS_PER_RUN, offs_n, mask_n, N, K,
                                   IS_POT, BITS, X_F16, EVEN_K, USE_ASM)
             if X_F16:
                 acc = fold2(acc2, s, acc, USE_ASM)
