@@ -213,6 +213,10 @@ def matmul(x2d: torch.Tensor, w: Packed, bias: Optional[torch.Tensor] = None, re
     regime = regime or pick_regime(w, m)
     if regime not in _REGIME_FN:
         raise ValueError(f"regime must be one of {REGIMES}, got {regime!r}")
+    if configs.interpreting() and x2d.dtype == torch.bfloat16 and regime in ("small_batch", "gemm"):
+        # The interpreter's bf16 tl.dot is silently wrong: decode the bf16 weight bit-exactly with the
+        # dequant kernel and let torch multiply (same result as the compiled fused path, up to fp32 order).
+        regime, config = "dequant_mm", None
     x = x2d.contiguous()
     bias = bias.contiguous() if bias is not None else None
     if regime != "gemv" and x.dtype == torch.float32:  # the dot paths take fp16 operands
