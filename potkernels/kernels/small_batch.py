@@ -2,10 +2,8 @@
 
 Still weight-bandwidth bound: one program owns a ``[BLOCK_M, BLOCK_N]`` output tile and a
 K-chunk; each K step decodes its weights to fp16/bf16 once (shared by the BLOCK_M rows) and
-feeds ``tl.dot``. The default "sliced" loader (``decode.dot_rows``) reads each packed word once
-and decodes code j of every word with immediate shifts, one ``[BLOCK_K/32, BLOCK_N]`` slice per
-j, each multiplied with the matching x columns (32 dots of K = BLOCK_K/32 per step); "expand"
-and "dup" build one ``[BLOCK_K, BLOCK_N]`` tile instead (``decode.decode_tile``). Splitting K keeps every SM streaming weights when
+feeds ``tl.dot``. The v2 tile decoder (``decode.decode_tile``: every code gathered through the
+layout table) is simple and bit-exact, not fast; the tensor-core kernels replace it. Splitting K keeps every SM streaming weights when
 N / BLOCK_N alone is too few programs; partial sums go to an fp32 ``[n_split, M, N]`` buffer
 reduced in split order by the last program of each tile (:func:`gemv.splitk_finish`).
 """
@@ -17,12 +15,11 @@ from .gemv import splitk_finish
 
 
 @triton.jit
-def small_batch_kernel(x_ptr, q_ptr, sg_ptr, sc_ptr, z_ptr, b_ptr, y_ptr, part_ptr, cnt_ptr,
+def small_batch_kernel(x_ptr, q_ptr, lut_ptr, sc_ptr, z_ptr, b_ptr, y_ptr, part_ptr, cnt_ptr,
                        M, N, K, KP, G, stride_xm, k_per_split, n_split,
-                       IS_POT: tl.constexpr, W0: tl.constexpr, W1: tl.constexpr, IS_BF16: tl.constexpr,
+                       IS_POT: tl.constexpr, BITS: tl.constexpr, UNIT_WORDS: tl.constexpr, UNIT_CODES: tl.constexpr,
+                       IS_BF16: tl.constexpr,
                        HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr, FUSED_REDUCE: tl.constexpr,
-                       LOADER: tl.constexpr,
-                       SCALE_PER_TILE: tl.constexpr,
                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
@@ -34,8 +31,8 @@ def small_batch_kernel(x_ptr, q_ptr, sg_ptr, sc_ptr, z_ptr, b_ptr, y_ptr, part_p
     k_lo = pid_k * k_per_split
     k_hi = tl.minimum(k_lo + k_per_split, KP)
     acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
-    acc = dot_k_range(acc, k_lo, k_hi, x_ptr, stride_xm, offs_m, mask_m, q_ptr, sg_ptr, sc_ptr, z_ptr, offs_n, mask_n,
-                      N, K, KP, G, IS_POT, W0, W1, IS_BF16, LOADER, SCALE_PER_TILE, BLOCK_K)
+    acc = dot_k_range(acc, k_lo, k_hi, x_ptr, stride_xm, offs_m, mask_m, q_ptr, lut_ptr, sc_ptr, z_ptr, offs_n, mask_n,
+                      N, K, KP, G, IS_POT, BITS, UNIT_WORDS, UNIT_CODES, IS_BF16, BLOCK_K)
     mask = mask_m[:, None] & mask_n[None, :]
     if SPLIT:
         tl.store(part_ptr + (pid_k * M + offs_m[:, None]) * N + offs_n[None, :], acc, mask=mask)
