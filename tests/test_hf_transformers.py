@@ -55,7 +55,7 @@ def test_from_pretrained_options(tmp_path, kwargs, one_thread):
     dtype = kwargs.get("dtype", kwargs.get("torch_dtype"))
     ours = pk.load_quantized(path, dtype=dtype)
     layer = hf.model.layers[0].mlp.up_proj
-    assert isinstance(layer, pk.PoTLinear) and layer.scales.dtype == torch.float16 and layer.qexp.dtype == torch.int32
+    assert isinstance(layer, pk.PoTLinear) and layer.scales.dtype == torch.float16 and layer.qweight.dtype == torch.int32
     assert hf.model.embed_tokens.weight.dtype == (dtype or torch.float32)
     x = tokens()
     assert torch.equal(_logits(hf, x), _logits(ours, x))
