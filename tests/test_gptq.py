@@ -149,8 +149,9 @@ def test_refine_keeps_codes_and_true_sequential_option():
     a, b = tiny_llama(), tiny_llama()
     a.load_state_dict(base.state_dict())
     b.load_state_dict(base.state_dict())
-    calibrate_model(a, cfg, ids, "gptq", progress=False)
-    calibrate_model(b, cfg, ids, "gptq", refine=True, epochs=3, progress=False)
+    # same batching (2 samples per forward) in both, so the Hessians are summed in the same order
+    calibrate_model(a, cfg, ids, "gptq", hessian_batch=2, progress=False)
+    calibrate_model(b, cfg, ids, "gptq", refine=True, epochs=3, batch_size=2, progress=False)
     # block 0 sees the same inputs in both runs, so refinement changed its scales, not its codes
     for name in ("model.layers.0.self_attn.q_proj", "model.layers.0.mlp.down_proj"):
         pa, pb = a.get_submodule(name).packed, b.get_submodule(name).packed
