@@ -339,11 +339,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="gptq: afterwards PoTPTQ step 2 with the GPTQ codes frozen (only the scales learn).")
     q.add_argument("--damp", type=float, default=DEFAULT_DAMP,
                    help="gptq: Hessian damping, as a fraction of the mean of diag(H).")
-    q.add_argument("--calib", default=None,
+    q.add_argument("--calib", default="builtin",
                    help="calibration text: 'builtin' (public-domain Shakespeare shipped with the package, "
                         "offline), 'self' (text sampled from the model, offline), 'wikitext2' (WikiText-2 "
-                        "train through `datasets`: needs the hub) or a local text file (default: builtin; "
-                        "data methods only).")
+                        "train through `datasets`: needs the hub) or a local text file; used by the data methods "
+                        "(two-step, gptq) and --act-weighted.")
     q.add_argument("--samples", type=positive_int, default=DEFAULT_SAMPLES,
                    help="number of calibration windows.")
     q.add_argument("--seq-len", type=int, default=None,
@@ -383,10 +383,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
-    if args.command == "quantize":
-        args.calib_given = args.calib is not None
-        args.calib = args.calib or "builtin"
+    if args.command == "quantize":  # said on the command line (a data-free method then notes it is unused)
+        args.calib_given = any(a == "--calib" or a.startswith("--calib=") for a in argv)
     if (getattr(args, "seq_len", None) or 2) < 2 or getattr(args, "epochs", 0) < 0:
         parser.error("--seq-len must be ≥ 2 and --epochs ≥ 0")
     if args.window is not None and args.window < 2:
