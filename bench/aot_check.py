@@ -28,7 +28,6 @@ from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
 from potkernels.kernels import configs  # noqa: E402
-from potkernels.kernels.api import LOADERS  # noqa: E402
 from potkernels.kernels.dequant import dequant_kernel  # noqa: E402
 from potkernels.kernels.gemm import gemm_kernel  # noqa: E402
 from potkernels.kernels.gemv import gemv_kernel  # noqa: E402
@@ -98,8 +97,9 @@ def main() -> None:
                 else:
                     extra = dict(SPLIT=True, FUSED_REDUCE=True) if regime == "small_batch" else dict(GROUP_M=cfg.get("GROUP_M", 8))
                     fn = small_batch_kernel if regime == "small_batch" else gemm_kernel
-                    consts = dict(base, HAS_BIAS=False, LOADER=LOADERS[cfg.get("LOADER", "expand")],
-                                  SCALE_PER_TILE=True, BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"],
+                    consts = dict(base, HAS_BIAS=False, SCALE_FREE=cfg.get("scale", "acc" if regime == "small_batch"
+                                                                            else "weight") == "acc",
+                                  DOT_F32=False, JOIN_TREE=True, BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"],
                                   BLOCK_K=cfg["BLOCK_K"], **extra)
                     per_thread = cfg["BLOCK_K"] * cfg["BLOCK_N"] / (32 * warps)
                 t0 = time.time()

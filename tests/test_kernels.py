@@ -73,9 +73,10 @@ def test_dequant_default_config_large_tile():
 
 # (kind, bits, group, M, N, K, regime, x dtype, config override)
 F16, BF16, F32 = torch.float16, torch.bfloat16, torch.float32
-SB_EXPAND = {"BLOCK_M": 16, "BLOCK_N": 64, "BLOCK_K": 64, "LOADER": "expand", "split": 2, "reduce": "kernel"}
-SB_DUP = {"BLOCK_M": 16, "BLOCK_N": 32, "BLOCK_K": 64, "LOADER": "dup", "split": 1}
-SB_SLICED = {"BLOCK_M": 16, "BLOCK_N": 32, "BLOCK_K": 512, "LOADER": "sliced", "split": 2}
+# small_batch / gemm in depth: tests/test_tensor_core.py
+SB_SPLIT2 = {"BLOCK_M": 16, "BLOCK_N": 64, "BLOCK_K": 64, "split": 2, "reduce": "kernel"}
+SB_NOSPLIT = {"BLOCK_M": 16, "BLOCK_N": 32, "BLOCK_K": 64, "split": 1}
+SB_BK256 = {"BLOCK_M": 16, "BLOCK_N": 32, "BLOCK_K": 256, "split": 2}
 MATMUL_CASES = [
     ("pot", 4, 128, 1, 1536, 576, "gemv", F16, None),
     ("int", 4, 128, 1, 1536, 576, "gemv", F16, None),
@@ -83,15 +84,15 @@ MATMUL_CASES = [
     ("int", 4, 128, 16, 1536, 576, "small_batch", F16, None),
     ("pot", 4, 128, 130, 1536, 576, "gemm", F16, None),
     ("int", 4, 128, 130, 96, 576, "gemm", F16, None),
-    ("pot", 3, 32, 3, 37, 100, "small_batch", F16, SB_EXPAND),
+    ("pot", 3, 32, 3, 37, 100, "small_batch", F16, SB_SPLIT2),
     ("int", 8, None, 3, 37, 100, "small_batch", F16, None),
     ("pot", 2, 64, 64, 96, 200, "small_batch", F16, None),
-    ("int", 3, 64, 64, 96, 200, "small_batch", F16, SB_EXPAND),
-    ("pot", 2, None, 130, 40, 100, "gemm", F16, {"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_K": 64, "LOADER": "expand"}),
-    ("pot", 4, 64, 20, 40, 600, "small_batch", F16, SB_SLICED),
-    ("int", 3, 32, 20, 40, 600, "small_batch", F16, SB_SLICED),
-    ("pot", 4, 128, 5, 48, 576, "small_batch", F16, SB_DUP),
-    ("int", 4, None, 130, 48, 100, "gemm", F16, {"BLOCK_M": 64, "BLOCK_N": 32, "BLOCK_K": 64, "LOADER": "dup"}),
+    ("int", 3, 64, 64, 96, 200, "small_batch", F16, SB_SPLIT2),
+    ("pot", 2, None, 130, 40, 100, "gemm", F16, {"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_K": 128}),
+    ("pot", 4, 64, 20, 40, 600, "small_batch", F16, SB_BK256),
+    ("int", 3, 32, 20, 40, 600, "small_batch", F16, SB_BK256),
+    ("pot", 4, 128, 5, 48, 576, "small_batch", F16, SB_NOSPLIT),
+    ("int", 4, None, 130, 48, 100, "gemm", F16, {"BLOCK_M": 64, "BLOCK_N": 32, "BLOCK_K": 128, "scale": "acc"}),
     ("pot", 3, 128, 70, 48, 576, "dequant_mm", F16, None),
     ("int", 8, 128, 70, 48, 576, "dequant_mm", F32, None),
     ("int", 2, 32, 130, 40, 100, "gemm", F16, None),
@@ -181,7 +182,7 @@ LLAMA = [(4096, 4096), (4096, 1024), (14336, 4096)]  # (K, N)
 
 @gpu_only
 @pytest.mark.parametrize("kind,bits", [("pot", 4), ("pot", 3), ("int", 4)])
-@pytest.mark.parametrize("m", [1, 2, 64, 512, 1024])  # gemv, small batch (both configs), gemm, dequant_mm
+@pytest.mark.parametrize("m", [1, 2, 64, 128, 512, 2048])  # gemv, small batch (three configs), gemm (two)
 @pytest.mark.parametrize("dtype", [F16, BF16], ids=["fp16", "bf16"])
 def test_gpu_large_shapes(kind, bits, m, dtype):
     for k, n in LLAMA:
@@ -194,13 +195,11 @@ def test_gpu_large_shapes(kind, bits, m, dtype):
 
 
 @gpu_only
-@pytest.mark.parametrize("loader", ["dup", "expand", "sliced"])
-@pytest.mark.parametrize("regime,m", [("small_batch", 16), ("gemm", 256)])
-def test_gpu_bf16_dot_and_loaders(loader, regime, m):
+@pytest.mark.parametrize("scale", ["acc", "weight"])
+@pytest.mark.parametrize("regime,m", [("small_batch", 16), ("small_batch", 64), ("gemm", 256)])
+def test_gpu_bf16_dot_and_scale_modes(scale, regime, m):
     packed = make_weight("pot", 4, 128, 1000, 1100)
-    cfg = dict(configs.lookup(regime, "pot", 4, m, 1000, 1100), LOADER=loader)
-    if loader != "sliced":
-        cfg["BLOCK_K"] = 64
+    cfg = dict(configs.lookup(regime, "pot", 4, m, 1000, 1100), scale=scale)
     for dtype in (F16, BF16):
         x = torch.randn(m, 1100, device=DEVICE).to(dtype)
         ref = x.float() @ packed.dequantize(dtype).float().t()
