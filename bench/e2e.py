@@ -159,8 +159,11 @@ def main(argv: list[str] | None = None) -> dict:
                     help="tiny 2-layer model on the CPU, 4 tokens, batches 1,2: checks the script end to end")
     ap.add_argument("--out", default=None, help="JSON path (default bench/results/<device>/e2e_<model>.json)")
     args = ap.parse_args(argv)
-    if args.dry_run:
-        args.model, args.device, args.new_tokens, args.batches, args.prompt_len = "tiny", "cpu", 4, "1,2", 8
+    if args.dry_run:  # tiny CPU settings, except what was given on the command line
+        args.model, args.device = "tiny", "cpu"
+        for name, value in (("new_tokens", 4), ("batches", "1,2"), ("prompt_len", 8)):
+            if getattr(args, name) == ap.get_default(name):
+                setattr(args, name, value)
         args.out = args.out or "bench/out/e2e_tiny_dry_run.json"  # ignored by git
     # transformers ≥ 5.2x renamed past_key_values → cache; the old name works across versions
     warnings.filterwarnings("ignore", message=".*past_key_values.*deprecated", category=FutureWarning)
