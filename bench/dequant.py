@@ -29,9 +29,9 @@ def packed_for(kind: str, bits: int, n: int, k: int, group: int, device):
     w = torch.randn(n, k, device=device)
     if kind == "pot":
         p = quantize_pot(w, PoTConfig(bits, group))
-        return p, api.Packed("pot", p.qexp, p.qsign, p.scales, None, bits, p.group_size, k)
+        return p, api.Packed("pot", p.qweight, p.scales, None, bits, p.group_size, k)
     p = quantize_int(w, IntConfig(bits, group))
-    return p, api.Packed("int", p.qweight, None, p.scales, p.zeros, bits, p.group_size, k)
+    return p, api.Packed("int", p.qweight, p.scales, p.zeros, bits, p.group_size, k)
 
 
 def main() -> None:

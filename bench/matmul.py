@@ -41,15 +41,12 @@ def ints(text: str) -> list[int]:
 def make_packed(kind: str, bits: int, wf: torch.Tensor, group: int):
     cfg = PoTConfig(bits, group) if kind == "pot" else IntConfig(bits, group)
     p = quantize_pot(wf, cfg) if kind == "pot" else quantize_int(wf, cfg)
-    if kind == "pot":
-        return p, api.Packed("pot", p.qexp, p.qsign, p.scales, None, bits, p.group_size, p.in_features)
-    return p, api.Packed("int", p.qweight, None, p.scales, p.zeros, bits, p.group_size, p.in_features)
+    return p, api.Packed(kind, p.qweight, p.scales, getattr(p, "zeros", None), bits, p.group_size, p.in_features)
 
 
 def clone_packed(w: api.Packed) -> api.Packed:
-    sign = w.sign.clone() if w.is_pot else None
     zeros = None if w.is_pot else w.zeros.clone()
-    return api.Packed(w.kind, w.q.clone(), sign, w.scales.clone(), zeros, w.bits, w.G, w.K)
+    return api.Packed(w.kind, w.q.clone(), w.scales.clone(), zeros, w.bits, w.G, w.K)
 
 
 def gemlite_int4(p, group: int):
@@ -101,7 +98,7 @@ def main() -> None:
         from potkernels.kernels.tune import tune
 
         for kind, bits in codes:
-            tune(kind, bits, ms, [kn for _, kn in shapes], args.group)
+            tune(kind, bits, ms, [kn for _, kn in shapes], api.run_regime, api.pick_regime, args.group)
     dtype = torch.float16 if gpu else torch.float32
     rep_ms = min(args.rep, 20) if args.quick else args.rep
     hbm = hbm_bandwidth_gbs(device)

@@ -42,7 +42,9 @@ def gemm_config(bucket: int) -> dict:
 
 
 DOC = ("Launch configs per GPU name (torch.cuda.get_device_name), then 'default'. Regime -> key "
-       "'<kind><bits>:m<M bucket>:<size s|m|l>' with '*' wildcards, most specific wins. dispatch: M <= gemv_max_m "
+       "'<kind><bits>:m<M bucket>:<size s|m|l>' with '*' wildcards, most specific wins. gemv: BLOCK_N columns per "
+       "program (4 per thread at 128 threads: one 128-bit load per word row), split-K until tiles x splits covers "
+       "'waves' x SMs. The H100 gemv entry is the v2 default, not re-tuned since format v2. dispatch: M <= gemv_max_m "
        "-> gemv, <= small_batch_max_m -> small_batch (swap-AB tensor cores, split-K), else gemm (fused tensor-core "
        "GEMM); dequant_mm (dequantize + torch matmul) only if an entry sets dequant_mm_min_m or it is forced. "
        "dispatch/small_batch/gemm entries are written by bench/static_table.py from the sm_90 static report (not "

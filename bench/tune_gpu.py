@@ -17,6 +17,7 @@ import time
 os.environ.pop("TRITON_INTERPRET", None)
 
 from potkernels.kernels import configs  # noqa: E402
+from potkernels.kernels import api  # noqa: E402
 from potkernels.kernels.tune import tune  # noqa: E402
 
 SHAPES = [(4096, 4096), (4096, 14336), (14336, 4096), (8192, 8192)]
@@ -36,7 +37,7 @@ def main() -> None:
     for code in args.codes.split(","):
         kind, bits = code[:-1], int(code[-1])
         t0 = time.time()
-        recs = tune(kind, bits, [int(m) for m in args.m.split(",")], SHAPES,
+        recs = tune(kind, bits, [int(m) for m in args.m.split(",")], SHAPES, api.run_regime, api.pick_regime,
                     regimes=args.regimes.split(",") if args.regimes else None)
         for r in recs:
             print(f"{code} M={r['m']:4d} {r['k']}x{r['n']} {r['regime']}: {1e3 * r['ms']:.1f} us  {r['config']}", flush=True)

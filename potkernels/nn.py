@@ -14,7 +14,6 @@ from torch import nn
 
 from . import ops
 from .format import IntConfig, IntWeight, PoTConfig, PoTWeight, quantize_int, quantize_pot
-from .format.packing import packed_rows
 
 
 def float_weight(module: nn.Module) -> torch.Tensor:
@@ -85,7 +84,7 @@ class _PackedLinear(nn.Module):
         self.register_buffer("bias", torch.zeros(out_features, device=device) if bias else None)
 
     def _buffer_specs(self) -> dict[str, tuple[torch.dtype, tuple[int, int]]]:
-        raise NotImplementedError
+        return self.weight_cls.expected_for(self.config, self.in_features, self.out_features)
 
     @classmethod
     def _quantize(cls, w: torch.Tensor, config: Any, **params: torch.Tensor):
@@ -134,20 +133,11 @@ class _PackedLinear(nn.Module):
 
 
 class PoTLinear(_PackedLinear):
-    """Linear layer with a packed power-of-two weight (sign plane + exponent planes + fp16 scales)."""
+    """Linear layer with a packed power-of-two weight (v2 ``qweight`` codes + fp16 scales)."""
 
     config_cls = PoTConfig
     weight_cls = PoTWeight
-    tensor_names = ("qexp", "qsign", "scales")
-
-    def _buffer_specs(self):
-        k, n = self.in_features, self.out_features
-        _, groups = self.config.groups_in(k)
-        return {
-            "qexp": (torch.int32, (packed_rows(k, self.config.bits - 1), n)),
-            "qsign": (torch.int32, (packed_rows(k, 1), n)),
-            "scales": (torch.float16, (groups, n)),
-        }
+    tensor_names = ("qweight", "scales")
 
     @classmethod
     def _quantize(cls, w, config, scales: Optional[torch.Tensor] = None):
@@ -163,15 +153,6 @@ class IntLinear(_PackedLinear):
     config_cls = IntConfig
     weight_cls = IntWeight
     tensor_names = ("qweight", "scales", "zeros")
-
-    def _buffer_specs(self):
-        k, n = self.in_features, self.out_features
-        _, groups = self.config.groups_in(k)
-        return {
-            "qweight": (torch.int32, (packed_rows(k, self.config.bits), n)),
-            "scales": (torch.float16, (groups, n)),
-            "zeros": (torch.uint8, (groups, n)),
-        }
 
     @classmethod
     def _quantize(cls, w, config, scales: Optional[torch.Tensor] = None, zeros: Optional[torch.Tensor] = None):

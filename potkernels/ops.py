@@ -33,22 +33,21 @@ def _weight_dtype(x_dtype: torch.dtype) -> torch.dtype:
 
 
 # ---------------------------------------------------------------- reference (torch) path
-def _torch_pot_dequantize(qexp, qsign, scales, bits, group_size, in_features, dtype):
-    e = unpack_codes(qexp, bits - 1, in_features)
-    p = unpack_codes(qsign, 1, in_features)
-    return decode_pot(e, p, scales, group_size, dtype)
+def _torch_pot_dequantize(qweight, scales, bits, group_size, in_features, dtype):
+    c = unpack_codes(qweight, "pot", bits, in_features)
+    return decode_pot(c & ((1 << (bits - 1)) - 1), c >> (bits - 1), scales, group_size, dtype, bits=bits)
 
 
 def _torch_int_dequantize(qweight, scales, zeros, bits, group_size, in_features, dtype):
-    return decode_int(unpack_codes(qweight, bits, in_features), scales, zeros, group_size, dtype)
+    return decode_int(unpack_codes(qweight, "int", bits, in_features), scales, zeros, group_size, dtype)
 
 
 def _linear(x: torch.Tensor, w: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
     return F.linear(x, w.to(x.dtype), None if bias is None else bias.to(x.dtype))
 
 
-def _torch_pot_matmul(x, qexp, qsign, scales, bias, bits, group_size, in_features):
-    w = _torch_pot_dequantize(qexp, qsign, scales, bits, group_size, in_features, _weight_dtype(x.dtype))
+def _torch_pot_matmul(x, qweight, scales, bias, bits, group_size, in_features):
+    w = _torch_pot_dequantize(qweight, scales, bits, group_size, in_features, _weight_dtype(x.dtype))
     return _linear(x, w, bias)
 
 
@@ -59,9 +58,9 @@ def _torch_int_matmul(x, qweight, scales, zeros, bias, bits, group_size, in_feat
 
 # ---------------------------------------------------------------- op declarations
 @torch.library.custom_op("potkernels::pot_dequantize", mutates_args=())
-def _pot_dequantize_op(qexp: torch.Tensor, qsign: torch.Tensor, scales: torch.Tensor, bits: int,
+def _pot_dequantize_op(qweight: torch.Tensor, scales: torch.Tensor, bits: int,
                        group_size: int, in_features: int, dtype: torch.dtype) -> torch.Tensor:
-    return _torch_pot_dequantize(qexp, qsign, scales, bits, group_size, in_features, dtype)
+    return _torch_pot_dequantize(qweight, scales, bits, group_size, in_features, dtype)
 
 
 @torch.library.custom_op("potkernels::int_dequantize", mutates_args=())
@@ -71,9 +70,9 @@ def _int_dequantize_op(qweight: torch.Tensor, scales: torch.Tensor, zeros: torch
 
 
 @torch.library.custom_op("potkernels::pot_matmul", mutates_args=())
-def _pot_matmul_op(x: torch.Tensor, qexp: torch.Tensor, qsign: torch.Tensor, scales: torch.Tensor,
+def _pot_matmul_op(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor,
                    bias: Optional[torch.Tensor], bits: int, group_size: int, in_features: int) -> torch.Tensor:
-    return _torch_pot_matmul(x, qexp, qsign, scales, bias, bits, group_size, in_features)
+    return _torch_pot_matmul(x, qweight, scales, bias, bits, group_size, in_features)
 
 
 @torch.library.custom_op("potkernels::int_matmul", mutates_args=())
@@ -83,7 +82,7 @@ def _int_matmul_op(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor,
 
 
 @_pot_dequantize_op.register_fake
-def _(qexp, qsign, scales, bits, group_size, in_features, dtype):
+def _(qweight, scales, bits, group_size, in_features, dtype):
     return scales.new_empty((scales.shape[1], in_features), dtype=dtype)
 
 
@@ -93,7 +92,7 @@ def _(qweight, scales, zeros, bits, group_size, in_features, dtype):
 
 
 @_pot_matmul_op.register_fake
-def _(x, qexp, qsign, scales, bias, bits, group_size, in_features):
+def _(x, qweight, scales, bias, bits, group_size, in_features):
     return x.new_empty((*x.shape[:-1], scales.shape[1]))
 
 
@@ -103,10 +102,10 @@ def _(x, qweight, scales, zeros, bias, bits, group_size, in_features):
 
 
 # ---------------------------------------------------------------- Triton implementations
-def _triton_pot_dequantize(qexp, qsign, scales, bits, group_size, in_features, dtype):
+def _triton_pot_dequantize(qweight, scales, bits, group_size, in_features, dtype):
     from .kernels import pot_dequantize_triton
 
-    return pot_dequantize_triton(qexp, qsign, scales, bits, group_size, in_features, dtype)
+    return pot_dequantize_triton(qweight, scales, bits, group_size, in_features, dtype)
 
 
 def _triton_int_dequantize(qweight, scales, zeros, bits, group_size, in_features, dtype):
@@ -115,11 +114,11 @@ def _triton_int_dequantize(qweight, scales, zeros, bits, group_size, in_features
     return int_dequantize_triton(qweight, scales, zeros, bits, group_size, in_features, dtype)
 
 
-def _triton_pot_matmul(x, qexp, qsign, scales, bias, bits, group_size, in_features):
+def _triton_pot_matmul(x, qweight, scales, bias, bits, group_size, in_features):
     from .kernels import pot_matmul_triton
 
     x2 = x.reshape(-1, x.shape[-1])
-    y = pot_matmul_triton(x2, qexp, qsign, scales, bias, bits, group_size, in_features)
+    y = pot_matmul_triton(x2, qweight, scales, bias, bits, group_size, in_features)
     return y.reshape(*x.shape[:-1], y.shape[-1])
 
 
@@ -165,7 +164,7 @@ def pot_matmul(x: torch.Tensor, w: PoTWeight, bias: Optional[torch.Tensor] = Non
     """``x @ W.T (+ bias)`` with W the decoded PoT weight: x ``[..., K]`` → ``[..., N]`` in x's dtype."""
     _check_backend(backend)
     _check_x(x, w.in_features)
-    args = (x, w.qexp, w.qsign, w.scales, bias, w.config.bits, w.group_size, w.in_features)
+    args = (x, w.qweight, w.scales, bias, w.config.bits, w.group_size, w.in_features)
     return _call(backend, args, _torch_pot_matmul, _triton_pot_matmul, "pot_matmul")
 
 
@@ -183,7 +182,7 @@ def dequantize(w: PoTWeight | IntWeight, dtype: torch.dtype = torch.float16,
     """Decode a packed weight to ``[out_features, in_features]`` fp16/bf16 (bit-exact on every backend)."""
     _check_backend(backend)
     if isinstance(w, PoTWeight):
-        args = (w.qexp, w.qsign, w.scales, w.config.bits, w.group_size, w.in_features, dtype)
+        args = (w.qweight, w.scales, w.config.bits, w.group_size, w.in_features, dtype)
         impls = (_torch_pot_dequantize, _triton_pot_dequantize, "pot_dequantize")
     elif isinstance(w, IntWeight):
         args = (w.qweight, w.scales, w.zeros, w.config.bits, w.group_size, w.in_features, dtype)

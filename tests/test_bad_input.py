@@ -116,15 +116,15 @@ def test_partial_group_is_accepted():
 
 def test_bad_codes_for_packing():
     with pytest.raises(ValueError, match=r"\[0, 8\)"):
-        pack_codes(torch.tensor([[0, 8]]), 3)
+        pack_codes(torch.tensor([[0, 8]]), "pot", 3)
     with pytest.raises(ValueError, match=r"\[0, 8\)"):
-        pack_codes(torch.tensor([[-1, 0]]), 3)
+        pack_codes(torch.tensor([[-1, 0]]), "int", 3)
     with pytest.raises(TypeError, match="integer"):
-        pack_codes(torch.zeros(2, 2), 3)
-    with pytest.raises(ValueError, match="code_bits"):
-        pack_codes(torch.zeros(2, 2, dtype=torch.int32), 9)
+        pack_codes(torch.zeros(2, 2), "pot", 3)
+    with pytest.raises(ValueError, match="no v2 layout"):
+        pack_codes(torch.zeros(2, 2, dtype=torch.int32), "int", 9)
     with pytest.raises(ValueError, match="packed codes must be int32"):
-        unpack_codes(torch.zeros(3, 2, dtype=torch.int32), 3, 64)
+        unpack_codes(torch.zeros(3, 2, dtype=torch.int32), "pot", 3, 64)
 
 
 def test_packed_weight_does_not_fit_layer():

@@ -122,7 +122,7 @@ def test_partial_last_group(k):
     assert tuple(pot.scales.shape) == (n_groups, 8)
     last = w[:, (n_groups - 1) * g:]
     assert torch.equal(pot.scales[-1], (last.abs().amax(1) / 2**7).half())
-    assert pot.qsign.shape[0] == -(-k // 32) and pot.dequantize().shape == (8, k)
+    assert pot.qweight.shape[0] == 4 * -(-k // 32) and pot.dequantize().shape == (8, k)
     assert pot.bits_per_weight == (4 * 32 * -(-k // 32) + 16 * n_groups) / k
     it = quantize_int(w, IntConfig(4, g))
     lo, hi = last.amin(1).clamp(max=0), last.amax(1).clamp(min=0)

@@ -26,7 +26,7 @@ def make_weight(kind: str, bits: int, group: int | None, n: int, k: int):
 
 def dequant(packed, dtype, **kw):
     if isinstance(packed.config, PoTConfig):
-        return pot_dequantize_triton(packed.qexp, packed.qsign, packed.scales, packed.config.bits,
+        return pot_dequantize_triton(packed.qweight, packed.scales, packed.config.bits,
                                      packed.group_size, packed.in_features, dtype, **kw)
     return int_dequantize_triton(packed.qweight, packed.scales, packed.zeros, packed.config.bits,
                                  packed.group_size, packed.in_features, dtype, **kw)
@@ -34,7 +34,7 @@ def dequant(packed, dtype, **kw):
 
 def matmul(x, packed, bias, **kw):
     if isinstance(packed.config, PoTConfig):
-        return pot_matmul_triton(x, packed.qexp, packed.qsign, packed.scales, bias, packed.config.bits,
+        return pot_matmul_triton(x, packed.qweight, packed.scales, bias, packed.config.bits,
                                  packed.group_size, packed.in_features, **kw)
     return int_matmul_triton(x, packed.qweight, packed.scales, packed.zeros, bias, packed.config.bits,
                              packed.group_size, packed.in_features, **kw)
@@ -53,15 +53,13 @@ DEQUANT_CASES = [("pot", b, g) for b in (2, 3, 4) for g in GROUP_K] + \
 
 @pytest.mark.parametrize("kind,bits,group", DEQUANT_CASES)
 def test_dequant_bit_exact(kind, bits, group):
-    """Every bits × group size, fp16 and bf16, both tile loaders: identical bits to the reference."""
+    """Every bits × group size, fp16 and bf16: identical bits to the reference."""
     packed = make_weight(kind, bits, group, 37, GROUP_K[group])
-    for i, dtype in enumerate((torch.float16, torch.bfloat16)):
+    for dtype in (torch.float16, torch.bfloat16):
         ref = packed.dequantize(dtype)
-        expand = (bits + i + (group or 0) // 32) % 2 == 1  # alternate the loaders across the suite
         out = torch.full_like(ref, float("nan"))
-        dequant(packed, dtype, config={"BLOCK_K": 64, "BLOCK_N": 32, "LOADER": "expand" if expand else "dup"},
-                out=out)
-        assert torch.equal(out.view(torch.int16), ref.view(torch.int16)), (dtype, expand)
+        dequant(packed, dtype, config={"BLOCK_K": 64, "BLOCK_N": 32}, out=out)
+        assert torch.equal(out.view(torch.int16), ref.view(torch.int16)), dtype
 
 
 def test_dequant_default_config_large_tile():
@@ -73,10 +71,10 @@ def test_dequant_default_config_large_tile():
 
 # (kind, bits, group, M, N, K, regime, x dtype, config override)
 F16, BF16, F32 = torch.float16, torch.bfloat16, torch.float32
-# small_batch / gemm in depth: tests/test_tensor_core.py
-SB_SPLIT2 = {"BLOCK_M": 16, "BLOCK_N": 64, "BLOCK_K": 64, "split": 2, "reduce": "kernel"}
-SB_NOSPLIT = {"BLOCK_M": 16, "BLOCK_N": 32, "BLOCK_K": 64, "split": 1}
-SB_BK256 = {"BLOCK_M": 16, "BLOCK_N": 32, "BLOCK_K": 256, "split": 2}
+SB_SPLIT = {"BLOCK_M": 16, "BLOCK_N": 64, "BLOCK_K": 64, "split": 2, "reduce": "kernel"}
+SB_ONE = {"BLOCK_M": 16, "BLOCK_N": 32, "BLOCK_K": 64, "split": 1}
+SB_BIGK = {"BLOCK_M": 16, "BLOCK_N": 32, "BLOCK_K": 128, "split": 2}
+GV_SPLIT = {"BLOCK_N": 16, "split": 3}
 MATMUL_CASES = [
     ("pot", 4, 128, 1, 1536, 576, "gemv", F16, None),
     ("int", 4, 128, 1, 1536, 576, "gemv", F16, None),
@@ -84,20 +82,20 @@ MATMUL_CASES = [
     ("int", 4, 128, 16, 1536, 576, "small_batch", F16, None),
     ("pot", 4, 128, 130, 1536, 576, "gemm", F16, None),
     ("int", 4, 128, 130, 96, 576, "gemm", F16, None),
-    ("pot", 3, 32, 3, 37, 100, "small_batch", F16, SB_SPLIT2),
+    ("pot", 3, 32, 3, 37, 100, "small_batch", F16, SB_SPLIT),
     ("int", 8, None, 3, 37, 100, "small_batch", F16, None),
     ("pot", 2, 64, 64, 96, 200, "small_batch", F16, None),
-    ("int", 3, 64, 64, 96, 200, "small_batch", F16, SB_SPLIT2),
+    ("int", 3, 64, 64, 96, 200, "small_batch", F16, SB_SPLIT),
     ("pot", 2, None, 130, 40, 100, "gemm", F16, {"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_K": 128}),
-    ("pot", 4, 64, 20, 40, 600, "small_batch", F16, SB_BK256),
-    ("int", 3, 32, 20, 40, 600, "small_batch", F16, SB_BK256),
-    ("pot", 4, 128, 5, 48, 576, "small_batch", F16, SB_NOSPLIT),
+    ("pot", 4, 64, 20, 40, 600, "small_batch", F16, SB_BIGK),
+    ("int", 3, 32, 20, 40, 600, "small_batch", F16, SB_BIGK),
+    ("pot", 4, 128, 5, 48, 576, "small_batch", F16, SB_ONE),
     ("int", 4, None, 130, 48, 100, "gemm", F16, {"BLOCK_M": 64, "BLOCK_N": 32, "BLOCK_K": 128, "scale": "acc"}),
     ("pot", 3, 128, 70, 48, 576, "dequant_mm", F16, None),
     ("int", 8, 128, 70, 48, 576, "dequant_mm", F32, None),
     ("int", 2, 32, 130, 40, 100, "gemm", F16, None),
-    ("pot", 3, 256, 1, 33, 300, "gemv", BF16, {"BLOCK_R": 4, "BLOCK_N": 16, "split": 3}),
-    ("int", 2, 256, 1, 33, 300, "gemv", BF16, {"BLOCK_R": 4, "BLOCK_N": 16, "split": 3}),
+    ("pot", 3, 256, 1, 33, 300, "gemv", BF16, GV_SPLIT),
+    ("int", 2, 256, 1, 33, 300, "gemv", BF16, GV_SPLIT),
     ("pot", 4, None, 1, 64, 576, "gemv", BF16, None),
     ("int", 8, 64, 1, 65, 200, "gemv", BF16, None),
     ("pot", 4, 32, 1, 50, 96, "gemv", F32, None),
@@ -128,7 +126,7 @@ def test_gemv_split_k_deterministic(split, reduce):
     single-launch reduction also leaves its counters at zero for the next launch)."""
     packed = make_weight("pot", 4, 64, 48, 320)
     x = torch.randn(1, 320, device=DEVICE, dtype=F16)
-    cfg = {"BLOCK_R": 4, "BLOCK_N": 32, "split": split, "reduce": reduce}
+    cfg = {"BLOCK_N": 32, "split": split, "reduce": reduce}
     a, b = matmul(x, packed, None, regime="gemv", config=cfg), matmul(x, packed, None, regime="gemv", config=cfg)
     assert torch.equal(a, b)
     ref = x.float() @ packed.dequantize(F16).float().t()
@@ -137,7 +135,7 @@ def test_gemv_split_k_deterministic(split, reduce):
 
 def test_dispatch_by_m():
     packed = make_weight("pot", 4, 128, 64, 256)
-    w = api.Packed("pot", packed.qexp, packed.qsign, packed.scales, None, 4, 128, 256)
+    w = api.Packed("pot", packed.qweight, packed.scales, None, 4, 128, 256)
     d = configs.lookup("dispatch", "pot", 4, 1, 64, 256)
     assert api.pick_regime(w, 1) == "gemv"
     assert api.pick_regime(w, int(d["small_batch_max_m"])) == "small_batch"
@@ -157,16 +155,16 @@ def test_clear_errors():
     with pytest.raises(TypeError, match="fp16, bf16 or fp32"):
         matmul(torch.ones(2, 64, device=DEVICE, dtype=torch.int32), packed, None)
     with pytest.raises(ValueError, match="scales must be"):
-        pot_matmul_triton(torch.randn(2, 64, device=DEVICE, dtype=F16), packed.qexp, packed.qsign,
+        pot_matmul_triton(torch.randn(2, 64, device=DEVICE, dtype=F16), packed.qweight,
                           packed.scales[:, :8], None, 4, 32, 64)
     with pytest.raises(TypeError, match="fp16"):
-        pot_matmul_triton(torch.randn(2, 64, device=DEVICE, dtype=F16), packed.qexp, packed.qsign,
+        pot_matmul_triton(torch.randn(2, 64, device=DEVICE, dtype=F16), packed.qweight,
                           packed.scales.float(), None, 4, 32, 64)
     with pytest.raises(ValueError, match="bits"):
-        pot_matmul_triton(torch.randn(2, 64, device=DEVICE, dtype=F16), packed.qexp, packed.qsign,
+        pot_matmul_triton(torch.randn(2, 64, device=DEVICE, dtype=F16), packed.qweight,
                           packed.scales, None, 5, 32, 64)
     with pytest.raises(ValueError, match="(packed codes|scales) must be"):  # wrong K
-        pot_matmul_triton(torch.randn(2, 96, device=DEVICE, dtype=F16), packed.qexp, packed.qsign,
+        pot_matmul_triton(torch.randn(2, 96, device=DEVICE, dtype=F16), packed.qweight,
                           packed.scales, None, 4, 32, 96)
     with pytest.raises(ValueError, match="bias"):
         matmul(torch.randn(2, 64, device=DEVICE, dtype=F16), packed, torch.zeros(15, device=DEVICE))
@@ -197,7 +195,8 @@ def test_gpu_large_shapes(kind, bits, m, dtype):
 @gpu_only
 @pytest.mark.parametrize("scale", ["acc", "weight"])
 @pytest.mark.parametrize("regime,m", [("small_batch", 16), ("small_batch", 64), ("gemm", 256)])
-def test_gpu_bf16_dot_and_scale_modes(scale, regime, m):
+def test_gpu_bf16_dot(regime, m, scale):
+    """bf16 tensor-core dots (the interpreter cannot run them), both places of the group scale."""
     packed = make_weight("pot", 4, 128, 1000, 1100)
     cfg = dict(configs.lookup(regime, "pot", 4, m, 1000, 1100), scale=scale)
     for dtype in (F16, BF16):
@@ -207,15 +206,34 @@ def test_gpu_bf16_dot_and_scale_modes(scale, regime, m):
 
 
 def test_decode_bench_checksum():
-    """The decode-bound kernel with reps = 1 (flip = 0) sums x · W over the tile = Σ (x @ W^T)."""
+    """The decode-bound kernel with reps = 1 over all runs sums x · W = Σ (x @ W^T) (one group)."""
     from potkernels.kernels.decode_bench import decode_reduce
 
     for kind, bits in (("pot", 3), ("int", 4)):
-        packed = make_weight(kind, bits, 64, 40, 200)
-        w = api.Packed(kind, packed.qexp if kind == "pot" else packed.qweight,
-                       packed.qsign if kind == "pot" else None, packed.scales,
-                       None if kind == "pot" else packed.zeros, bits, 64, 200)
-        x = torch.randn(200, device=DEVICE, dtype=F16)
-        sums = decode_reduce(w, x, reps=1, block_r=4, block_n=16)
+        packed = make_weight(kind, bits, None, 40, 192)  # per channel: the kernel reads group 0's scale
+        w = api.Packed(kind, packed.qweight, packed.scales, getattr(packed, "zeros", None), bits, 192, 192)
+        x = torch.randn(192, device=DEVICE, dtype=F16)
+        sums = decode_reduce(w, x, reps=1, config={"RUNS": 6, "BLOCK_N": 16})
         ref = (x.float() @ packed.dequantize(F16).float().t()).sum()
         assert abs(float(sums.sum()) - float(ref)) <= 1e-2 * float(ref.abs() + 1)
+
+
+@pytest.mark.parametrize("kind,bits", [("pot", 4), ("pot", 3), ("pot", 2), ("int", 4), ("int", 3)])
+def test_gemv_fp16_run_error_bound(kind, bits):
+    """fp16x2 accumulation over runs of 32 k (16 terms per lane), then fp32 (FORMAT.md §6):
+    |y − y_exact| ≤ γ_16 · Σ_k |x_k w_k| + fp32 slack, element-wise, and never NaN/Inf."""
+    n, k = 96, 512
+    packed = make_weight(kind, bits, 128, n, k)
+    x = (torch.randn(1, k, device=DEVICE) * 3).to(F16)
+    w = packed.dequantize(F16).double()
+    exact = x.double() @ w.t()
+    mag = x.double().abs() @ w.abs().t()
+    u = 2.0**-11
+    gamma16 = 16 * u / (1 - 16 * u)
+    out = torch.full((1, n), float("nan"), dtype=torch.float32, device=DEVICE)
+    y16 = matmul(x, packed, None, regime="gemv", config={"BLOCK_N": 32, "split": 2})
+    out.copy_(y16.float())
+    assert torch.isfinite(out).all()
+    # the final fp16 store rounds once more (≤ u·|y|)
+    bound = gamma16 * mag + u * exact.abs() + 1e-6 * mag + 2.0**-20
+    assert bool(((out.double() - exact).abs() <= bound).all())

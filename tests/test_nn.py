@@ -45,8 +45,8 @@ def test_conv1d_orientation(cls, cfg):
 def test_no_bias_and_state_dict():
     layer = PoTLinear.from_float(nn.Linear(64, 32, bias=False), PoTConfig(4, 32))
     sd = layer.state_dict()
-    assert set(sd) == {"qexp", "qsign", "scales"}
-    assert (sd["qexp"].dtype, sd["qsign"].dtype, sd["scales"].dtype) == (torch.int32, torch.int32, torch.float16)
+    assert set(sd) == {"qweight", "scales"}
+    assert (sd["qweight"].dtype, sd["scales"].dtype) == (torch.int32, torch.float16)
     assert layer(torch.randn(2, 64)).shape == (2, 32)
 
 

@@ -54,9 +54,9 @@ def test_opcheck_all_ops():
     pot, _, iw, _ = _weights()
     g = pot.group_size
     cases = [
-        (torch.ops.potkernels.pot_matmul.default, (x, pot.qexp, pot.qsign, pot.scales, bias, 4, g, 200)),
+        (torch.ops.potkernels.pot_matmul.default, (x, pot.qweight, pot.scales, bias, 4, g, 200)),
         (torch.ops.potkernels.int_matmul.default, (x, iw.qweight, iw.scales, iw.zeros, None, 4, g, 200)),
-        (torch.ops.potkernels.pot_dequantize.default, (pot.qexp, pot.qsign, pot.scales, 4, g, 200, torch.bfloat16)),
+        (torch.ops.potkernels.pot_dequantize.default, (pot.qweight, pot.scales, 4, g, 200, torch.bfloat16)),
         (torch.ops.potkernels.int_dequantize.default, (iw.qweight, iw.scales, iw.zeros, 4, g, 200, torch.float16)),
     ]
     for op, args in cases:

@@ -60,7 +60,7 @@ def test_load_with_dtype(tmp_path):
     model, path = _saved(tmp_path)
     again = load_quantized(path, dtype=torch.bfloat16)
     lin = again.model.layers[0].self_attn.q_proj
-    assert isinstance(lin, PoTLinear) and lin.scales.dtype == torch.float16 and lin.qexp.dtype == torch.int32
+    assert isinstance(lin, PoTLinear) and lin.scales.dtype == torch.float16 and lin.qweight.dtype == torch.int32
     assert torch.equal(lin.scales, model.model.layers[0].self_attn.q_proj.scales)
     assert again.model.embed_tokens.weight.dtype == torch.bfloat16
     assert torch.isfinite(_logits(again, tokens())).all()
@@ -124,7 +124,7 @@ def test_tampered_byte(tmp_path):
         load_quantized(path)
 
 
-@pytest.mark.parametrize("version", [0, 2, "1", None])
+@pytest.mark.parametrize("version", [0, 3, "2", None])
 def test_unknown_format_version(tmp_path, version):
     _, path = _saved(tmp_path)
     meta = json.loads((path / QUANT_FILE).read_text())
@@ -176,15 +176,15 @@ def test_tensor_shape_and_dtype_mismatch(tmp_path):
     with pytest.raises(CheckpointError, match="up_proj.scales"):
         load_quantized(path)
     _, path = _saved(tmp_path / "b")
-    _rewrite(path, lambda t: t.__setitem__("model.layers.0.mlp.up_proj.qexp", t["model.layers.0.mlp.up_proj.qexp"][:-1]))
-    with pytest.raises(CheckpointError, match="up_proj.qexp"):
+    _rewrite(path, lambda t: t.__setitem__("model.layers.0.mlp.up_proj.qweight", t["model.layers.0.mlp.up_proj.qweight"][:-1]))
+    with pytest.raises(CheckpointError, match="up_proj.qweight"):
         load_quantized(path)
 
 
 def test_missing_and_unexpected_keys(tmp_path):
     _, path = _saved(tmp_path)
-    _rewrite(path, lambda t: t.pop("model.layers.1.self_attn.k_proj.qsign"))
-    with pytest.raises(CheckpointError, match="missing.*k_proj.qsign"):
+    _rewrite(path, lambda t: t.pop("model.layers.1.self_attn.k_proj.scales"))
+    with pytest.raises(CheckpointError, match="missing.*k_proj.scales"):
         load_quantized(path)
     _, path = _saved(tmp_path / "b")
     _rewrite(path, lambda t: t.__setitem__("extra.weight", torch.zeros(3)))
@@ -210,7 +210,7 @@ def test_round_trip_half_model(tmp_path):
     save_quantized(model, tmp_path / "ckpt")
     again = load_quantized(tmp_path / "ckpt")
     assert again.model.embed_tokens.weight.dtype == torch.float16
-    assert again.model.layers[0].mlp.down_proj.qexp.dtype == torch.int32
+    assert again.model.layers[0].mlp.down_proj.qweight.dtype == torch.int32
     x = tokens()
     assert torch.equal(_logits(model, x), _logits(again, x))
 
@@ -225,3 +225,14 @@ def test_foreign_quantization_config_is_dropped(tmp_path):
     assert oct((tmp_path / "ckpt" / WEIGHTS_FILE).stat().st_mode & 0o777) == oct(0o644)
     x = tokens()
     assert torch.equal(_logits(model, x), _logits(load_quantized(tmp_path / "ckpt"), x))
+
+
+def test_v2_checkpoint_with_v1_tensors_is_refused(tmp_path):
+    """A version-1 checkpoint is repacked on load; a v1-shaped state dict labelled v2 is refused
+    (strict load), and a v2 state dict labelled v1 cannot be repacked."""
+    _, path = _saved(tmp_path)
+    meta = json.loads((path / QUANT_FILE).read_text())
+    meta["format_version"] = 1
+    (path / QUANT_FILE).write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match="repack the version-1"):
+        load_quantized(path)

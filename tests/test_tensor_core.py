@@ -30,7 +30,7 @@ def run(packed, x, bias=None, **kw):
     out = torch.full((x.shape[0], packed.out_features), float("nan"), dtype=x.dtype, device=DEVICE)
     bits, g, k = packed.config.bits, packed.group_size, packed.in_features
     if isinstance(packed.config, PoTConfig):
-        return pot_matmul_triton(x, packed.qexp, packed.qsign, packed.scales, bias, bits, g, k, out=out, **kw)
+        return pot_matmul_triton(x, packed.qweight, packed.scales, bias, bits, g, k, out=out, **kw)
     return int_matmul_triton(x, packed.qweight, packed.scales, packed.zeros, bias, bits, g, k, out=out, **kw)
 
 
@@ -119,7 +119,7 @@ def test_no_dequant_fallback_in_the_tables():
         for key, entry in table[gpu]["dispatch"].items():
             assert "dequant_mm_min_m" not in entry, (gpu, key)
     packed = make_weight("pot", 4, 128, 64, 256)
-    w = api.Packed("pot", packed.qexp, packed.qsign, packed.scales, None, 4, 128, 256)
+    w = api.Packed("pot", packed.qweight, packed.scales, None, 4, 128, 256)
     top = int(configs.lookup("dispatch", "pot", 4, 2, 64, 256)["small_batch_max_m"])
     assert [api.pick_regime(w, m) for m in (1, 2, top, top + 1, 4096)] == \
         ["gemv", "small_batch", "small_batch", "gemm", "gemm"]

@@ -1,13 +1,16 @@
-"""The storage format: configs, bit-plane packing, quantize and the reference decode.
+"""The storage format (version 2): configs, packing, quantize and the reference decode.
 
 Pure PyTorch, no Triton: everything above (kernels, ops, nn, calibration) builds on this.
 The written spec is ``potkernels/FORMAT.md``.
 """
 from .common import sqnr_db
 from .config import GROUP_SIZES, INT_BITS, POT_BITS, IntConfig, PoTConfig, QuantConfig, config_from_dict
-from .packing import pack_codes, packed_rows, plane_row_offsets, plane_widths, unpack_codes
-from .pot import PoTWeight, clamp_scales, decode_pot, exponent_codes, pot_fake_quant, quantize_pot, rtn_scales, scale_range
+from .layout import Layout, layout
+from .packing import pack_codes, packed_rows, padded_k, unpack_codes
+from .pot import PoTWeight, clamp_scales, decode_pot, pot_unit_values, exponent_codes, pot_fake_quant, quantize_pot, rtn_scales, scale_range
 from .uniform import IntWeight, clamp_int_scales, decode_int, quantize_int, rtn_int_params
+
+FORMAT_VERSION = 2  # packed layout version written by this code (v1 is read and repacked: legacy.py)
 
 QuantWeight = PoTWeight | IntWeight
 

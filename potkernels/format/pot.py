@@ -1,10 +1,11 @@
 """The power-of-two (PoT) code: quantize, pack, and the reference decode.
 
 w ≈ (-1)^p · S · 2^E with p a sign bit, E ∈ [0, qmax] an unsigned exponent code and S one fp16
-scale per group (the smallest magnitude level). Decoding needs no multiply: add ``E << 10``
-into the fp16 bits of S (``E << 7`` for bf16) and OR in the sign bit. That is exactly
-``sign · S · 2^E`` provided S is a *normal* number and the exponent field cannot overflow,
-so scales are clamped into :func:`scale_range` when quantizing (see FORMAT.md).
+scale per group (the smallest magnitude level). Format v2 decodes the *scale-free* value
+``v = ±2^(E − qmax)`` by OR-ing a constant into an fp16 exponent field (no add), and the weight
+is ``(S·2^qmax) · v`` — a product of a normal fp16 number and a power of two, exact in fp32 and,
+inside :func:`scale_range`, exactly representable in fp16 (bf16: rounded once). Same values as
+v1's integer add of ``E << 10`` into S's bits (see FORMAT.md §5).
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import torch
 
 from .common import PackedWeight, check_decode_dtype, check_weight, expand_groups, group_mask, grouped
 from .config import PoTConfig
+from .layout import pot_value_or
 from .packing import pack_codes, packed_rows, unpack_codes
 
 FP16_MIN_NORMAL = 2.0**-14
@@ -64,24 +66,28 @@ class PoTWeight(PackedWeight):
     """A packed PoT weight of logical shape ``[out_features, in_features]``.
 
     Tensors (N = out_features, K = in_features):
-        qexp:   int32 ``[packed_rows(K, bits-1), N]`` exponent codes, bit planes (see packing.py)
-        qsign:  int32 ``[ceil(K/32), N]`` sign bits (1 = negative), 32 per word, apart from E
-        scales: fp16  ``[n_groups, N]`` the per-group S, inside :func:`scale_range`
+        qweight: int32 ``[packed_rows(K, bits), N]`` codes ``E | sign << (bits − 1)`` in the v2
+                 layout (``layout.py``; all bits of a code in one word, the sign its own bit)
+        scales:  fp16  ``[n_groups, N]`` the per-group S, inside :func:`scale_range`
     """
 
-    qexp: torch.Tensor
-    qsign: torch.Tensor
+    qweight: torch.Tensor
     scales: torch.Tensor
     in_features: int
     config: PoTConfig
 
     def tensors(self) -> dict[str, torch.Tensor]:
-        return {"qexp": self.qexp, "qsign": self.qsign, "scales": self.scales}
+        return {"qweight": self.qweight, "scales": self.scales}
+
+    @staticmethod
+    def expected_for(config: PoTConfig, in_features: int, out_features: int) -> dict[str, tuple[torch.dtype, tuple[int, ...]]]:
+        """Buffer name → (dtype, shape) of a layer: the single source of truth for names and shapes."""
+        k, n = in_features, out_features
+        return {"qweight": (torch.int32, (packed_rows(k, config.bits), n)),
+                "scales": (torch.float16, (config.groups_in(k)[1], n))}
 
     def expected(self) -> dict[str, tuple[torch.dtype, tuple[int, ...]]]:
-        n, k, b = self.out_features, self.in_features, self.config.bits
-        return {"qexp": (torch.int32, (packed_rows(k, b - 1), n)), "qsign": (torch.int32, (packed_rows(k, 1), n)),
-                "scales": (torch.float16, (self.config.groups_in(k)[1], n))}
+        return self.expected_for(self.config, self.in_features, self.out_features)
 
     def validate(self) -> None:
         """Raise ValueError if the tensors do not fit the declared shape and config."""
@@ -94,32 +100,41 @@ class PoTWeight(PackedWeight):
 
     def codes(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Unpacked (E, sign) as int32 ``[N, K]`` each."""
-        e = unpack_codes(self.qexp, self.config.bits - 1, self.in_features)
-        p = unpack_codes(self.qsign, 1, self.in_features)
-        return e, p
+        b = self.config.bits
+        c = unpack_codes(self.qweight, "pot", b, self.in_features)
+        return c & ((1 << (b - 1)) - 1), c >> (b - 1)
 
     def dequantize(self, dtype: torch.dtype = torch.float16) -> torch.Tensor:
         """Reference decode → ``[out_features, in_features]`` in fp16 or bf16 (bit-exact)."""
         e, p = self.codes()
-        return decode_pot(e, p, self.scales, self.group_size, dtype)
+        return decode_pot(e, p, self.scales, self.group_size, dtype, bits=self.config.bits)
+
+
+def pot_unit_values(e: torch.Tensor, sign: torch.Tensor, bits: int) -> torch.Tensor:
+    """The scale-free fp16 value ±2^(E − qmax) built by OR only: ``sign << 15 | (15 − qmax + E) << 10``
+    (the constant exponent bits and E do not overlap). int ``[N, K]`` → fp16 ``[N, K]``."""
+    bits16 = (sign.to(torch.int32) << 15) | pot_value_or(bits) | (e.to(torch.int32) << 10)
+    bits16 = torch.where(bits16 >= 2**15, bits16 - 2**16, bits16)  # uint16 pattern → int16
+    return bits16.to(torch.int16).view(torch.float16)
 
 
 def decode_pot(e: torch.Tensor, sign: torch.Tensor, scales: torch.Tensor, group_size: int,
-               dtype: torch.dtype = torch.float16) -> torch.Tensor:
-    """Build ``(-1)^sign · S · 2^E`` by integer arithmetic on the scale's bits.
+               dtype: torch.dtype = torch.float16, *, bits: int = 4) -> torch.Tensor:
+    """Reference decode ``(-1)^sign · S · 2^E`` the v2 way: ``(S · 2^qmax) · v``.
 
     Args:
         e, sign: int ``[N, K]`` exponent codes and sign bits.
         scales: fp16 ``[n_groups, N]`` (normal, inside scale_range).
-        dtype: torch.float16 (E << 10) or torch.bfloat16 (S rounded to bf16, then E << 7).
-    Returns ``[N, K]`` of ``dtype``.
+        dtype: torch.float16 (exact: no rounding at all) or torch.bfloat16 (one RNE rounding).
+        bits: selects qmax of the scale-free split; the result is the same for any valid bits.
+    Returns ``[N, K]`` of ``dtype``; bit-identical with v1's integer-add decode
+    (``legacy.decode_pot_v1``): S·2^E is exact in fp32 and scaling commutes with rounding.
     """
     check_decode_dtype(dtype)
-    s_bits = scales.to(dtype).view(torch.int16).to(torch.int32)  # S > 0: bit 15 clear, no sign extension
-    s_bits = expand_groups(s_bits, group_size, e.shape[1])
-    bits = (s_bits + (e.to(torch.int32) << MANTISSA_BITS[dtype])) | (sign.to(torch.int32) << 15)
-    bits = torch.where(bits >= 2**15, bits - 2**16, bits)  # uint16 pattern → int16
-    return bits.to(torch.int16).view(dtype)
+    qmax = 2 ** (bits - 1) - 1
+    v = pot_unit_values(e, sign, bits).float()
+    s = expand_groups(scales.float() * 2.0**qmax, group_size, e.shape[1])  # exact in fp32
+    return (s * v).to(dtype)  # fp32 product exact; fp16: representable, bf16: one RNE rounding
 
 
 def quantize_pot(w: torch.Tensor, cfg: PoTConfig, scales: torch.Tensor | None = None) -> PoTWeight:
@@ -143,8 +158,7 @@ def quantize_pot(w: torch.Tensor, cfg: PoTConfig, scales: torch.Tensor | None = 
     e = exponent_codes(w, s16.float().repeat_interleave(g, dim=1)[:, :k], cfg.qmax)
     sign = (w < 0).to(torch.int32)
     return PoTWeight(
-        qexp=pack_codes(e, cfg.exp_bits),
-        qsign=pack_codes(sign, 1),
+        qweight=pack_codes(e | (sign << cfg.exp_bits), "pot", cfg.bits),
         scales=s16.t().contiguous(),
         in_features=k,
         config=cfg,
@@ -168,6 +182,6 @@ def pot_fake_quant(w: torch.Tensor, scales: torch.Tensor, cfg: PoTConfig) -> tor
 
 
 __all__ = [
-    "PoTWeight", "quantize_pot", "decode_pot", "pot_fake_quant", "rtn_scales", "clamp_scales",
+    "PoTWeight", "quantize_pot", "decode_pot", "pot_unit_values", "pot_fake_quant", "rtn_scales", "clamp_scales",
     "scale_range", "exponent_codes", "group_mask", "grouped",
 ]

@@ -1,6 +1,6 @@
 """The uniform asymmetric int code, the baseline PoT is compared with.
 
-w ≈ (q − z) · s with q ∈ [0, 2^b − 1] packed in bit planes (same layout as PoT exponents),
+w ≈ (q − z) · s with q ∈ [0, 2^b − 1] packed in the v2 int layout (``layout.py``, Marlin-style pairs),
 one fp16 scale s and one uint8 zero point z per group. ``(q − z)`` has at most 9 bits and s
 11 significant bits, so the product is exact in fp32 and the decode is one rounding to the
 output dtype: bit-exact whether computed in fp32 or directly in fp16.
@@ -46,7 +46,7 @@ class IntWeight(PackedWeight):
     """A packed uniform-int weight of logical shape ``[out_features, in_features]``.
 
     Tensors (N = out_features, K = in_features):
-        qweight: int32 ``[packed_rows(K, bits), N]`` codes q, bit planes (see packing.py)
+        qweight: int32 ``[packed_rows(K, bits), N]`` codes q, v2 int layout (see layout.py)
         scales:  fp16  ``[n_groups, N]``
         zeros:   uint8 ``[n_groups, N]`` zero points z ∈ [0, 2^b − 1]
     """
@@ -60,11 +60,16 @@ class IntWeight(PackedWeight):
     def tensors(self) -> dict[str, torch.Tensor]:
         return {"qweight": self.qweight, "scales": self.scales, "zeros": self.zeros}
 
-    def expected(self) -> dict[str, tuple[torch.dtype, tuple[int, ...]]]:
-        n, k, b = self.out_features, self.in_features, self.config.bits
-        n_groups = self.config.groups_in(k)[1]
-        return {"qweight": (torch.int32, (packed_rows(k, b), n)), "scales": (torch.float16, (n_groups, n)),
+    @staticmethod
+    def expected_for(config: IntConfig, in_features: int, out_features: int) -> dict[str, tuple[torch.dtype, tuple[int, ...]]]:
+        """Buffer name → (dtype, shape) of a layer: the single source of truth for names and shapes."""
+        k, n = in_features, out_features
+        n_groups = config.groups_in(k)[1]
+        return {"qweight": (torch.int32, (packed_rows(k, config.bits), n)), "scales": (torch.float16, (n_groups, n)),
                 "zeros": (torch.uint8, (n_groups, n))}
+
+    def expected(self) -> dict[str, tuple[torch.dtype, tuple[int, ...]]]:
+        return self.expected_for(self.config, self.in_features, self.out_features)
 
     def validate(self) -> None:
         """Raise ValueError if the tensors do not fit the declared shape and config."""
@@ -76,7 +81,7 @@ class IntWeight(PackedWeight):
             raise ValueError("IntWeight.scales must be finite")
 
     def codes(self) -> torch.Tensor:
-        return unpack_codes(self.qweight, self.config.bits, self.in_features)
+        return unpack_codes(self.qweight, "int", self.config.bits, self.in_features)
 
     def dequantize(self, dtype: torch.dtype = torch.float16) -> torch.Tensor:
         return decode_int(self.codes(), self.scales, self.zeros, self.group_size, dtype)
@@ -112,7 +117,7 @@ def quantize_int(w: torch.Tensor, cfg: IntConfig, scales: torch.Tensor | None = 
     z_full = z.repeat_interleave(g, dim=1)[:, :k]
     q = (torch.round(w.float() / s_full) + z_full).clamp(0, cfg.qmax).to(torch.int32)
     return IntWeight(
-        qweight=pack_codes(q, cfg.bits),
+        qweight=pack_codes(q, "int", cfg.bits),
         scales=s16.t().contiguous(),
         zeros=z.to(torch.uint8).t().contiguous(),
         in_features=k,

@@ -34,12 +34,13 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from ..format import config_from_dict
+from ..format import FORMAT_VERSION, config_from_dict
+from ..format.legacy import repack_v1_state_dict
 from ..nn import IntLinear, PoTLinear, _PackedLinear, float_weight, is_conv1d
 from .hf import LayerReport, set_submodule
 
 FORMAT_NAME = "potkernels"
-FORMAT_VERSION = 1
+READ_VERSIONS = (1, FORMAT_VERSION)  # version 1 (bit planes) is repacked to v2 on load
 WEIGHTS_FILE = "model.safetensors"
 QUANT_FILE = "quantization_config.json"
 CONFIG_FILE = "config.json"
@@ -181,10 +182,10 @@ def _read_meta(folder: Path) -> dict[str, Any]:
         raise CheckpointError(f"{folder / QUANT_FILE} is not valid JSON: {e}") from e
     if not isinstance(meta, dict) or meta.get("format") != FORMAT_NAME:
         raise CheckpointError(f"{folder / QUANT_FILE} is not a potkernels quantization config")
-    if meta.get("format_version") != FORMAT_VERSION:
+    if meta.get("format_version") not in READ_VERSIONS:
         raise CheckpointError(
             f"{folder}: unknown checkpoint format version {meta.get('format_version')!r}; this potkernels "
-            f"reads version {FORMAT_VERSION}")
+            f"reads versions {list(READ_VERSIONS)}")
     for key in ("kind", "bits", "group_size", "layers", "model_class", "dtype", "tied"):
         if key not in meta:
             raise CheckpointError(f"{folder / QUANT_FILE} lacks the field {key!r}")
@@ -273,6 +274,18 @@ def _load_strict(model: nn.Module, tensors: dict[str, torch.Tensor], tied: dict[
         setattr(owner, attr, getattr(model.get_submodule(t_owner), t_attr))
 
 
+def _repack_v1(tensors: dict[str, torch.Tensor], layers: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+    """Version-1 packed tensors → version 2 (same decoded weights), before the strict load."""
+    specs = []
+    for rec in layers:
+        cfg = config_from_dict(rec["config"])
+        specs.append((rec["name"], cfg.kind, cfg.bits, rec["in_features"]))
+    try:
+        return repack_v1_state_dict(tensors, specs)
+    except ValueError as e:
+        raise CheckpointError(f"cannot repack the version-1 checkpoint: {e}") from e
+
+
 def load_quantized(path: str | os.PathLike, device: str | torch.device = "cpu",
                    dtype: Optional[torch.dtype] = None) -> nn.Module:
     """Rebuild a model saved by :func:`save_quantized` (no calibration, identical logits).
@@ -288,6 +301,8 @@ def load_quantized(path: str | os.PathLike, device: str | torch.device = "cpu",
     folder = Path(path)
     meta = _read_meta(folder)
     tensors = _read_tensors(folder, meta)
+    if meta["format_version"] == 1:
+        tensors = _repack_v1(tensors, meta["layers"])
     model = _build_model(folder, meta)
     _swap_layers(model, meta["layers"])
     _load_strict(model, tensors, meta["tied"], meta.get("buffer_dtypes", {}))

@@ -12,72 +12,15 @@ from typing import Any, Optional
 import torch
 import triton
 
-from ..format.packing import packed_rows, padded_k, plane_widths
 from . import configs, tune
 from .dequant import dequant_kernel
 from .gemm import gemm_kernel
 from .gemv import gemv_kernel, splitk_reduce_kernel
+from .packed import Packed
 from .small_batch import small_batch_kernel
 
 ACT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 REGIMES = ("gemv", "small_batch", "gemm", "dequant_mm")
-
-
-class Packed:
-    """The packed tensors of one weight, checked once: code planes, signs, scales, zeros."""
-
-    def __init__(self, kind: str, q: torch.Tensor, sign: Optional[torch.Tensor], scales: torch.Tensor,
-                 zeros: Optional[torch.Tensor], bits: int, group_size: int, in_features: int):
-        self.kind, self.bits, self.K = kind, int(bits), int(in_features)
-        code_bits = self.bits - 1 if kind == "pot" else self.bits
-        allowed = (2, 3, 4) if kind == "pot" else (2, 3, 4, 8)
-        if self.bits not in allowed:
-            raise ValueError(f"{kind} bits must be one of {allowed}, got {bits}")
-        if self.K <= 0:
-            raise ValueError(f"in_features must be positive, got {in_features}")
-        self.G = int(group_size)
-        if self.G <= 0 or (self.G != self.K and self.G % 32 != 0):
-            raise ValueError(f"group_size must be a multiple of 32 or in_features ({self.K}), got {group_size}")
-        if scales.dtype != torch.float16:
-            raise TypeError(f"scales must be fp16 [n_groups, N], got {scales.dtype} {list(scales.shape)}")
-        if q.dim() != 2:
-            raise ValueError(f"packed codes must be a 2-D int32 [rows, N] tensor, got shape {list(q.shape)}")
-        self.N = q.shape[1]
-        n_groups = -(-self.K // self.G)
-        _expect("scales", scales, torch.float16, (n_groups, self.N))
-        _expect("packed codes", q, torch.int32, (packed_rows(self.K, code_bits), self.N))
-        if kind == "pot":
-            _expect("qsign", sign, torch.int32, (packed_rows(self.K, 1), self.N))
-        else:
-            _expect("zeros", zeros, torch.uint8, (n_groups, self.N))
-        widths = plane_widths(code_bits)
-        self.W0, self.W1 = widths[0], (widths[1] if len(widths) > 1 else 0)
-        self.KP = padded_k(self.K)
-        self.q, self.scales = q.contiguous(), scales.contiguous()
-        # Unused pointer slots get a real tensor of the right device (never dereferenced).
-        self.sign = sign.contiguous() if sign is not None else self.q
-        self.zeros = zeros.contiguous() if zeros is not None else self.scales
-        self.device = q.device
-        for name, t in (("scales", scales), ("qsign", sign), ("zeros", zeros)):
-            if t is not None and t.device != self.device:
-                raise ValueError(f"{name} is on {t.device} but the packed codes are on {self.device}")
-
-    @property
-    def is_pot(self) -> bool:
-        return self.kind == "pot"
-
-    def scale_per_tile(self, block_k: int) -> bool:
-        return self.G % block_k == 0 or self.G >= self.K
-
-    def args(self):
-        return self.q, self.sign, self.scales, self.zeros
-
-
-def _expect(name: str, t: Optional[torch.Tensor], dtype: torch.dtype, shape: tuple[int, ...]) -> None:
-    if t is None:
-        raise ValueError(f"{name} is required")
-    if t.dtype != dtype or tuple(t.shape) != tuple(shape):
-        raise ValueError(f"{name} must be {dtype} {list(shape)}, got {t.dtype} {list(t.shape)}")
 
 
 def _cfg(regime: str, w: Packed, m: int, config: Optional[dict[str, Any]],
@@ -85,52 +28,8 @@ def _cfg(regime: str, w: Packed, m: int, config: Optional[dict[str, Any]],
     if config is not None:
         return dict(config)
     if tune.autotune_enabled():
-        tune.maybe_tune(regime, w, m, dtype)
+        tune.maybe_tune(regime, w, m, dtype, run_regime)
     return configs.lookup(regime, w.kind, w.bits, m, w.N, w.K)
-
-
-MMA_KEYS = {"BLOCK_M", "BLOCK_N", "BLOCK_K", "num_warps", "num_stages", "scale", "expand",
-            "waves", "split", "reduce",  # small_batch: split-K
-            "GROUP_M"}  # gemm: L2 swizzle
-
-
-def _mma_tiles(regime: str, cfg: dict[str, Any]) -> tuple[int, int, int]:
-    """(BLOCK_M, BLOCK_N, BLOCK_K) of a tensor-core regime, checked before any launch."""
-    unknown = set(cfg) - MMA_KEYS
-    if unknown:
-        raise ValueError(f"unknown {regime} config keys {sorted(unknown)} (allowed: {sorted(MMA_KEYS)})")
-    bm, bn, bk = int(cfg["BLOCK_M"]), int(cfg["BLOCK_N"]), int(cfg["BLOCK_K"])
-    min_bk = 128 if regime == "gemm" else 32  # gemm: smaller K tiles trip Triton's layout pass
-    for name, v, lo in (("BLOCK_M", bm, 16), ("BLOCK_N", bn, 16), ("BLOCK_K", bk, min_bk)):
-        if v < lo or v & (v - 1):
-            raise ValueError(f"{regime} {name} must be a power of two >= {lo} (tl.dot tiles), got {v}")
-    return bm, bn, bk
-
-
-def _scale_free(cfg: dict[str, Any], w: "Packed", block_k: int, default: str) -> bool:
-    """Apply the group scale to the MMA result (``scale: "acc"``) when every K tile lies in one
-    group; otherwise (or ``scale: "weight"``) fold it into each decoded weight."""
-    mode = cfg.get("scale", default)
-    if mode not in ("acc", "weight"):
-        raise ValueError(f"scale must be 'acc' or 'weight', got {mode!r}")
-    return mode == "acc" and w.scale_per_tile(block_k)
-
-
-def _join_tree(cfg: dict[str, Any]) -> bool:
-    """Tile expansion (``mma_tile.tile_nk``): "join" (in-thread rows, compiled default) or
-    "broadcast" (the interpreter's default: same values, far fewer interpreted calls)."""
-    mode = cfg.get("expand", "broadcast" if configs.interpreting() else "join")
-    if mode not in ("join", "broadcast"):
-        raise ValueError(f"expand must be 'join' or 'broadcast', got {mode!r}")
-    return mode == "join"
-
-
-def _dot_f32(x: torch.Tensor) -> bool:
-    """Under the interpreter the kernels upcast both operands to fp32 before ``tl.dot`` (exact:
-    fp16/bf16 values and their products are fp32-exact, and the MMA accumulates in fp32 too):
-    its bf16 dot is wrong and its fp16 dot a slow non-BLAS numpy loop. Compiled kernels feed
-    fp16/bf16 to the tensor cores."""
-    return configs.interpreting()
 
 
 def _launch_opts(cfg: dict[str, Any]) -> dict[str, int]:
@@ -147,10 +46,8 @@ def dequantize(w: Packed, dtype: torch.dtype, config: Optional[dict[str, Any]] =
     bk, bn = int(cfg["BLOCK_K"]), int(cfg["BLOCK_N"])
     out = torch.empty((w.N, w.K), dtype=dtype, device=w.device) if out is None else out
     grid = (triton.cdiv(w.KP, bk), triton.cdiv(w.N, bn))
-    dequant_kernel[grid](*w.args(), out, w.N, w.K, w.KP, w.G,
-                         IS_POT=w.is_pot, W0=w.W0, W1=w.W1, IS_BF16=dtype == torch.bfloat16,
-                         EXPAND=cfg.get("LOADER", "expand") == "expand", SCALE_PER_TILE=w.scale_per_tile(bk),
-                         BLOCK_K=bk, BLOCK_N=bn, **_launch_opts(cfg))
+    dequant_kernel[grid](w.q, w.lut, w.scales, w.zeros, out, w.N, w.K, w.KP, w.G, **w.code_constexprs(),
+                         IS_BF16=dtype == torch.bfloat16, BLOCK_K=bk, BLOCK_N=bn, **_launch_opts(cfg))
     return out
 
 
@@ -184,35 +81,93 @@ def _reduce(part: torch.Tensor, bias: Optional[torch.Tensor], y: torch.Tensor, n
                                                      HAS_BIAS=bias is not None, BLOCK=block, num_warps=4)
 
 
+def use_asm(device: torch.device) -> bool:
+    """Inline PTX on compiled CUDA runs; the pure-Triton twin under the interpreter (or when
+    ``POTKERNELS_NO_ASM=1``, e.g. to compare the twins bit for bit on a GPU)."""
+    import os
+
+    return device.type == "cuda" and not configs.interpreting() and os.environ.get("POTKERNELS_NO_ASM", "0") in ("", "0")
+
+
 def gemv(x: torch.Tensor, w: Packed, bias: Optional[torch.Tensor], y: torch.Tensor,
          config: Optional[dict[str, Any]] = None) -> torch.Tensor:
-    """``y[m] = W x[m] (+ bias)`` one row at a time (M = 1 regime); x any of fp16/bf16/fp32."""
+    """``y[m] = W x[m] (+ bias)`` one row at a time (M = 1 regime); x any of fp16/bf16/fp32.
+
+    fp16 x accumulates in fp16x2 runs of 32 k (exact products, FORMAT.md §6 bound; needs
+    max|x| < 4096), bf16/fp32 x in fp32.
+    """
     cfg = _cfg("gemv", w, x.shape[0], config, x.dtype)
-    br, bn = int(cfg["BLOCK_R"]), int(cfg["BLOCK_N"])
-    n_rows = w.KP // 32
+    bn = int(cfg["BLOCK_N"])
+    n_runs = w.KP // 32
+    rpg = w.runs_per_group()
     tiles = triton.cdiv(w.N, bn)
-    n_split = _n_split(tiles * x.shape[0], triton.cdiv(n_rows, br), cfg, w.device)
-    rows_per_split = triton.cdiv(triton.cdiv(n_rows, n_split), br) * br
-    n_split = triton.cdiv(n_rows, rows_per_split)
+    n_groups = triton.cdiv(n_runs, rpg)
+    n_split = _n_split(tiles * x.shape[0], n_groups, cfg, w.device)
+    runs_per_split = triton.cdiv(n_groups, n_split) * rpg  # whole groups per split
+    n_split = triton.cdiv(n_runs, runs_per_split)
     split = n_split > 1
     part = torch.empty((n_split, w.N), dtype=torch.float32, device=w.device) if split else y
     fused = split and cfg.get("reduce", "fused") == "fused"
     cnt = _counters(w.device, tiles) if fused else part
     bias_arg = bias if bias is not None else w.scales
     for m in range(x.shape[0]):  # M = 1 in practice; more rows re-read W (use small_batch)
-        gemv_kernel[(tiles, n_split)](x[m], *w.args(), bias_arg, y[m], part, cnt, w.N, w.K, w.KP, w.G,
-                                      rows_per_split, n_split,
-                                      IS_POT=w.is_pot, W0=w.W0, W1=w.W1, IS_BF16=x.dtype == torch.bfloat16,
-                                      HAS_BIAS=bias is not None, SPLIT=split, FUSED_REDUCE=fused,
-                                      EVEN_K=w.K % 32 == 0, BLOCK_R=br, BLOCK_N=bn, **_launch_opts(cfg))
+        gemv_kernel[(tiles, n_split)](x[m], w.q, w.scales, w.zeros, bias_arg, y[m], part, cnt, w.N, w.K, w.KP, w.G,
+                                      runs_per_split, rpg, n_split, IS_POT=w.is_pot, BITS=w.bits,
+                                      X_F16=x.dtype == torch.float16, HAS_BIAS=bias is not None, SPLIT=split,
+                                      FUSED_REDUCE=fused, EVEN_K=w.K % 32 == 0, USE_ASM=use_asm(w.device),
+                                      BLOCK_N=bn, **_launch_opts(cfg))
         if split and not fused:
             _reduce(part, bias, y[m], n_split, w.N)
     return y
 
 
+MMA_KEYS = {"BLOCK_M", "BLOCK_N", "BLOCK_K", "num_warps", "num_stages", "scale", "expand",
+            "waves", "split", "reduce",  # small_batch: split-K
+            "GROUP_M"}  # gemm: L2 swizzle
+
+
+def _mma_tiles(regime: str, cfg: dict[str, Any]) -> tuple[int, int, int]:
+    """(BLOCK_M, BLOCK_N, BLOCK_K) of a tensor-core regime, checked before any launch."""
+    unknown = set(cfg) - MMA_KEYS
+    if unknown:
+        raise ValueError(f"unknown {regime} config keys {sorted(unknown)} (allowed: {sorted(MMA_KEYS)})")
+    bm, bn, bk = int(cfg["BLOCK_M"]), int(cfg["BLOCK_N"]), int(cfg["BLOCK_K"])
+    min_bk = 128 if regime == "gemm" else 32  # gemm: smaller K tiles trip Triton's layout pass
+    for name, v, lo in (("BLOCK_M", bm, 16), ("BLOCK_N", bn, 16), ("BLOCK_K", bk, min_bk)):
+        if v < lo or v & (v - 1):
+            raise ValueError(f"{regime} {name} must be a power of two >= {lo} (tl.dot tiles), got {v}")
+    return bm, bn, bk
+
+
+def _scale_free(cfg: dict[str, Any], w: Packed, block_k: int, default: str) -> bool:
+    """Apply the group scale to the MMA result (``scale: "acc"``) when every K tile lies in one
+    group; otherwise (or ``scale: "weight"``) fold it into each decoded weight."""
+    mode = cfg.get("scale", default)
+    if mode not in ("acc", "weight"):
+        raise ValueError(f"scale must be 'acc' or 'weight', got {mode!r}")
+    return mode == "acc" and (w.G % block_k == 0 or w.G >= w.K)
+
+
+def _join_tree(cfg: dict[str, Any]) -> bool:
+    """Tile expansion (``mma_tile.tile_nk``): "join" (in-thread runs, compiled default) or
+    "broadcast" (the interpreter's default: same values, far fewer interpreted calls)."""
+    mode = cfg.get("expand", "broadcast" if configs.interpreting() else "join")
+    if mode not in ("join", "broadcast"):
+        raise ValueError(f"expand must be 'join' or 'broadcast', got {mode!r}")
+    return mode == "join"
+
+
+def _dot_f32() -> bool:
+    """Under the interpreter the kernels upcast both operands to fp32 before ``tl.dot`` (exact:
+    fp16/bf16 values and their products are fp32-exact, and the MMA accumulates in fp32 too):
+    its bf16 dot is wrong and its fp16 dot a slow non-BLAS numpy loop. Compiled kernels feed
+    fp16/bf16 to the tensor cores."""
+    return configs.interpreting()
+
+
 def small_batch(x: torch.Tensor, w: Packed, bias: Optional[torch.Tensor], y: torch.Tensor,
                 config: Optional[dict[str, Any]] = None) -> torch.Tensor:
-    """Swap-AB tensor-core regime (M = 2 … 64): ``yᵀ = W xᵀ``, split-K; x fp16/bf16."""
+    """Swap-AB tensor-core regime (M = 2 … 128): ``yᵀ = W xᵀ``, split-K; x fp16/bf16."""
     m = x.shape[0]
     cfg = _cfg("small_batch", w, m, config, x.dtype)
     bm, bn, bk = _mma_tiles("small_batch", cfg)
@@ -226,13 +181,12 @@ def small_batch(x: torch.Tensor, w: Packed, bias: Optional[torch.Tensor], y: tor
     grid = (triton.cdiv(w.N, bn), n_split, triton.cdiv(m, bm))
     fused = split and cfg.get("reduce", "fused") == "fused"
     cnt = _counters(w.device, grid[0] * grid[2]) if fused else part
-    small_batch_kernel[grid](x, *w.args(), bias if bias is not None else w.scales, y, part, cnt,
+    small_batch_kernel[grid](x, w.q, w.lut, w.scales, w.zeros, bias if bias is not None else w.scales, y, part, cnt,
                              m, w.N, w.K, w.KP, w.G, x.stride(0), k_per_split, n_split,
-                             IS_POT=w.is_pot, W0=w.W0, W1=w.W1, IS_BF16=x.dtype == torch.bfloat16,
+                             IS_POT=w.is_pot, BITS=w.bits, IS_BF16=x.dtype == torch.bfloat16,
                              HAS_BIAS=bias is not None, SPLIT=split, FUSED_REDUCE=fused,
-                             SCALE_FREE=_scale_free(cfg, w, bk, "acc"), DOT_F32=_dot_f32(x),
-                             JOIN_TREE=_join_tree(cfg),
-                             BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, **_launch_opts(cfg))
+                             SCALE_FREE=_scale_free(cfg, w, bk, "acc"), DOT_F32=_dot_f32(),
+                             JOIN_TREE=_join_tree(cfg), BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, **_launch_opts(cfg))
     if split and not fused:
         _reduce(part, bias, y, n_split, w.N)
     return y
@@ -245,12 +199,11 @@ def gemm(x: torch.Tensor, w: Packed, bias: Optional[torch.Tensor], y: torch.Tens
     cfg = _cfg("gemm", w, m, config, x.dtype)
     bm, bn, bk = _mma_tiles("gemm", cfg)
     grid = (triton.cdiv(m, bm) * triton.cdiv(w.N, bn),)
-    gemm_kernel[grid](x, *w.args(), bias if bias is not None else w.scales, y,
-                      m, w.N, w.K, w.KP, w.G, x.stride(0),
-                      IS_POT=w.is_pot, W0=w.W0, W1=w.W1, IS_BF16=x.dtype == torch.bfloat16,
-                      HAS_BIAS=bias is not None, SCALE_FREE=_scale_free(cfg, w, bk, "weight"),
-                      DOT_F32=_dot_f32(x), JOIN_TREE=_join_tree(cfg), BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk,
-                      GROUP_M=int(cfg.get("GROUP_M", 8)), **_launch_opts(cfg))
+    gemm_kernel[grid](x, w.q, w.lut, w.scales, w.zeros, bias if bias is not None else w.scales, y,
+                      m, w.N, w.K, w.KP, w.G, x.stride(0), IS_POT=w.is_pot, BITS=w.bits,
+                      IS_BF16=x.dtype == torch.bfloat16, HAS_BIAS=bias is not None,
+                      SCALE_FREE=_scale_free(cfg, w, bk, "weight"), DOT_F32=_dot_f32(), JOIN_TREE=_join_tree(cfg),
+                      BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=int(cfg.get("GROUP_M", 8)), **_launch_opts(cfg))
     return y
 
 
@@ -269,6 +222,13 @@ def dequant_mm(x: torch.Tensor, w: Packed, bias: Optional[torch.Tensor], y: torc
 
 
 _REGIME_FN = {"gemv": gemv, "small_batch": small_batch, "gemm": gemm, "dequant_mm": dequant_mm}
+
+
+def run_regime(regime: str, w: Packed, x: torch.Tensor, y: Optional[torch.Tensor], config: dict[str, Any]):
+    """One launch of ``regime`` (or the dequant kernel) with an explicit config (what ``tune`` times)."""
+    if regime == "dequant":
+        return dequantize(w, x.dtype if x.dtype != torch.float32 else torch.float16, config)
+    return matmul(x, w, None, regime=regime, config=config, out=y)
 
 
 def pick_regime(w: Packed, m: int) -> str:
@@ -314,25 +274,25 @@ def matmul(x2d: torch.Tensor, w: Packed, bias: Optional[torch.Tensor] = None, re
 
 
 # ------------------------------------------------------------------ the four entry points of ops.py
-def pot_dequantize_triton(qexp, qsign, scales, bits, group_size, in_features, dtype, *, config=None, out=None):
-    """PoT planes → ``[N, K]`` fp16/bf16 (bit-exact with ``format.pot.decode_pot``)."""
-    return dequantize(Packed("pot", qexp, qsign, scales, None, bits, group_size, in_features), dtype, config, out)
+def pot_dequantize_triton(qweight, scales, bits, group_size, in_features, dtype, *, config=None, out=None):
+    """PoT v2 words → ``[N, K]`` fp16/bf16 (bit-exact with ``format.pot.decode_pot``)."""
+    return dequantize(Packed("pot", qweight, scales, None, bits, group_size, in_features), dtype, config, out)
 
 
 def int_dequantize_triton(qweight, scales, zeros, bits, group_size, in_features, dtype, *, config=None, out=None):
-    """Int planes → ``[N, K]`` fp16/bf16 (bit-exact with ``format.uniform.decode_int``)."""
-    return dequantize(Packed("int", qweight, None, scales, zeros, bits, group_size, in_features), dtype, config, out)
+    """Int v2 words → ``[N, K]`` fp16/bf16 (bit-exact with ``format.uniform.decode_int``)."""
+    return dequantize(Packed("int", qweight, scales, zeros, bits, group_size, in_features), dtype, config, out)
 
 
-def pot_matmul_triton(x2d, qexp, qsign, scales, bias, bits, group_size, in_features, *,
+def pot_matmul_triton(x2d, qweight, scales, bias, bits, group_size, in_features, *,
                       regime=None, config=None, out=None):
     """``x2d [M, K] @ W_pot^T (+ bias) → [M, N]`` in x's dtype; regime picked by M unless given."""
-    w = Packed("pot", qexp, qsign, scales, None, bits, group_size, in_features)
+    w = Packed("pot", qweight, scales, None, bits, group_size, in_features)
     return matmul(x2d, w, bias, regime, config, out)
 
 
 def int_matmul_triton(x2d, qweight, scales, zeros, bias, bits, group_size, in_features, *,
                       regime=None, config=None, out=None):
     """``x2d [M, K] @ W_int^T (+ bias) → [M, N]`` in x's dtype; the uniform-int twin."""
-    w = Packed("int", qweight, None, scales, zeros, bits, group_size, in_features)
+    w = Packed("int", qweight, scales, zeros, bits, group_size, in_features)
     return matmul(x2d, w, bias, regime, config, out)

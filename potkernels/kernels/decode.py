@@ -1,21 +1,18 @@
-"""@triton.jit decode helpers shared by every kernel (dequant, GEMV, small batch, GEMM, bench).
+"""@triton.jit decode helpers for the v2 layout (``format/layout.py``, FORMAT.md §4–5).
 
-Layout recap (see ``format/packing.py``): a code of ``CODE_BITS`` bits is split into a widest
-plane of ``W0 ∈ {1, 2, 4, 8}`` bits and, for 3-bit codes, a 1-bit plane (``W1 = 1``). A plane
-of width w packs ``epw = 32 // w`` codes of one column per int32 word, contiguously along K;
-words are stored ``[rows, N]`` so a tile of words is a coalesced load along N. Plane 0 starts
-at row 0, the 1-bit plane at row ``KP * W0 // 32`` (KP = K padded to 32).
+Two families, one packed copy:
 
-Two ways to get a ``[BLOCK_K, BLOCK_N]`` tile of codes:
-
-* ``codes_dup``: gather words at rows ``k // epw`` for every k (the same word is read
-  ``epw`` times, from L1) — simple, any BLOCK_K multiple of 32.
-* ``codes_expand``: read each word exactly once as ``[R, W0, BN]`` (R rows of 32 k), expand in
-  registers to ``[R, W0, epw, BN]`` by broadcast shifts and reshape to ``[R*32, BN]``
-  (k = 32·r + epw·u + j keeps the natural order).
-
-Decoders are integer-only for PoT (add ``E << mantissa_bits`` into the scale's bits, OR the
-sign) and a bit-exact ``(q − z)·s`` for int (see ``int_decode16``).
+* **Pair decoders** (the fast path): a packed word (or 3-word unit) → fp16x2 registers held as
+  int32, two codes per register, by one rotate + one LOP3 per pair (one extra "prep" word per
+  4-bit word / 3-bit word). PoT lanes are the scale-free ``±2^(E − qmax)`` (weight = lane ·
+  S·2^qmax); int lanes are ``(q − z)·2^−bits`` after one fused multiply-add (Marlin's magic number:
+  ``(q_bits & mask) | 0x6400`` is the fp16 ``1024 + q·2^o``). ``pot4_pairs``, ``pot2_pairs``,
+  ``pot3_pairs``, ``int_pairs_*`` return the pairs in k order: pair ``p`` holds codes
+  ``(2p, 2p + 1)`` of the unit in (low, high) lane. Pure Triton (interpreter-testable); the GEMV
+  has an inline-PTX twin of the same bit operations (``gemv.py``).
+* **Tile decoder** ``decode_tile``: a ``[BLOCK_K, BLOCK_N]`` fp16/bf16 tile, bit-exact with the
+  reference decode, gathering each code's bits through the layout's lookup table (``lut_ptr``,
+  ``Layout.lut()``): any layout, any BLOCK_K multiple of 32 — simple and correct, not fast.
 """
 import os
 
@@ -26,56 +23,121 @@ import triton.language as tl
 # there bf16 rounding is done by integer arithmetic; compiled kernels use the hardware RNE cast.
 INTERPRETER = tl.constexpr(os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"))
 
+# fp16x2 lane masks of a PoT pair (E bits + sign bit of both lanes) and the OR constants
+# (exponent field 15 − qmax) that make the lane ±2^(E − qmax).
+POT_T2 = tl.constexpr(0x84008400)
+POT_T3 = tl.constexpr(0x8C008C00)
+POT_T4 = tl.constexpr(0x9C009C00)
+MAGIC = tl.constexpr(0x64006400)  # fp16x2 (1024, 1024)
 
-# ------------------------------------------------------------------ code extraction
+
+# ------------------------------------------------------------------ bit helpers (uint32)
 @triton.jit
-def _plane_dup(ptr, row0, offs_k, offs_n, N, mask, WIDTH: tl.constexpr):
-    """Codes of one plane for k offsets ``offs_k [BK]`` × columns ``offs_n [BN]`` → int32 [BK, BN]."""
-    EPW: tl.constexpr = 32 // WIDTH
-    rows = row0 + offs_k // EPW
-    words = tl.load(ptr + rows[:, None] * N + offs_n[None, :], mask=mask, other=0)
-    return (words >> ((offs_k % EPW) * WIDTH)[:, None]) & ((1 << WIDTH) - 1)
-
-
-@triton.jit
-def codes_dup(ptr, offs_k, offs_n, N, KP, mask, W0: tl.constexpr, W1: tl.constexpr):
-    """Unsigned codes ``[BK, BN]`` int32 (planes W0 [+ a 1-bit plane W1]) by gathered loads."""
-    c = _plane_dup(ptr, 0, offs_k, offs_n, N, mask, W0)
-    if W1 > 0:
-        c |= _plane_dup(ptr, KP * W0 // 32, offs_k, offs_n, N, mask, 1) << W0
-    return c
-
-
-@triton.jit
-def _bit_expand(word_rows, W0: tl.constexpr):
-    """1-bit plane words ``[R, BN]`` → bits ``[R, W0, 32 // W0, BN]`` in the same k order."""
-    EPW: tl.constexpr = 32 // W0
-    u = tl.arange(0, W0)
-    j = tl.arange(0, EPW)
-    kk = u[:, None] * EPW + j[None, :]  # [W0, EPW]: k within the 32-k row
-    return (word_rows[:, None, None, :] >> kk[None, :, :, None]) & 1
+def rotr(w, S: tl.constexpr):
+    """Rotate a uint32 tensor right by the constant S (SHF.R.W on the GPU)."""
+    if S % 32 == 0:
+        r = w
+    else:
+        r = (w >> (S % 32)) | (w << (32 - S % 32))
+    return r
 
 
 @triton.jit
-def codes_expand(ptr, offs_r, offs_n, N, KP, mask_rn, W0: tl.constexpr, W1: tl.constexpr):
-    """Unsigned codes ``[R, W0, 32 // W0, BN]`` int32 for rows ``offs_r [R]`` of 32 k each.
+def lanes_or(w, S: tl.constexpr, MASK: tl.constexpr, OR: tl.constexpr):
+    """``rotr(w, S) & MASK | OR`` — one pair of fp16 lanes."""
+    return (rotr(w, S) & MASK) | OR
 
-    Every word is loaded once (``[R, W0, BN]``, coalesced along N) and expanded in registers.
-    ``mask_rn [R, BN]``. Reshape the result to ``[R * 32, BN]`` for k = 32·r + (index).
+
+@triton.jit
+def pot_or16(BITS: tl.constexpr):
+    """fp16x2 OR constant: exponent field 15 − qmax in both lanes."""
+    return ((15 - (2 ** (BITS - 1) - 1)) << 10) * 0x10001
+
+
+# ------------------------------------------------------------------ PoT pair decoders
+@triton.jit
+def pot4_pairs(w):
+    """uint32 word of 8 PoT4 codes → 4 fp16x2 (int32 bits) ±2^(E−7); pair p = codes (2p, 2p+1)."""
+    C: tl.constexpr = 0x20002000
+    p0 = (w & POT_T4) | C
+    p1 = lanes_or(w, 6, POT_T4, C)
+    w2 = (w & 0x61106110) | (rotr(w, 4) & ~0x61106110)  # prep word: pairs 2, 3 one rotate away
+    p2 = lanes_or(w2, 3, POT_T4, C)
+    p3 = lanes_or(w2, 9, POT_T4, C)
+    return p0, p1, p2, p3
+
+
+@triton.jit
+def pot2_pair(w, J: tl.constexpr):
+    """Pair J (codes 2J, 2J+1) of a PoT2 word as fp16x2 bits ±2^(E−1): one rotate + one LOP3."""
+    return lanes_or(w, 2 * J, POT_T2, 0x38003800)
+
+
+@triton.jit
+def pot3_pair(w, J: tl.constexpr):
+    """Pair J ∈ 0..4 (codes 2J, 2J+1 of this word's 10) of a PoT3 word as fp16x2 bits ±2^(E−3)."""
+    C: tl.constexpr = 0x30003000
+    if J < 4:
+        p = lanes_or(w, 3 * J, POT_T3, C)
+    else:
+        w2 = (w & 0x00C000C0) | (rotr(w, 1) & ~0x00C000C0)
+        p = lanes_or(w2, 12, POT_T3, C)
+    return p
+
+
+@triton.jit
+def pot3_spare_pair(w0, w1, w2):
+    """Codes 30, 31 of a 3-word PoT3 unit (their E0/E1/sign bits sit at bits 9 / 25 of words 0/1/2)."""
+    a = rotr(w0, 31) & 0x04000400  # bit 9 → 10 (E0)
+    b = rotr(w1, 30) & 0x08000800  # bit 9 → 11 (E1)
+    c = rotr(w2, 26) & 0x80008000  # bit 9 → 15 (sign)
+    return a | b | c | 0x30003000
+
+
+# ------------------------------------------------------------------ int pair decoders (Marlin-style)
+@triton.jit
+def int_pair_magic(w, SHIFT: tl.constexpr, O: tl.constexpr, BITS: tl.constexpr):
+    """An int pair whose codes sit at lane offset ``O`` of ``w >> SHIFT`` → fp16x2 bits of
+    ``1024 + q·2^O`` per lane (Marlin's magic number; O + BITS ≤ 10 keeps it exact).
+
+    Layouts: int2 pairs J at bits 2J (+16), int4 at 4J, int8 at 8J, int3 (per word) at 3J; a pair
+    whose offset would pass 8 is read from the word shifted by 10 / 8 / 9 (one SHF, shared).
     """
-    EPW: tl.constexpr = 32 // W0
-    u = tl.arange(0, W0)
-    j = tl.arange(0, EPW)
-    ptrs = ptr + (offs_r[:, None, None] * W0 + u[None, :, None]) * N + offs_n[None, None, :]
-    words = tl.load(ptrs, mask=mask_rn[:, None, :], other=0)  # [R, W0, BN]
-    c = (words[:, :, None, :] >> (j * W0)[None, None, :, None]) & ((1 << W0) - 1)
-    if W1 > 0:
-        w1 = tl.load(ptr + (KP * W0 // 32 + offs_r)[:, None] * N + offs_n[None, :], mask=mask_rn, other=0)
-        c |= _bit_expand(w1, W0) << W0
-    return c
+    MASK: tl.constexpr = ((1 << BITS) - 1) * 0x10001
+    if SHIFT == 0:
+        src = w
+    else:
+        src = w >> SHIFT
+    return (src & (MASK << O)) | MAGIC
 
 
-# ------------------------------------------------------------------ decoders
+@triton.jit
+def int3_spare_magic(w0, w1, w2):
+    """Codes 30, 31 of a 3-word int3 unit (bit t of each code at bit 15 / 31 of word t), offset 0."""
+    return ((w0 >> 15) & 0x00010001) | ((w1 >> 14) & 0x00020002) | ((w2 >> 13) & 0x00040004) | MAGIC
+
+
+# ------------------------------------------------------------------ lane helpers (pure Triton)
+@triton.jit
+def lo_half(p):
+    """Low fp16 lane of int32 fp16x2 bits → fp16 tensor."""
+    return (p & 0xFFFF).to(tl.int16).to(tl.float16, bitcast=True)
+
+
+@triton.jit
+def hi_half(p):
+    return ((p >> 16) & 0xFFFF).to(tl.int16).to(tl.float16, bitcast=True)
+
+
+@triton.jit
+def join_halves(lo, hi):
+    """Two fp16 tensors → int32 fp16x2 bits (lo in bits 0–15)."""
+    a = lo.to(tl.int16, bitcast=True).to(tl.int32) & 0xFFFF
+    b = hi.to(tl.int16, bitcast=True).to(tl.int32) & 0xFFFF
+    return (a | (b << 16)).to(tl.uint32, bitcast=True)
+
+
+# ------------------------------------------------------------------ generic tile decoder
 @triton.jit
 def to_bf16_rne(x):
     """fp32 → bf16, round to nearest even (finite inputs), identical on GPU and interpreter."""
@@ -89,280 +151,89 @@ def to_bf16_rne(x):
 
 
 @triton.jit
-def scale_bits16(s, IS_BF16: tl.constexpr):
-    """fp16 scales → int32 holding the 16-bit pattern of S in the decode dtype (bf16: RNE first)."""
-    if IS_BF16:
-        b = to_bf16_rne(s.to(tl.float32)).to(tl.int16, bitcast=True)
-    else:
-        b = s.to(tl.int16, bitcast=True)
-    return b.to(tl.int32) & 0xFFFF
+def gather_codes(q_ptr, lut_ptr, offs_k, offs_n, N, mask, BITS: tl.constexpr, UNIT_WORDS: tl.constexpr,
+                 UNIT_CODES: tl.constexpr):
+    """Unsigned codes ``[BK, BN]`` int32 for k offsets ``offs_k`` (< KP) and columns ``offs_n``:
+    bit j of code i of a unit is word ``lut >> 5``, bit ``lut & 31`` (``lut = lut_ptr[i·BITS + j]``)."""
+    unit = offs_k // UNIT_CODES
+    i = offs_k % UNIT_CODES
+    code = tl.zeros(mask.shape, dtype=tl.int32)
+    for j in tl.static_range(BITS):
+        e = tl.load(lut_ptr + i * BITS + j)
+        row = unit * UNIT_WORDS + (e >> 5)
+        words = tl.load(q_ptr + row[:, None] * N + offs_n[None, :], mask=mask, other=0)
+        code |= ((words >> (e & 31)[:, None]) & 1) << j
+    return code
 
 
 @triton.jit
-def pot_decode16(e, sgn, sbits, IS_BF16: tl.constexpr):
-    """(-1)^sgn · S · 2^e as fp16/bf16 by integer add into the exponent field — no multiply.
-
-    ``sbits`` from :func:`scale_bits16`; the scale range guarantees no exponent overflow.
-    """
-    MANT: tl.constexpr = 7 if IS_BF16 else 10
-    bits = (sbits + (e << MANT)) | (sgn << 15)
-    if IS_BF16:
-        w = bits.to(tl.int16).to(tl.bfloat16, bitcast=True)
-    else:
-        w = bits.to(tl.int16).to(tl.float16, bitcast=True)
-    return w
-
-
-@triton.jit
-def int_zero16(z, IS_BF16: tl.constexpr):
-    """Zero points (int) → the constant subtracted by :func:`int_decode16` (once per scale tile)."""
-    if IS_BF16:
-        zc = z.to(tl.float32) + 8388608.0  # 2^23 + z, exact in fp32
-    else:
-        zc = (z + 1024).to(tl.float16)  # 1024 + z, exact in fp16
-    return zc
-
-
-@triton.jit
-def int_decode16(q, zc, s, IS_BF16: tl.constexpr):
+def int_decode16(q, z, s, IS_BF16: tl.constexpr):
     """(q − z)·s rounded once to fp16/bf16, bit-exact with ``format.uniform.decode_int``.
 
-    fp16: ``q | 0x6400`` is the fp16 number 1024 + q; minus ``zc = 1024 + z`` is exactly q − z
-    and one fp16 multiply by the fp16 s rounds the exact product once. bf16: the same trick at
-    2^23 in fp32 gives q − z exactly, the fp32 product with s is exact (≤ 9 + 11 significant
-    bits), then one RNE rounding to bf16. ``zc`` from :func:`int_zero16`.
+    fp16: ``q | 0x6400`` is 1024 + q; minus 1024 + z is exactly q − z; one fp16 multiply by s
+    rounds the exact product once. bf16: the same at 2^23 in fp32, exact fp32 product, one RNE.
     """
     if IS_BF16:
-        qf = (q | 0x4B000000).to(tl.float32, bitcast=True) - zc
+        qf = (q | 0x4B000000).to(tl.float32, bitcast=True) - (z.to(tl.float32) + 8388608.0)
         w = to_bf16_rne(qf * s.to(tl.float32))
     else:
         qh = (q | 0x6400).to(tl.int16).to(tl.float16, bitcast=True)
-        w = (qh - zc) * s
+        w = (qh - (z + 1024).to(tl.float16)) * s
     return w
 
 
 @triton.jit
-def scale_bits32(s, IS_BF16: tl.constexpr):
-    """fp16 scales → int32 fp32 bit pattern of S (bf16 activations: S rounded to bf16 first)."""
+def pot_decode_codes(c, s, BITS: tl.constexpr, IS_BF16: tl.constexpr):
+    """PoT codes ``c = E | sign << (BITS−1)`` and their fp16 scales → weights, the v2 way:
+    v = ±2^(E − qmax) by OR, times S·2^qmax (fp16: exact multiply; bf16: fp32 product, one RNE)."""
+    QMAX: tl.constexpr = 2 ** (BITS - 1) - 1
+    e = c & QMAX
+    sgn = c >> (BITS - 1)
+    vbits = (sgn << 15) | ((15 - QMAX) << 10) | (e << 10)
+    v = vbits.to(tl.int16).to(tl.float16, bitcast=True)
+    s_big = s.to(tl.float32) * (2.0 ** QMAX)  # exact; ≤ 65504 inside the scale range
     if IS_BF16:
-        b = to_bf16_rne(s.to(tl.float32)).to(tl.int16, bitcast=True).to(tl.int32) << 16
+        w = to_bf16_rne(v.to(tl.float32) * s_big)
     else:
-        b = s.to(tl.float32).to(tl.int32, bitcast=True)
-    return b
-
-
-@triton.jit
-def pot_decode32_bits(e_at23, sgn_at31, sbits32):
-    """PoT weight as fp32 from fp32 scale bits: exact S·2^E (S normal, no overflow) with sign."""
-    return ((sbits32 + e_at23) | sgn_at31).to(tl.float32, bitcast=True)
-
-
-@triton.jit
-def decode_tile(q_ptr, sg_ptr, sc_ptr, z_ptr, k0, offs_n, mask_n, N, K, KP, G,
-                IS_POT: tl.constexpr, W0: tl.constexpr, W1: tl.constexpr, IS_BF16: tl.constexpr,
-                EXPAND: tl.constexpr, SCALE_PER_TILE: tl.constexpr, BLOCK_K: tl.constexpr):
-    """Decoded weights ``W^T[k0 : k0 + BLOCK_K, offs_n]`` as fp16/bf16 ``[BLOCK_K, BN]``.
-
-    ``q_ptr`` = qexp (PoT) / qweight (int); ``sg_ptr`` = qsign (PoT only); ``z_ptr`` = zeros
-    (int only). Rows k ≥ K decode to finite values (zero codes or masked words): callers mask
-    x (or the store) there. ``SCALE_PER_TILE``: the whole K tile lies in one group.
-    """
-    if EXPAND:
-        R: tl.constexpr = BLOCK_K // 32
-        offs_r = k0 // 32 + tl.arange(0, R)
-        mask_rn = (offs_r < KP // 32)[:, None] & mask_n[None, :]
-        c = codes_expand(q_ptr, offs_r, offs_n, N, KP, mask_rn, W0, W1)  # [R, W0, EPW, BN]
-        grp = (offs_r * 32) // G
-        s_ptrs = grp[:, None] * N + offs_n[None, :]
-        s = tl.load(sc_ptr + s_ptrs, mask=mask_rn, other=0.0)[:, None, None, :]
-        if IS_POT:
-            sw = tl.load(sg_ptr + offs_r[:, None] * N + offs_n[None, :], mask=mask_rn, other=0)
-            w = pot_decode16(c, _bit_expand(sw, W0), scale_bits16(s, IS_BF16), IS_BF16)
-        else:
-            z = tl.load(z_ptr + s_ptrs, mask=mask_rn, other=0).to(tl.int32)[:, None, None, :]
-            w = int_decode16(c, int_zero16(z, IS_BF16), s, IS_BF16)
-        return tl.reshape(w, [BLOCK_K, w.shape[3]])
-    else:
-        offs_k = k0 + tl.arange(0, BLOCK_K)
-        mask = (offs_k < KP)[:, None] & mask_n[None, :]
-        c = codes_dup(q_ptr, offs_k, offs_n, N, KP, mask, W0, W1)
-        if SCALE_PER_TILE:
-            s_ptrs = (k0 // G) * N + offs_n[None, :]
-            s_mask = mask_n[None, :]
-        else:
-            s_ptrs = (offs_k // G)[:, None] * N + offs_n[None, :]
-            s_mask = (offs_k < K)[:, None] & mask_n[None, :]  # per-channel: no group past K
-        s = tl.load(sc_ptr + s_ptrs, mask=s_mask, other=0.0)
-        if IS_POT:
-            sgn = _plane_dup(sg_ptr, 0, offs_k, offs_n, N, mask, 1)
-            return pot_decode16(c, sgn, scale_bits16(s, IS_BF16), IS_BF16)
-        else:
-            z = tl.load(z_ptr + s_ptrs, mask=s_mask, other=0).to(tl.int32)
-            return int_decode16(c, int_zero16(z, IS_BF16), s, IS_BF16)
-
-
-# ------------------------------------------------------------------ static-shift decode (one slice per k)
-# The kernels below walk the 32 codes of a word with a static loop, so every shift amount is a
-# compile-time immediate and every word is read once. A "slice" is the [R, BN] tile of weights
-# k = 32·r + j for one j.
-
-@triton.jit
-def shift_to(word, SRC: tl.constexpr, DST: tl.constexpr):
-    """uint32 ``word`` shifted so bit SRC lands on bit DST (other bits move along, unmasked)."""
-    if DST >= SRC:
-        return word << (DST - SRC)
-    else:
-        return word >> (SRC - DST)
-
-
-@triton.jit
-def place(word, SRC: tl.constexpr, DST: tl.constexpr, WIDTH: tl.constexpr):
-    """Bits ``[SRC, SRC + WIDTH)`` of a uint32 word moved to ``[DST, DST + WIDTH)``, others zero."""
-    return shift_to(word, SRC, DST) & (((1 << WIDTH) - 1) << DST)
-
-
-@triton.jit
-def pair_planes(w1, sw, D: tl.constexpr):
-    """Interleave two 1-bit planes (E's top bit ``w1``, the sign ``sw``; uint32) into three words
-    where, for every j, E's bit sits D bits below the sign bit — so ONE shift and one mask place
-    both (:func:`hi_and_sign`). D = 6 for fp32/bf16 patterns, 3 for fp16. Built once per word."""
-    if D == 6:
-        t_a = (w1 & 0x303F03F) | ((sw << 6) & 0xC0FC0FC0)  # j in {0-5, 12-17, 24, 25}
-        t_b = (w1 & 0xFC0FC0) | ((sw << 6) & 0x3F03F000)  # j in {6-11, 18-23}
-        t_c = ((w1 & 0xFC000000) >> 6) | (sw & 0xFC000000)  # j in 26-31: E at j-6, sign at j
-    else:
-        t_a = (w1 & 0x71C71C7) | ((sw << 3) & 0x38E38E38)  # j with (j // 3) even, j <= 28
-        t_b = (w1 & 0x18E38E38) | ((sw << 3) & 0xC71C71C0)  # j with (j // 3) odd, j <= 28
-        t_c = ((w1 & 0xE0000000) >> 3) | (sw & 0xE0000000)  # j in 29-31
-    return t_a, t_b, t_c
-
-
-@triton.jit
-def hi_and_sign(t_a, t_b, t_c, J: tl.constexpr, D: tl.constexpr, PS: tl.constexpr):
-    """E's top bit of code J at bit PS − D and its sign at bit PS, from :func:`pair_planes` words."""
-    M: tl.constexpr = (1 << PS) | (1 << (PS - D))
-    if J >= 32 - D:
-        return shift_to(t_c, J, PS) & M
-    elif (J // D) % 2 == 0:
-        return shift_to(t_a, J + D, PS) & M
-    else:
-        return shift_to(t_b, J + D, PS) & M
-
-
-@triton.jit
-def load_row_words(q_ptr, sg_ptr, sc_ptr, z_ptr, offs_r, mask_r, offs_n, mask_n, N, KP, G,
-                   IS_POT: tl.constexpr, W0: tl.constexpr, W1: tl.constexpr, PS: tl.constexpr,
-                   MANT: tl.constexpr, IS_BF16: tl.constexpr):
-    """Per-row-block operands of the static decoders: (scale, scale bits / zero constant, the
-    three paired 1-bit words or the sign word / 1-bit plane). ``PS`` = 31 (fp32 patterns) or 15."""
-    m2 = mask_r[:, None] & mask_n[None, :]
-    row_ptrs = offs_r[:, None] * N + offs_n[None, :]
-    s_ptrs = ((offs_r * 32) // G)[:, None] * N + offs_n[None, :]
-    s = tl.load(sc_ptr + s_ptrs, mask=m2, other=0.0)
-    if PS == 31:
-        sbz = scale_bits32(s, IS_BF16)
-    else:
-        sbz = scale_bits16(s, IS_BF16)
-    sbz = sbz.to(tl.uint32, bitcast=True)
-    t_a = sbz
-    t_b = sbz
-    t_c = sbz
-    if IS_POT:
-        sw = tl.load(sg_ptr + row_ptrs, mask=m2, other=0).to(tl.uint32, bitcast=True)
-        if W1 > 0:
-            w1 = tl.load(q_ptr + (KP * W0 // 32) * N + row_ptrs, mask=m2, other=0).to(tl.uint32, bitcast=True)
-            t_a, t_b, t_c = pair_planes(w1, sw, PS - MANT - W0)
-        else:
-            t_a = sw
-    else:
-        sbz = tl.load(z_ptr + s_ptrs, mask=m2, other=0).to(tl.int32)
-        if W1 > 0:
-            t_a = tl.load(q_ptr + (KP * W0 // 32) * N + row_ptrs, mask=m2, other=0).to(tl.uint32, bitcast=True)
-    return s, sbz, t_a, t_b, t_c
-
-
-@triton.jit
-def pot_slice_bits(w0, t_a, t_b, t_c, sb, JJ: tl.constexpr, J: tl.constexpr, W0: tl.constexpr, W1: tl.constexpr,
-                   PS: tl.constexpr, MANT: tl.constexpr):
-    """uint32 bit pattern of ±S·2^E for code J (JJ-th in its word ``w0``): S's bits + E << MANT
-    + sign << PS, every field moved by one immediate shift and one mask."""
-    e = place(w0, JJ * W0, MANT, W0)
-    if W1 > 0:
-        return sb + e + hi_and_sign(t_a, t_b, t_c, J, PS - MANT - W0, PS)
-    else:
-        return sb + e + place(t_a, J, PS, 1)  # t_a = the sign word; no carry reaches the sign bit
-
-
-@triton.jit
-def int_slice_code(w0, t_a, JJ: tl.constexpr, J: tl.constexpr, W0: tl.constexpr, W1: tl.constexpr):
-    """Unsigned int code J of a row (JJ-th in its word ``w0``; ``t_a`` = the 1-bit plane if any)."""
-    q = place(w0, JJ * W0, 0, W0)
-    if W1 > 0:
-        q |= place(t_a, J, W0, 1)
-    return q
-
-
-@triton.jit
-def decode_slice16(w0, s, sbz, t_a, t_b, t_c, JJ: tl.constexpr, J: tl.constexpr,
-                   IS_POT: tl.constexpr, W0: tl.constexpr, W1: tl.constexpr, IS_BF16: tl.constexpr):
-    """Weights k = 32·r + J of a row block as fp16/bf16 ``[R, BN]`` (bit-exact with the reference)."""
-    MANT: tl.constexpr = 7 if IS_BF16 else 10
-    if IS_POT:
-        bits = pot_slice_bits(w0, t_a, t_b, t_c, sbz, JJ, J, W0, W1, 15, MANT)
-        if IS_BF16:
-            w = bits.to(tl.int16).to(tl.bfloat16, bitcast=True)
-        else:
-            w = bits.to(tl.int16).to(tl.float16, bitcast=True)
-    else:
-        q = int_slice_code(w0, t_a, JJ, J, W0, W1).to(tl.int32, bitcast=True)
-        w = int_decode16(q, int_zero16(sbz, IS_BF16), s, IS_BF16)
+        w = v * s_big.to(tl.float16)
     return w
 
 
 @triton.jit
-def dot_rows(acc, x_ptr, stride_xm, offs_m, mask_m, q_ptr, sg_ptr, sc_ptr, z_ptr, offs_r, mask_r,
-             offs_n, mask_n, N, K, KP, G, IS_POT: tl.constexpr, W0: tl.constexpr, W1: tl.constexpr,
-             IS_BF16: tl.constexpr):
-    """``acc += x[:, rows] @ W^T[rows, offs_n]`` for R = len(offs_r) ≥ 16 rows of 32 k, as 32
-    ``tl.dot`` of K = R each: slice j pairs x columns {32·r + j} with the decoded weights of those
-    k (a permutation of the sum over k). Every word is read once, shifts are immediates."""
-    EPW0: tl.constexpr = 32 // W0
-    MANT: tl.constexpr = 7 if IS_BF16 else 10
-    s, sbz, t_a, t_b, t_c = load_row_words(q_ptr, sg_ptr, sc_ptr, z_ptr, offs_r, mask_r, offs_n, mask_n,
-                                           N, KP, G, IS_POT, W0, W1, 15, MANT, IS_BF16)
-    m2 = mask_r[:, None] & mask_n[None, :]
-    for u in tl.static_range(W0):
-        w0 = tl.load(q_ptr + (offs_r[:, None] * W0 + u) * N + offs_n[None, :], mask=m2, other=0)
-        w0 = w0.to(tl.uint32, bitcast=True)
-        for jj in tl.static_range(EPW0):
-            j = u * EPW0 + jj
-            kx = offs_r * 32 + j
-            xj = tl.load(x_ptr + offs_m[:, None] * stride_xm + kx[None, :],
-                         mask=mask_m[:, None] & (kx < K)[None, :], other=0.0)
-            w = decode_slice16(w0, s, sbz, t_a, t_b, t_c, jj, j, IS_POT, W0, W1, IS_BF16)
-            acc = tl.dot(xj, w, acc)
-    return acc
+def decode_tile(q_ptr, lut_ptr, sc_ptr, z_ptr, k0, offs_n, mask_n, N, K, KP, G,
+                IS_POT: tl.constexpr, BITS: tl.constexpr, UNIT_WORDS: tl.constexpr, UNIT_CODES: tl.constexpr,
+                IS_BF16: tl.constexpr, BLOCK_K: tl.constexpr):
+    """Decoded weights ``W^T[k0 : k0 + BLOCK_K, offs_n]`` as fp16/bf16 ``[BLOCK_K, BN]``, bit-exact.
+
+    ``z_ptr`` = zeros (int only). Rows k ≥ K decode to finite values (zero codes or masked words):
+    callers mask x (or the store) there.
+    """
+    offs_k = k0 + tl.arange(0, BLOCK_K)
+    mask = (offs_k < KP)[:, None] & mask_n[None, :]
+    c = gather_codes(q_ptr, lut_ptr, offs_k, offs_n, N, mask, BITS, UNIT_WORDS, UNIT_CODES)
+    s_ptrs = (offs_k // G)[:, None] * N + offs_n[None, :]
+    s_mask = (offs_k < K)[:, None] & mask_n[None, :]  # per-channel: no group past K
+    s = tl.load(sc_ptr + s_ptrs, mask=s_mask, other=1.0)
+    if IS_POT:
+        w = pot_decode_codes(c, s, BITS, IS_BF16)
+    else:
+        z = tl.load(z_ptr + s_ptrs, mask=s_mask, other=0).to(tl.int32)
+        w = int_decode16(c, z, s, IS_BF16)
+    return w
 
 
 @triton.jit
-def dot_k_range(acc, k_lo, k_hi, x_ptr, stride_xm, offs_m, mask_m, q_ptr, sg_ptr, sc_ptr, z_ptr,
-                offs_n, mask_n, N, K, KP, G, IS_POT: tl.constexpr, W0: tl.constexpr, W1: tl.constexpr,
-                IS_BF16: tl.constexpr, LOADER: tl.constexpr, SCALE_PER_TILE: tl.constexpr,
+def dot_k_range(acc, k_lo, k_hi, x_ptr, stride_xm, offs_m, mask_m, q_ptr, lut_ptr, sc_ptr, z_ptr,
+                offs_n, mask_n, N, K, KP, G, IS_POT: tl.constexpr, BITS: tl.constexpr,
+                UNIT_WORDS: tl.constexpr, UNIT_CODES: tl.constexpr, IS_BF16: tl.constexpr,
                 BLOCK_K: tl.constexpr):
-    """``acc += x[offs_m, k_lo:k_hi] @ W^T[k_lo:k_hi, offs_n]`` in steps of ``BLOCK_K`` (the
-    K loop of the small-batch and GEMM kernels). ``LOADER`` 2: :func:`dot_rows` (each word read
-    once, 32 dots per step); 0 / 1: one decoded ``[BLOCK_K, BN]`` tile per step from gathered /
-    expanded codes (:func:`decode_tile`)."""
+    """``acc += x[offs_m, k_lo:k_hi] @ W^T[k_lo:k_hi, offs_n]`` in steps of ``BLOCK_K`` (the K loop
+    of the small-batch and GEMM kernels), one decoded tile per step."""
     for k0 in range(k_lo, k_hi, BLOCK_K):
-        if LOADER == 2:
-            offs_r = k0 // 32 + tl.arange(0, BLOCK_K // 32)
-            acc = dot_rows(acc, x_ptr, stride_xm, offs_m, mask_m, q_ptr, sg_ptr, sc_ptr, z_ptr, offs_r,
-                           offs_r < KP // 32, offs_n, mask_n, N, K, KP, G, IS_POT, W0, W1, IS_BF16)
-        else:
-            offs_k = k0 + tl.arange(0, BLOCK_K)
-            xt = tl.load(x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :],
-                         mask=mask_m[:, None] & (offs_k < K)[None, :], other=0.0)
-            w = decode_tile(q_ptr, sg_ptr, sc_ptr, z_ptr, k0, offs_n, mask_n, N, K, KP, G,
-                            IS_POT, W0, W1, IS_BF16, LOADER == 1, SCALE_PER_TILE, BLOCK_K)
-            acc = tl.dot(xt, w, acc)
+        offs_k = k0 + tl.arange(0, BLOCK_K)
+        xt = tl.load(x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :],
+                     mask=mask_m[:, None] & (offs_k < K)[None, :], other=0.0)
+        w = decode_tile(q_ptr, lut_ptr, sc_ptr, z_ptr, k0, offs_n, mask_n, N, K, KP, G,
+                        IS_POT, BITS, UNIT_WORDS, UNIT_CODES, IS_BF16, BLOCK_K)
+        acc = tl.dot(xt, w, acc)
     return acc

@@ -1,70 +1,262 @@
-"""M = 1 fused decode + matvec (decode regime), fp32 accumulation, split-K.
+"""M = 1 fused decode + matvec on the v2 layout: fp16x2 short runs, fp32 across runs, split-K.
 
-Each program owns ``BLOCK_N`` output columns and a K-chunk of whole 32-k *rows* (one sign word
-each). It reads every packed word exactly once as a ``[BLOCK_R, BLOCK_N]`` tile (coalesced
-along N) and walks the 32 codes of each word with a static loop: code j of row r is weight
-k = 32·r + j, decoded straight to an fp32 value and FMA'd with x[k] — no layout shuffles, no
-tensor cores (M = 1 has nothing to reuse), no per-weight multiply for PoT:
+Each program owns ``BLOCK_N`` output columns and a K-chunk of whole *runs* of 32 k. Per run and
+column it reads the run's packed words once (one [BLOCK_N] row of words per load, 128-bit per
+thread, evict-first: weights are streamed once), decodes two codes per fp16x2 register with the
+pair decoders of ``decode.py`` (one rotate + one LOP3 per pair), and multiplies them with the
+matching pair of x (x is read as int32 fp16x2 pairs, once per run, shared by all of a thread's
+columns):
 
-* PoT: fp32 bits = bits(S) + (E << 23) | sign << 31 — exact S·2^E (S normal, no overflow);
-* int: ``(q | 0x4B000000)`` is the fp32 2^23 + q, minus (2^23 + z), times s.
+* **fp16 activations**: ``acc2 = fma.rn.f16x2(x2, v2, acc2)`` over the run's 16 pairs (16 terms per
+  lane), then ``acc += (lo + hi) · s`` in fp32, ``s`` = the group's S·2^qmax (PoT) or s·2^bits
+  (int). PoT lanes are ±2^(E − qmax) — exact; int lanes ``(q − z)·2^−bits`` (one HFMA2 from the
+  Marlin magic ``1024 + q·2^o``) — exact. |lane| ≤ 1, so a run's lane sum is ≤ Σ|x| over 16
+  elements: no overflow while max|x| < 4096 (FORMAT.md §6 states the error bound; larger
+  activations: use ``gemv_fp32_acc``).
+* **bf16 / fp32 activations**: the same lanes converted to fp32 and FFMA'd (no fp16 rounding).
 
-With ``SPLIT`` the per-chunk column sums go to an fp32 ``[n_split, N]`` buffer; the last program
-of each column block adds them in split order (:func:`splitk_finish`, one launch, deterministic)
-or, with ``FUSED_REDUCE=False``, :func:`splitk_reduce_kernel` does it in a second launch.
+``USE_ASM`` selects inline PTX (``shf.r.wrap`` / ``lop3`` / ``fma.rn.f16x2``, compiled GPU runs)
+or the pure-Triton twin (same bit operations; fp16 FMA emulated exactly in fp64 — bit-identical,
+see FORMAT.md §6), which the interpreter tests. Split-K partials go to an fp32 ``[n_split, N]``
+buffer reduced in split order (deterministic) by the last program of each column block.
 """
 import triton
 import triton.language as tl
 
-from .decode import int_slice_code, load_row_words, pot_slice_bits
+from .decode import (hi_half, int3_spare_magic, int_pair_magic, lo_half, pot2_pair, pot3_pair, pot3_spare_pair,
+                     pot4_pairs, rotr)
+
+
+# ------------------------------------------------------------------ fp16x2 arithmetic: PTX and its twin
+@triton.jit
+def hfma2(a, b, c, USE_ASM: tl.constexpr):
+    """fp16x2 ``a·b + c`` per lane, one rounding (int32/uint32 bit containers)."""
+    if USE_ASM:
+        r = tl.inline_asm_elementwise("fma.rn.f16x2 $0, $1, $2, $3;", "=r,r,r,r", [a, b, c],
+                                      dtype=tl.uint32, is_pure=True, pack=1)
+    else:
+        # a·b + c of fp16 operands is exact in fp64 (≤ 22-bit product, exponent span < 53 bits), so
+        # one rounding to fp16 is the fused fp16 FMA, bit for bit (FORMAT.md §6).
+        lo = (lo_half(c).to(tl.float64) + lo_half(a).to(tl.float64) * lo_half(b).to(tl.float64)).to(tl.float16)
+        hi = (hi_half(c).to(tl.float64) + hi_half(a).to(tl.float64) * hi_half(b).to(tl.float64)).to(tl.float16)
+        lo_b = lo.to(tl.int16, bitcast=True).to(tl.int32) & 0xFFFF
+        hi_b = hi.to(tl.int16, bitcast=True).to(tl.int32) & 0xFFFF
+        r = (lo_b | (hi_b << 16)).to(tl.uint32, bitcast=True)
+    return r
 
 
 @triton.jit
-def rows_dot(acc, x_ptr, q_ptr, sg_ptr, sc_ptr, z_ptr, offs_r, mask_r, offs_n, mask_n, N, K, KP, G, flip,
-             IS_POT: tl.constexpr, W0: tl.constexpr, W1: tl.constexpr, IS_BF16: tl.constexpr,
-             EVEN_K: tl.constexpr):
-    """``acc[r, n] += Σ_j x[32 r + j] · W[n, 32 r + j]`` for rows ``offs_r [BLOCK_R]`` of 32 k.
-
-    Each packed word is loaded once and its codes walked by a static loop; every field is
-    shifted straight to its place in the fp32 bit pattern (one immediate shift + one mask; the
-    two 1-bit planes of 4-bit PoT share one shift, see ``decode.pair_planes``). The group scale
-    is constant along a row of 32 k, so the int path sums x·(q − z) over the row and multiplies
-    by s once; PoT needs no multiply at all. ``flip`` is XORed into the code words (0 here; the
-    decode benchmark varies it so the decode cannot be hoisted). ``EVEN_K``: K % 32 == 0.
-    """
-    EPW0: tl.constexpr = 32 // W0
-    s, sbz, t_a, t_b, t_c = load_row_words(q_ptr, sg_ptr, sc_ptr, z_ptr, offs_r, mask_r, offs_n, mask_n,
-                                           N, KP, G, IS_POT, W0, W1, 31, 23, IS_BF16)
-    if IS_POT:
-        t_a, t_b, t_c = t_a ^ flip, t_b ^ flip, t_c ^ flip
+def fold2(acc2, s, acc, USE_ASM: tl.constexpr):
+    """``acc + (lo(acc2) + hi(acc2)) · s`` in fp32 (one fma)."""
+    if USE_ASM:
+        r = tl.inline_asm_elementwise(
+            "{.reg .f16 l, h; .reg .f32 a, b; mov.b32 {l, h}, $1; cvt.f32.f16 a, l; cvt.f32.f16 b, h; "
+            "add.f32 a, a, b; fma.rn.f32 $0, a, $2, $3;}",
+            "=f,r,f,f", [acc2, s, acc], dtype=tl.float32, is_pure=True, pack=1)
     else:
-        t_a = t_a ^ flip
-        zf = sbz.to(tl.float32)
-        part = tl.zeros(acc.shape, dtype=tl.float32)
-        xsum = tl.zeros(offs_r.shape, dtype=tl.float32)
-    m2 = mask_r[:, None] & mask_n[None, :]
-    for u in tl.static_range(W0):
-        w0 = tl.load(q_ptr + (offs_r[:, None] * W0 + u) * N + offs_n[None, :], mask=m2, other=0) ^ flip
-        w0 = w0.to(tl.uint32, bitcast=True)
-        for jj in tl.static_range(EPW0):
-            j = u * EPW0 + jj  # k = 32 r + j (a compile-time constant)
-            kx = offs_r * 32 + j
-            if EVEN_K:
-                xk = tl.load(x_ptr + kx, mask=mask_r, other=0.0).to(tl.float32)
-            else:
-                xk = tl.load(x_ptr + kx, mask=kx < K, other=0.0).to(tl.float32)
+        r = tl.fma(lo_half(acc2).to(tl.float32) + hi_half(acc2).to(tl.float32), s, acc)
+    return r
+
+
+@triton.jit
+def lanes_or_asm(w, S: tl.constexpr, MASK: tl.constexpr, OR: tl.constexpr, USE_ASM: tl.constexpr):
+    """``rotr(w, S) & MASK | OR`` as one SHF.R.W + one LOP3 (PTX) or its Triton twin."""
+    if USE_ASM:
+        if S % 32 == 0:
+            r = tl.inline_asm_elementwise(f"lop3.b32 $0, $1, {MASK}, {OR}, 0xEA;", "=r,r", [w],
+                                          dtype=tl.uint32, is_pure=True, pack=1)
+        else:
+            r = tl.inline_asm_elementwise(
+                f"{{.reg .b32 t; shf.r.wrap.b32 t, $1, $1, {S % 32}; lop3.b32 $0, t, {MASK}, {OR}, 0xEA;}}",
+                "=r,r", [w], dtype=tl.uint32, is_pure=True, pack=1)
+    else:
+        r = (rotr(w, S) & MASK) | OR
+    return r
+
+
+@triton.jit
+def select_rot_asm(w, S: tl.constexpr, KEEP: tl.constexpr, USE_ASM: tl.constexpr):
+    """Prep word ``(w & KEEP) | (rotr(w, S) & ~KEEP)`` (one SHF.R.W + one LOP3)."""
+    if USE_ASM:
+        r = tl.inline_asm_elementwise(
+            f"{{.reg .b32 t; shf.r.wrap.b32 t, $1, $1, {S}; lop3.b32 $0, $1, t, {KEEP}, 0xE4;}}",
+            "=r,r", [w], dtype=tl.uint32, is_pure=True, pack=1)
+    else:
+        r = (w & KEEP) | (rotr(w, S) & (KEEP ^ 0xFFFFFFFF))
+    return r
+
+
+# ------------------------------------------------------------------ per-word pair lists
+@triton.jit
+def pot_word_pairs(w, BITS: tl.constexpr, USE_ASM: tl.constexpr):
+    """Pairs of one PoT word, as fp16x2 ±2^(E−qmax). 4-bit: 4 pairs; 2-bit: 8; 3-bit: 5 (+ spare)."""
+    if BITS == 4:
+        C: tl.constexpr = 0x20002000
+        T: tl.constexpr = 0x9C009C00
+        w2 = select_rot_asm(w, 4, 0x61106110, USE_ASM)
+        r = (lanes_or_asm(w, 0, T, C, USE_ASM), lanes_or_asm(w, 6, T, C, USE_ASM),
+             lanes_or_asm(w2, 3, T, C, USE_ASM), lanes_or_asm(w2, 9, T, C, USE_ASM))
+    elif BITS == 2:
+        C2: tl.constexpr = 0x38003800
+        T2: tl.constexpr = 0x84008400
+        r = (lanes_or_asm(w, 0, T2, C2, USE_ASM), lanes_or_asm(w, 2, T2, C2, USE_ASM),
+             lanes_or_asm(w, 4, T2, C2, USE_ASM), lanes_or_asm(w, 6, T2, C2, USE_ASM),
+             lanes_or_asm(w, 8, T2, C2, USE_ASM), lanes_or_asm(w, 10, T2, C2, USE_ASM),
+             lanes_or_asm(w, 12, T2, C2, USE_ASM), lanes_or_asm(w, 14, T2, C2, USE_ASM))
+    else:
+        C3: tl.constexpr = 0x30003000
+        T3: tl.constexpr = 0x8C008C00
+        w2 = select_rot_asm(w, 1, 0x00C000C0, USE_ASM)
+        r = (lanes_or_asm(w, 0, T3, C3, USE_ASM), lanes_or_asm(w, 3, T3, C3, USE_ASM),
+             lanes_or_asm(w, 6, T3, C3, USE_ASM), lanes_or_asm(w, 9, T3, C3, USE_ASM),
+             lanes_or_asm(w2, 12, T3, C3, USE_ASM))
+    return r
+
+
+@triton.jit
+def _x_pair(x_ptr, k, K):
+    """x[k], x[k+1] (k even, masked past K) as uint32 fp16x2 bits."""
+    lo = tl.load(x_ptr + k, mask=k < K, other=0.0).to(tl.float16)
+    hi = tl.load(x_ptr + k + 1, mask=k + 1 < K, other=0.0).to(tl.float16)
+    lo_b = lo.to(tl.int16, bitcast=True).to(tl.int32) & 0xFFFF
+    hi_b = hi.to(tl.int16, bitcast=True).to(tl.int32) & 0xFFFF
+    return (lo_b | (hi_b << 16)).to(tl.uint32, bitcast=True)
+
+
+@triton.jit
+def _x_pair32(x_ptr, k, K):
+    """x[k], x[k+1] as fp32 scalars (masked past K)."""
+    return (tl.load(x_ptr + k, mask=k < K, other=0.0).to(tl.float32),
+            tl.load(x_ptr + k + 1, mask=k + 1 < K, other=0.0).to(tl.float32))
+
+
+@triton.jit
+def _lo32(q):
+    return (q & 0xFFFFFFFF).to(tl.uint32)
+
+
+@triton.jit
+def _hi32(q):
+    return ((q >> 32) & 0xFFFFFFFF).to(tl.uint32)
+
+
+@triton.jit
+def x_run_pairs(x_ptr, k0, K, EVEN_K: tl.constexpr):
+    """The 16 fp16x2 pairs x[k0 + 2p], x[k0 + 2p + 1] of a run (p = 0 … 15), as uint32 scalars:
+    eight 64-bit loads when K % 32 == 0 (shared by every column of the thread)."""
+    if EVEN_K:
+        xl = x_ptr.to(tl.pointer_type(tl.int64)) + k0 // 4
+        q0, q1, q2, q3 = tl.load(xl), tl.load(xl + 1), tl.load(xl + 2), tl.load(xl + 3)
+        q4, q5, q6, q7 = tl.load(xl + 4), tl.load(xl + 5), tl.load(xl + 6), tl.load(xl + 7)
+        r = (_lo32(q0), _hi32(q0), _lo32(q1), _hi32(q1), _lo32(q2), _hi32(q2), _lo32(q3), _hi32(q3),
+             _lo32(q4), _hi32(q4), _lo32(q5), _hi32(q5), _lo32(q6), _hi32(q6), _lo32(q7), _hi32(q7))
+    else:
+        r = (_x_pair(x_ptr, k0, K), _x_pair(x_ptr, k0 + 2, K), _x_pair(x_ptr, k0 + 4, K), _x_pair(x_ptr, k0 + 6, K),
+             _x_pair(x_ptr, k0 + 8, K), _x_pair(x_ptr, k0 + 10, K), _x_pair(x_ptr, k0 + 12, K),
+             _x_pair(x_ptr, k0 + 14, K), _x_pair(x_ptr, k0 + 16, K), _x_pair(x_ptr, k0 + 18, K),
+             _x_pair(x_ptr, k0 + 20, K), _x_pair(x_ptr, k0 + 22, K), _x_pair(x_ptr, k0 + 24, K),
+             _x_pair(x_ptr, k0 + 26, K), _x_pair(x_ptr, k0 + 28, K), _x_pair(x_ptr, k0 + 30, K))
+    return r
+
+
+@triton.jit
+def _use_pair(acc2, acc32, v2, xr, P: tl.constexpr, x_ptr, k0, K, X_F16: tl.constexpr, USE_ASM: tl.constexpr):
+    """Accumulate decoded pair ``P`` of the run (codes k0 + 2P, k0 + 2P + 1): HFMA2 for fp16 x
+    (``xr`` from :func:`x_run_pairs`), two FFMA for bf16/fp32 x."""
+    if X_F16:
+        acc2 = hfma2(xr[P] + tl.zeros_like(v2), v2, acc2, USE_ASM)
+    else:
+        xl, xh = _x_pair32(x_ptr, k0 + 2 * P, K)
+        acc32 = acc32 + xl * lo_half(v2).to(tl.float32) + xh * hi_half(v2).to(tl.float32)
+    return acc2, acc32
+
+
+@triton.jit
+def _int_fix(h, O: tl.constexpr, zc, BITS: tl.constexpr, USE_ASM: tl.constexpr):
+    """``1024 + q·2^O`` lanes → ``(q − z)·2^−BITS`` lanes with one HFMA2 (exact):
+    ``h · 2^−(O+BITS) + zc``, ``zc`` = −(1024·2^−O + z)·2^−BITS from :func:`int_zero_consts`."""
+    MUL: tl.constexpr = ((15 - O - BITS) << 10) * 0x10001  # fp16x2 2^−(O+BITS)
+    return hfma2(h, tl.full(h.shape, MUL, tl.uint32), zc, USE_ASM)
+
+
+@triton.jit
+def _int_zero(z, O: tl.constexpr, BITS: tl.constexpr):
+    """fp16x2 bits of −(1024·2^−O + z)·2^−BITS in both lanes (z: int32 zero points [BN]); exact."""
+    c = (-(1024.0 / (2 ** O) + z.to(tl.float32)) / (2 ** BITS)).to(tl.float16)
+    b = c.to(tl.int16, bitcast=True).to(tl.int32) & 0xFFFF
+    return (b | (b << 16)).to(tl.uint32, bitcast=True)
+
+
+@triton.jit
+def int_zero_consts(z, BITS: tl.constexpr):
+    """The per-offset constants of :func:`_int_fix` for one group (offsets BITS·i, i < SPLIT_J)."""
+    if BITS == 2:
+        r = (_int_zero(z, 0, 2), _int_zero(z, 2, 2), _int_zero(z, 4, 2), _int_zero(z, 6, 2), _int_zero(z, 8, 2))
+    elif BITS == 3:
+        r = (_int_zero(z, 0, 3), _int_zero(z, 3, 3), _int_zero(z, 6, 3))
+    elif BITS == 4:
+        r = (_int_zero(z, 0, 4), _int_zero(z, 4, 4))
+    else:
+        r = (_int_zero(z, 0, 8),)
+    return r
+
+
+@triton.jit
+def _load_words(q_ptr, row, N, offs_n, m):
+    return tl.load(q_ptr + row * N + offs_n, mask=m, other=0, eviction_policy="evict_first").to(tl.uint32, bitcast=True)
+
+
+@triton.jit
+def run_dot(q_ptr, x_ptr, zcs, unit0, offs_n, mask_n, N, K,
+            IS_POT: tl.constexpr, BITS: tl.constexpr, X_F16: tl.constexpr, EVEN_K: tl.constexpr,
+            USE_ASM: tl.constexpr):
+    """One run of 32 k starting at unit ``unit0`` → (fp16x2 accumulator, fp32 accumulator) [BN],
+    scale-free (the caller multiplies by the group's scale). ``zcs``: :func:`int_zero_consts`."""
+    acc2 = tl.zeros(offs_n.shape, dtype=tl.uint32)
+    acc32 = tl.zeros(offs_n.shape, dtype=tl.float32)
+    k0 = unit0 * (32 if BITS == 3 else 32 // BITS)
+    if X_F16:
+        xr = x_run_pairs(x_ptr, k0, K, EVEN_K)
+    else:
+        xr = (k0,)  # unused
+    # int pair J of a word: source word >> SHIFT_UNIT·(J // SPLIT_J), lane offset BITS·(J % SPLIT_J)
+    SPLIT_J: tl.constexpr = (BITS == 2) * 5 + (BITS == 3) * 3 + (BITS == 4) * 2 + (BITS == 8) * 1
+    SHIFT_UNIT: tl.constexpr = (BITS == 2) * 10 + (BITS == 3) * 9 + (BITS == 4) * 8 + (BITS == 8) * 8
+    if BITS == 3:
+        w0 = _load_words(q_ptr, unit0 * 3, N, offs_n, mask_n)
+        w1 = _load_words(q_ptr, unit0 * 3 + 1, N, offs_n, mask_n)
+        w2 = _load_words(q_ptr, unit0 * 3 + 2, N, offs_n, mask_n)
+        words = (w0, w1, w2)
+        for wi in tl.static_range(3):
+            w = words[wi]
             if IS_POT:
-                bits = pot_slice_bits(w0, t_a, t_b, t_c, sbz, jj, j, W0, W1, 31, 23)
-                acc += xk[:, None] * bits.to(tl.float32, bitcast=True)
-            else:
-                q = int_slice_code(w0, t_a, jj, j, W0, W1)
-                qf = (q | 0x4B000000).to(tl.float32, bitcast=True)  # 2^23 + q, exact
-                part += xk[:, None] * (qf - 8388608.0)
-                xsum += xk
-    if not IS_POT:
-        # Σ_j x_j (q_j − z) s = s (Σ_j x_j q_j − z Σ_j x_j), all in fp32.
-        acc += s.to(tl.float32) * (part - zf * xsum[:, None])
-    return acc
+                pairs = pot_word_pairs(w, 3, USE_ASM)
+            for j in tl.static_range(5):
+                if IS_POT:
+                    v = pairs[j]
+                else:
+                    h = int_pair_magic(w, SHIFT_UNIT * (j // SPLIT_J), BITS * (j % SPLIT_J), 3)
+                    v = _int_fix(h, BITS * (j % SPLIT_J), zcs[j % SPLIT_J], 3, USE_ASM)
+                acc2, acc32 = _use_pair(acc2, acc32, v, xr, 5 * wi + j, x_ptr, k0, K, X_F16, USE_ASM)
+        if IS_POT:
+            v = pot3_spare_pair(w0, w1, w2)
+        else:
+            v = _int_fix(int3_spare_magic(w0, w1, w2), 0, zcs[0], 3, USE_ASM)
+        acc2, acc32 = _use_pair(acc2, acc32, v, xr, 15, x_ptr, k0, K, X_F16, USE_ASM)
+    else:
+        PAIRS: tl.constexpr = 16 // BITS
+        for u in tl.static_range(BITS):  # BITS words per run of 32 k
+            w = _load_words(q_ptr, unit0 + u, N, offs_n, mask_n)
+            if IS_POT:
+                pairs = pot_word_pairs(w, BITS, USE_ASM)
+            for j in tl.static_range(PAIRS):
+                if IS_POT:
+                    v = pairs[j]
+                else:
+                    h = int_pair_magic(w, SHIFT_UNIT * (j // SPLIT_J), BITS * (j % SPLIT_J), BITS)
+                    v = _int_fix(h, BITS * (j % SPLIT_J), zcs[j % SPLIT_J], BITS, USE_ASM)
+                acc2, acc32 = _use_pair(acc2, acc32, v, xr, u * PAIRS + j, x_ptr, k0, K, X_F16, USE_ASM)
+    return acc2, acc32
 
 
 @triton.jit
@@ -86,32 +278,45 @@ def splitk_finish(part_ptr, cnt_ptr, b_ptr, y_ptr, tile, n_split, MN, offs, mask
 
 
 @triton.jit
-def gemv_kernel(x_ptr, q_ptr, sg_ptr, sc_ptr, z_ptr, b_ptr, y_ptr, part_ptr, cnt_ptr,
-                N, K, KP, G, rows_per_split, n_split,
-                IS_POT: tl.constexpr, W0: tl.constexpr, W1: tl.constexpr, IS_BF16: tl.constexpr,
+def gemv_kernel(x_ptr, q_ptr, sc_ptr, z_ptr, b_ptr, y_ptr, part_ptr, cnt_ptr,
+                N, K, KP, G, runs_per_split, runs_per_group, n_split,
+                IS_POT: tl.constexpr, BITS: tl.constexpr, X_F16: tl.constexpr,
                 HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr, FUSED_REDUCE: tl.constexpr, EVEN_K: tl.constexpr,
-                BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr):
+                USE_ASM: tl.constexpr, BLOCK_N: tl.constexpr):
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     mask_n = offs_n < N
-    n_rows = KP // 32
-    r_lo = pid_k * rows_per_split
-    r_hi = tl.minimum(r_lo + rows_per_split, n_rows)
-    acc = tl.zeros([BLOCK_R, BLOCK_N], dtype=tl.float32)
-    for r0 in range(r_lo, r_hi, BLOCK_R):
-        offs_r = r0 + tl.arange(0, BLOCK_R)
-        acc = rows_dot(acc, x_ptr, q_ptr, sg_ptr, sc_ptr, z_ptr, offs_r, offs_r < r_hi, offs_n, mask_n,
-                       N, K, KP, G, 0, IS_POT, W0, W1, IS_BF16, EVEN_K)
-    y = tl.sum(acc, axis=0)
+    UNITS_PER_RUN: tl.constexpr = 1 if BITS == 3 else BITS
+    QMAX: tl.constexpr = 2 ** (BITS - 1) - 1
+    n_runs = KP // 32
+    r_lo = pid_k * runs_per_split
+    r_hi = tl.minimum(r_lo + runs_per_split, n_runs)
+    acc = tl.zeros([BLOCK_N], dtype=tl.float32)
+    for g0 in range(r_lo, r_hi, runs_per_group):  # splits hold whole groups (host side)
+        grp = (g0 * 32) // G
+        s = tl.load(sc_ptr + grp * N + offs_n, mask=mask_n, other=0.0).to(tl.float32)
+        if IS_POT:
+            s = s * (2.0 ** QMAX)  # lanes are ±2^(E − qmax)
+            zcs = (s,)  # unused
+        else:
+            s = s * (2.0 ** BITS)  # lanes are (q − z)·2^−bits
+            zcs = int_zero_consts(tl.load(z_ptr + grp * N + offs_n, mask=mask_n, other=0).to(tl.int32), BITS)
+        for run in range(g0, tl.minimum(g0 + runs_per_group, r_hi)):
+            acc2, acc32 = run_dot(q_ptr, x_ptr, zcs, run * UNITS_PER_RUN, offs_n, mask_n, N, K,
+                                  IS_POT, BITS, X_F16, EVEN_K, USE_ASM)
+            if X_F16:
+                acc = fold2(acc2, s, acc, USE_ASM)
+            else:
+                acc = tl.fma(acc32, s, acc)
     if SPLIT:
-        tl.store(part_ptr + pid_k * N + offs_n, y, mask=mask_n)
+        tl.store(part_ptr + pid_k * N + offs_n, acc, mask=mask_n)
         if FUSED_REDUCE:
             splitk_finish(part_ptr, cnt_ptr, b_ptr, y_ptr, pid_n, n_split, N, offs_n, mask_n, offs_n, HAS_BIAS)
     else:
         if HAS_BIAS:
-            y += tl.load(b_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)
-        tl.store(y_ptr + offs_n, y.to(y_ptr.dtype.element_ty), mask=mask_n)
+            acc += tl.load(b_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)
+        tl.store(y_ptr + offs_n, acc.to(y_ptr.dtype.element_ty), mask=mask_n)
 
 
 @triton.jit

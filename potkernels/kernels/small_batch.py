@@ -21,9 +21,9 @@ from .mma_tile import tile_nk, tile_scale
 
 
 @triton.jit
-def small_batch_kernel(x_ptr, q_ptr, sg_ptr, sc_ptr, z_ptr, b_ptr, y_ptr, part_ptr, cnt_ptr,
+def small_batch_kernel(x_ptr, q_ptr, lut_ptr, sc_ptr, z_ptr, b_ptr, y_ptr, part_ptr, cnt_ptr,
                        M, N, K, KP, G, stride_xm, k_per_split, n_split,
-                       IS_POT: tl.constexpr, W0: tl.constexpr, W1: tl.constexpr, IS_BF16: tl.constexpr,
+                       IS_POT: tl.constexpr, BITS: tl.constexpr, IS_BF16: tl.constexpr,
                        HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr, FUSED_REDUCE: tl.constexpr,
                        SCALE_FREE: tl.constexpr, DOT_F32: tl.constexpr, JOIN_TREE: tl.constexpr,
                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
@@ -41,13 +41,13 @@ def small_batch_kernel(x_ptr, q_ptr, sg_ptr, sc_ptr, z_ptr, b_ptr, y_ptr, part_p
         offs_k = k0 + tl.arange(0, BLOCK_K)
         xt = tl.load(x_ptr + offs_m[None, :] * stride_xm + offs_k[:, None],
                      mask=mask_m[None, :] & (offs_k < K)[:, None], other=0.0)  # [BK, BM], K contiguous
-        w = tile_nk(q_ptr, sg_ptr, sc_ptr, z_ptr, k0, offs_n, mask_n, N, KP, G,
-                    IS_POT, W0, W1, IS_BF16, SCALE_FREE, JOIN_TREE, BLOCK_K)
+        w = tile_nk(q_ptr, lut_ptr, sc_ptr, z_ptr, k0, offs_n, mask_n, N, K, KP, G,
+                    IS_POT, BITS, IS_BF16, SCALE_FREE, JOIN_TREE, BLOCK_K)
         if DOT_F32:  # interpreter only (api._dot_f32): exact upcast
             w = w.to(tl.float32)
             xt = xt.to(tl.float32)
         if SCALE_FREE:
-            acc += tl.dot(w, xt) * tile_scale(sc_ptr, k0, offs_n, mask_n, N, G)[:, None]
+            acc += tl.dot(w, xt) * tile_scale(sc_ptr, k0, offs_n, mask_n, N, G, IS_POT, BITS)[:, None]
         else:
             acc = tl.dot(w, xt, acc)
     mask = mask_n[:, None] & mask_m[None, :]

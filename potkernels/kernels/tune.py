@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import itertools
 import os
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import torch
 
@@ -56,8 +56,8 @@ def graph_time_ms(fn, rep_ms: float = 20, calls: int = 8) -> float:
 def candidates(regime: str, m: int) -> list[dict[str, Any]]:
     """A small search space per regime (≤ ~24 configs, so tuning one key takes seconds)."""
     if regime == "gemv":
-        return _grid(BLOCK_R=[4, 8, 16], BLOCK_N=[64, 128, 256], num_warps=[4], num_stages=[2], waves=[2, 4, 8]) + \
-            _grid(BLOCK_R=[8], BLOCK_N=[128, 256], num_warps=[2, 8], num_stages=[2], waves=[4])
+        return _grid(BLOCK_N=[256, 512, 1024], num_warps=[4], num_stages=[2], waves=[1, 2, 4, 8]) + \
+            _grid(BLOCK_N=[256, 512], num_warps=[2, 8], num_stages=[2], waves=[2, 4])
     if regime == "small_batch":  # swap-AB: BLOCK_M is the MMA's N side (the batch)
         bm = max(16, min(128, configs.m_bucket(m)))
         return _grid(BLOCK_M=[bm], BLOCK_N=[64, 128], BLOCK_K=[64, 128, 256], num_warps=[4], num_stages=[3],
@@ -68,28 +68,27 @@ def candidates(regime: str, m: int) -> list[dict[str, Any]]:
                      num_stages=[2, 3]) + \
             _grid(BLOCK_M=[128], BLOCK_N=[256], BLOCK_K=[128], GROUP_M=[8], num_warps=[8], num_stages=[2])
     if regime == "dequant":
-        return _grid(BLOCK_K=[32, 64, 128], BLOCK_N=[64, 128, 256], LOADER=["expand", "dup"], num_warps=[4],
-                     num_stages=[1])
+        return _grid(BLOCK_K=[32, 64, 128], BLOCK_N=[64, 128, 256], num_warps=[4], num_stages=[1])
     raise ValueError(f"no candidates for regime {regime!r}")
 
 
-def tune_packed(regime: str, w, m: int, dtype: torch.dtype = torch.float16, write: bool = True,
+Runner = Callable[[str, Any, torch.Tensor, Optional[torch.Tensor], dict[str, Any]], Any]
+
+
+def tune_packed(regime: str, w, m: int, runner: Runner, dtype: torch.dtype = torch.float16, write: bool = True,
                 rep_ms: int = 20) -> tuple[dict[str, Any], float]:
-    """Best config for ``regime`` on the live packed weight ``w`` (an ``api.Packed``) at batch ``m``."""
-    import triton.testing
+    """Best config for ``regime`` on the live packed weight ``w`` (a ``packed.Packed``) at batch ``m``.
 
-    from . import api
-
+    ``runner(regime, w, x, y, config)`` launches one call (``api.run_regime``); passing it in keeps
+    this module free of an import of ``api`` (which imports this module).
+    """
     if configs.interpreting() or not w.device.type == "cuda":
         raise RuntimeError("tuning needs a CUDA device with TRITON_INTERPRET unset")
     x = torch.randn(max(m, 1), w.K, device=w.device, dtype=dtype)
     y = torch.empty(max(m, 1), w.N, device=w.device, dtype=dtype)
     best: Optional[tuple[float, dict[str, Any]]] = None
     for cfg in candidates(regime, m):
-        if regime == "dequant":
-            fn = lambda: api.dequantize(w, dtype, config=cfg)  # noqa: E731
-        else:
-            fn = lambda: api.matmul(x, w, None, regime=regime, config=cfg, out=y)  # noqa: E731
+        fn = lambda: runner(regime, w, x, y, cfg)  # noqa: E731
         try:
             ms = graph_time_ms(fn, rep_ms)
         except Exception:  # a config that does not compile / fit (shared memory, registers): skip it
@@ -103,26 +102,28 @@ def tune_packed(regime: str, w, m: int, dtype: torch.dtype = torch.float16, writ
     return best[1], best[0]
 
 
-def tune(kind: str, bits: int, ms: list[int], shapes: list[tuple[int, int]], group_size: int = 128,
-         regimes: Optional[list[str]] = None, write: bool = True) -> list[dict[str, Any]]:
-    """Tune every (M, K×N shape) on random weights; returns one record per key, writes the table."""
+def tune(kind: str, bits: int, ms: list[int], shapes: list[tuple[int, int]], runner: Runner,
+         pick_regime: Callable[[Any, int], str], group_size: int = 128, regimes: Optional[list[str]] = None,
+         write: bool = True) -> list[dict[str, Any]]:
+    """Tune every (M, K×N shape) on random weights; returns one record per key, writes the table.
+    ``runner`` / ``pick_regime``: ``api.run_regime`` / ``api.pick_regime``."""
     from ..format import IntConfig, PoTConfig, quantize_int, quantize_pot
-    from . import api
+    from .packed import Packed
 
     out = []
     for k, n in shapes:
         wf = torch.randn(n, k, device="cuda")
         if kind == "pot":
             p = quantize_pot(wf, PoTConfig(bits, group_size))
-            w = api.Packed("pot", p.qexp, p.qsign, p.scales, None, bits, p.group_size, k)
+            w = Packed("pot", p.qweight, p.scales, None, bits, p.group_size, k)
         else:
             p = quantize_int(wf, IntConfig(bits, group_size))
-            w = api.Packed("int", p.qweight, None, p.scales, p.zeros, bits, p.group_size, k)
+            w = Packed("int", p.qweight, p.scales, p.zeros, bits, p.group_size, k)
         for m in ms:
             # dequant_mm's only kernel is the dequant one
-            regime_list = [r if r != "dequant_mm" else "dequant" for r in (regimes or [api.pick_regime(w, m)])]
+            regime_list = [r if r != "dequant_mm" else "dequant" for r in (regimes or [pick_regime(w, m)])]
             for regime in regime_list:
-                cfg, t = tune_packed(regime, w, m, write=write)
+                cfg, t = tune_packed(regime, w, m, runner, write=write)
                 out.append({"kind": kind, "bits": bits, "m": m, "k": k, "n": n, "regime": regime, "ms": t,
                             "config": cfg})
     return out
@@ -135,7 +136,7 @@ def autotune_enabled() -> bool:
     return os.environ.get("POTKERNELS_AUTOTUNE", "0") not in ("", "0") and not configs.interpreting()
 
 
-def maybe_tune(regime: str, w, m: int, dtype: torch.dtype) -> None:
+def maybe_tune(regime: str, w, m: int, dtype: torch.dtype, runner: Runner) -> None:
     """Under POTKERNELS_AUTOTUNE=1: tune this key once per process if the GPU's table lacks it."""
     key = (regime, configs.make_key(w.kind, w.bits, m, w.N, w.K))
     if key in _TUNED:
@@ -145,6 +146,6 @@ def maybe_tune(regime: str, w, m: int, dtype: torch.dtype) -> None:
     if key[1] in table.get(configs.device_name(), {}).get(regime, {}):
         return
     try:
-        tune_packed(regime, w, m, dtype)
+        tune_packed(regime, w, m, runner, dtype)
     except OSError:  # read-only table: keep the result in this process only
         pass

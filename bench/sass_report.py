@@ -1,0 +1,398 @@
+"""Static speed report, no GPU needed: compile every kernel for sm_90 and read its SASS.
+
+For each registered kernel spec × {pot, int} × bits {2, 3, 4} (g128, fp16 activations) this
+compiles with Triton's own compiler and bundled ptxas, with the launch config the dispatcher
+would pick on an H100/H200 (the config table's ``--gpu`` entry), disassembles the cubin and
+counts the **steady-state loop**: the longest loop body of the SASS (backward branch), i.e. the
+K loop. Each record of ``DIR/report.json`` (a JSON list) holds:
+
+    kernel, kind, bits, group_size, M, config, instr_per_weight (all SASS instructions of the loop
+    body / weights one thread handles per iteration), pipes (per-pipe instructions per weight),
+    opcodes (per-opcode counts per weight), registers, spill_bytes, smem_bytes, ldg_bits (widest
+    global load in the loop), weights_per_iter (per thread), predicted_us (sum over the four
+    Llama-3-8B layer shapes), predicted_us_by_shape, bound ("bytes" | "issue" | "alu")
+
+``predicted_us`` = max(bytes / 3.0 TB/s, warp instructions / issue rate, ALU warp instructions /
+ALU rate) per shape: issue rate = 132 SMs × 4 warp-instructions/clk × 1.755 GHz; the integer ALU
+pipe (LOP3, SHF, IADD3, PRMT, ...) issues at half that rate on sm_90. Bytes = packed weights +
+scales (+ zero points) + x + y (+ the fp16 output for dequant). A model, not a measurement.
+
+    python bench/sass_report.py --out bench/results/sm90-static/after [--kernels gemv,dequant]
+
+**Adding a kernel**: append a :class:`KernelSpec` to ``SPECS`` (or call :func:`register` from
+another module before :func:`main`): a name, the config-table regime and M, and a ``build``
+function ``(kind, bits, group_size, cfg) -> Build`` that returns the jit function, its constexpr
+values, the pointer dtypes and the weights one thread decodes per loop iteration.
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import dataclasses
+import inspect
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+os.environ["TRITON_INTERPRET"] = "0"
+
+import _common  # noqa: F401,E402  (repo on sys.path)
+import triton  # noqa: E402
+from triton.backends.compiler import GPUTarget  # noqa: E402
+from triton.compiler import ASTSource  # noqa: E402
+
+from potkernels.kernels import configs  # noqa: E402
+
+SMEM_LIMIT = {80: 166912, 86: 101376, 89: 101376, 90: 232448, 100: 232448, 120: 101376}
+# Integer args known to be multiples of 16 at the real shapes (Triton specializes on this).
+DIV16 = {"N", "K", "KP", "G", "stride_xm", "MN"}
+LLAMA8B = [(4096, 4096), (4096, 14336), (14336, 4096), (4096, 1024)]  # (K, N) per layer type
+COMPILE_SHAPE = (4096, 14336)  # (K, N) used for the config lookup (size class "l")
+HBM_BYTES_PER_S = 3.0e12
+SMS, CLOCK_HZ, ISSUE_PER_CLK, ALU_PER_CLK = 132, 1.755e9, 4, 2
+
+PIPES = {
+    "alu": ("LOP3", "SHF", "IADD3", "ISETP", "SEL", "PRMT", "LEA", "BMSK", "SGXT", "VIADD", "IABS", "IMNMX",
+            "FLO", "POPC", "BREV", "LOP", "IADD", "SHL", "SHR", "PLOP3", "P2R", "R2P", "FSEL", "FSETP", "FMNMX",
+            "CSET", "CSETP", "VIMNMX", "HSETP2", "HMNMX2"),
+    "fma": ("FFMA", "FADD", "FMUL", "IMAD", "IMUL", "HFMA2", "HADD2", "HMUL2", "FMUL2", "FFMA2", "IDP", "DFMA"),
+    "conv": ("F2F", "F2FP", "I2F", "F2I", "FRND", "I2FP", "F2IP", "MUFU"),
+    "mem": ("LDG", "STG", "LDS", "STS", "LDSM", "LDGSTS", "ATOM", "ATOMG", "RED", "LD", "ST", "LDL", "STL", "ATOMS",
+            "LDC", "ULDC", "LDGDEPBAR", "SYNCS", "UBLKCP", "UTMALDG"),
+    "tensor": ("HMMA", "HGMMA", "IMMA", "WARPGROUP", "QGMMA"),
+    "move": ("MOV", "MOV32I", "S2R", "CS2R", "S2UR", "SHFL", "R2UR", "UMOV", "UIADD3", "ULOP3", "USHF", "UIMAD",
+             "ULEA", "USEL", "UISETP", "VOTEU", "VOTE", "UPRMT"),
+}
+OPCODE_PIPE = {op: pipe for pipe, ops in PIPES.items() for op in ops}  # anything else: "control"
+
+
+@dataclasses.dataclass
+class Build:
+    """What one compile needs. ``ptr_types`` maps pointer parameter names to Triton dtypes
+    (``"fp16"``, ``"i32"`` ...); every other non-constexpr parameter is an i32."""
+
+    fn: Any
+    constexprs: dict[str, Any]
+    ptr_types: dict[str, str]
+    weights_per_iter: float  # weights one thread decodes per iteration of the steady-state loop
+    num_warps: int
+    num_stages: int
+    # total warp-instructions scale: loop iterations × programs are implied by N·K·m_tiles weights
+    m_tiles: Callable[[int], int] = lambda m: 1
+    extra_bytes_per_weight: float = 0.0  # e.g. the dequant kernel's fp16 output
+
+
+@dataclasses.dataclass
+class KernelSpec:
+    name: str  # report name: gemv, small_batch, gemm, dequant, decode_bound, ...
+    regime: str  # config table regime for the lookup
+    M: int  # batch rows the dispatcher sees (selects the config bucket)
+    build: Callable[[str, int, int, dict[str, Any]], Build]
+    kinds: tuple[str, ...] = ("pot", "int")
+    bits: tuple[int, ...] = (2, 3, 4)
+
+
+SPECS: list[KernelSpec] = []
+
+
+def register(spec: KernelSpec) -> KernelSpec:
+    SPECS.append(spec)
+    return spec
+
+
+# ------------------------------------------------------------------ today's kernels
+def _warps(cfg):
+    return int(cfg.get("num_warps", 4)), int(cfg.get("num_stages", 2))
+
+
+def _code(kind: str, bits: int) -> dict[str, Any]:
+    """Constexprs that select the code in every kernel of this package (v2 layout)."""
+    from potkernels.format.layout import layout
+
+    lay = layout(kind, bits)
+    return dict(IS_POT=kind == "pot", BITS=bits, UNIT_WORDS=lay.unit_words, UNIT_CODES=lay.unit_codes)
+
+
+def _only_params(fn, consts: dict[str, Any]) -> dict[str, Any]:
+    params = inspect.signature(fn.fn).parameters
+    return {k: v for k, v in consts.items() if k in params}
+
+
+def _kernel_specs() -> None:
+    """Register the package's kernels (imports are local so another spec list can be used alone)."""
+
+    def build_gemv(kind, bits, g, cfg):
+        from potkernels.kernels.gemv import gemv_kernel
+
+        w, s = _warps(cfg)
+        consts = dict(_code(kind, bits), IS_BF16=False, X_F16=True, HAS_BIAS=False, SPLIT=True, FUSED_REDUCE=True,
+                      EVEN_K=True, USE_ASM=True, **{k: v for k, v in cfg.items() if k.isupper()})
+        # steady-state loop: one run of 32 k per iteration (v1: BLOCK_R rows of 32 k)
+        wpi = 32 * cfg.get("BLOCK_R", 1) * cfg["BLOCK_N"] / (32 * w)
+        return Build(gemv_kernel, _only_params(gemv_kernel, consts), {"x_ptr": "fp16", "y_ptr": "fp16"}, wpi, w, s)
+
+    def build_dequant(kind, bits, g, cfg):
+        from potkernels.kernels.dequant import dequant_kernel
+
+        w, s = _warps(cfg)
+        consts = dict(_code(kind, bits), W0=0, W1=0, IS_BF16=False, EXPAND=cfg.get("LOADER", "expand") == "expand",
+                      SCALE_PER_TILE=True, BLOCK_K=cfg["BLOCK_K"], BLOCK_N=cfg["BLOCK_N"])
+        return Build(dequant_kernel, _only_params(dequant_kernel, consts), {"out_ptr": "fp16"},
+                     cfg["BLOCK_K"] * cfg["BLOCK_N"] / (32 * w), w, s, extra_bytes_per_weight=2.0)
+
+    def build_dot(kernel_name):
+        def build(kind, bits, g, cfg):
+            from potkernels.kernels import gemm, small_batch
+
+            fn = small_batch.small_batch_kernel if kernel_name == "small_batch" else gemm.gemm_kernel
+            w, s = _warps(cfg)
+            loader = {"dup": 0, "expand": 1, "sliced": 2}.get(cfg.get("LOADER", "expand"), 1)
+            consts = dict(_code(kind, bits), IS_BF16=False, HAS_BIAS=False, SPLIT=True, FUSED_REDUCE=True,
+                          SCALE_PER_TILE=True, LOADER=loader, BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"],
+                          BLOCK_K=cfg["BLOCK_K"], GROUP_M=cfg.get("GROUP_M", 8))
+            bm = cfg["BLOCK_M"]
+            return Build(fn, _only_params(fn, consts), {"x_ptr": "fp16", "y_ptr": "fp16"},
+                         cfg["BLOCK_K"] * cfg["BLOCK_N"] / (32 * w), w, s, m_tiles=lambda m: -(-m // bm))
+        return build
+
+    def build_decode_bound(kind, bits, g, cfg):
+        from potkernels.kernels import decode_bench
+
+        dc = dict(decode_bench.DEFAULT_CONFIG)
+        w = int(dc["num_warps"])
+        consts = dict(_code(kind, bits), USE_ASM=True, **{k: v for k, v in dc.items() if k.isupper()})
+        fn = decode_bench.decode_reduce_kernel
+        return Build(fn, _only_params(fn, consts), {"x_ptr": "fp16"}, decode_bench.weights_per_iter(kind, bits, dc), w, 1)
+
+    register(KernelSpec("gemv", "gemv", 1, build_gemv))
+    register(KernelSpec("small_batch", "small_batch", 16, build_dot("small_batch")))
+    register(KernelSpec("gemm", "gemm", 256, build_dot("gemm")))
+    register(KernelSpec("dequant", "dequant", 1, build_dequant))
+    register(KernelSpec("decode_bound", "gemv", 1, build_decode_bound))
+
+
+# ------------------------------------------------------------------ compile + SASS
+DEFAULT_PTR = {"x_ptr": "fp16", "q_ptr": "i32", "sg_ptr": "i32", "lut_ptr": "i32", "sc_ptr": "fp16", "z_ptr": "u8", "b_ptr": "fp16",
+               "y_ptr": "fp16", "part_ptr": "fp32", "out_ptr": "fp16", "cnt_ptr": "i32"}
+
+
+def compile_build(b: Build, arch: int):
+    names = list(inspect.signature(b.fn.fn).parameters)
+    ptr = dict(DEFAULT_PTR, **b.ptr_types)
+    sig = {n: "constexpr" if n in b.constexprs else (f"*{ptr[n]}" if n.endswith("_ptr") else "i32") for n in names}
+    attrs = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(names)
+             if n not in b.constexprs and (n.endswith("_ptr") or n in DIV16)}
+    src = ASTSource(fn=b.fn, signature=sig, constexprs={(names.index(k),): v for k, v in b.constexprs.items()},
+                    attrs=attrs)
+    return triton.compile(src, target=GPUTarget("cuda", arch, 32),
+                          options={"num_warps": b.num_warps, "num_stages": b.num_stages})
+
+
+def _tool(name: str) -> str:
+    return os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", name)
+
+
+_LINE = re.compile(r"^\s+/\*([0-9a-f]{4,})\*/\s+(@!?U?P[T0-9]+\s+)?([A-Z0-9_]+)((?:\.[A-Z0-9_]+)*)\s*([^;]*);")
+
+
+def disassemble(cubin: bytes) -> list[tuple[int, str, str, str]]:
+    """[(address, opcode, modifiers, operands)] of the SASS."""
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        text = subprocess.run([_tool("cuobjdump"), "-sass", f.name], capture_output=True, text=True, check=True).stdout
+    out = []
+    for line in text.splitlines():
+        m = _LINE.match(line)
+        if m:
+            out.append((int(m.group(1), 16), m.group(3), m.group(4), m.group(5)))
+    return out
+
+
+def resources(cubin: bytes) -> dict[str, int]:
+    """Registers, stack (local memory: spills) and shared memory from ``cuobjdump -res-usage``."""
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        text = subprocess.run([_tool("cuobjdump"), "-res-usage", f.name], capture_output=True, text=True).stdout
+    res = {}
+    for key in ("REG", "STACK", "SHARED", "LOCAL"):
+        m = re.search(rf"\b{key}:(\d+)", text)
+        res[key] = int(m.group(1)) if m else 0
+    return res
+
+
+def steady_loop(sass):
+    """Instructions of the steady-state loop: the longest *innermost* loop body (a branch back to
+    a lower address whose range holds no other backward branch); the whole kernel if none.
+    Per-group work outside it (scale loads, zero-point constants) is excluded: it is amortized
+    over ``G / 32`` runs (the report states ``outer_loop_instructions`` too)."""
+    addr_index = {a: i for i, (a, *_rest) in enumerate(sass)}
+    loops = []
+    for i, (a, op, mods, operands) in enumerate(sass):
+        if op != "BRA":
+            continue
+        m = re.search(r"0x([0-9a-f]+)", operands)
+        if m and int(m.group(1), 16) < a and int(m.group(1), 16) in addr_index:
+            loops.append((addr_index[int(m.group(1), 16)], i))
+    inner = [(lo, hi) for lo, hi in loops if not any(lo <= lo2 and hi2 <= hi and (lo2, hi2) != (lo, hi)
+                                                     for lo2, hi2 in loops)]
+    if not inner:
+        return [s for s in sass if s[1] not in ("NOP",)], False, 0
+    lo, hi = max(inner, key=lambda r: r[1] - r[0])
+    outer = [(l2, h2) for l2, h2 in loops if l2 <= lo and hi <= h2 and (l2, h2) != (lo, hi)]
+    outer_len = min((h2 - l2 + 1 for l2, h2 in outer), default=0)
+    return sass[lo: hi + 1], True, outer_len
+
+
+def ldg_width(mods: str) -> int:
+    for w in (128, 64):
+        if f".{w}" in mods:
+            return w
+    if ".U16" in mods or ".S16" in mods:
+        return 16
+    if ".U8" in mods or ".S8" in mods:
+        return 8
+    return 32
+
+
+def packed_bytes_per_weight(kind: str, bits: int, group: int) -> float:
+    return bits / 8 + (2 if kind == "pot" else 3) / group
+
+
+def predict(rec: dict, b: Build, warp_instr_per_weight: float, alu_per_weight: float) -> dict[str, float]:
+    out = {}
+    issue = SMS * ISSUE_PER_CLK * CLOCK_HZ
+    alu_rate = SMS * ALU_PER_CLK * CLOCK_HZ
+    for k, n in LLAMA8B:
+        m = rec["M"]
+        nk = n * k
+        byts = nk * (packed_bytes_per_weight(rec["kind"], rec["bits"], rec["group_size"]) + b.extra_bytes_per_weight)
+        byts += 2 * m * (k + n)
+        weights = nk * b.m_tiles(m)
+        t = {"bytes": byts / HBM_BYTES_PER_S, "issue": weights * warp_instr_per_weight / issue,
+             "alu": weights * alu_per_weight / alu_rate}
+        bound = max(t, key=t.get)
+        out[f"{k}x{n}"] = (t[bound] * 1e6, bound)
+    return out
+
+
+def run_spec(spec: KernelSpec, kind: str, bits: int, group: int, gpu: str, arch: int) -> dict:
+    k, n = COMPILE_SHAPE
+    cfg = configs.lookup(spec.regime, kind, bits, spec.M, n, k, device=gpu)
+    b = spec.build(kind, bits, group, cfg)
+    t0 = time.time()
+    kern = compile_build(b, arch)
+    sass = disassemble(kern.asm["cubin"])
+    res = resources(kern.asm["cubin"])
+    body, is_loop, outer_len = steady_loop(sass)
+    ops = collections.Counter(op for _, op, _, _ in body)
+    wpi = b.weights_per_iter
+    pipes = collections.Counter()
+    for op, c in ops.items():
+        pipes[OPCODE_PIPE.get(op, "control")] += c
+    ldg = [ldg_width(mods) for _, op, mods, _ in body if op == "LDG"] or \
+          [ldg_width(mods) for _, op, mods, _ in sass if op == "LDG"]
+    spill_ops = sum(1 for _, op, _, _ in sass if op in ("STL", "LDL"))
+    rec = {
+        "kernel": spec.name, "kind": kind, "bits": bits, "group_size": group, "M": spec.M,
+        "config": {kk: v for kk, v in cfg.items()},
+        "instr_per_weight": round(len(body) / wpi, 3),
+        "pipes": {p: round(c / wpi, 3) for p, c in sorted(pipes.items())},
+        "opcodes": {o: round(c / wpi, 3) for o, c in ops.most_common()},
+        "registers": res["REG"], "spill_bytes": res["STACK"] + res["LOCAL"], "spill_instructions": spill_ops,
+        "smem_bytes": kern.metadata.shared, "ldg_bits": max(ldg) if ldg else 0,
+        "weights_per_iter": wpi, "steady_loop_found": is_loop, "loop_instructions": len(body),
+        "outer_loop_instructions": outer_len,
+        "compile_s": round(time.time() - t0, 1),
+    }
+    pred = predict(rec, b, len(body) / wpi / 32, pipes["alu"] / wpi / 32)
+    rec["predicted_us"] = round(sum(v for v, _ in pred.values()), 2)
+    rec["predicted_us_by_shape"] = {s: round(v, 2) for s, (v, _) in pred.items()}
+    rec["bound"] = collections.Counter(bd for _, bd in pred.values()).most_common(1)[0][0]
+    rec["smem_over_limit"] = kern.metadata.shared > SMEM_LIMIT.get(arch, 232448)
+    return rec
+
+
+def write_markdown(records: list[dict], path: Path, meta: dict) -> None:
+    lines = [f"# Static SASS report ({meta['arch']}, config table entry \"{meta['gpu']}\")", "",
+             f"triton {meta['triton']}, compiled {meta['date']}. Steady-state loop body, per weight one thread "
+             "handles; all SASS instructions. predicted µs: sum over the four Llama-3-8B layer shapes of "
+             "max(bytes / 3.0 TB/s, instructions / issue rate, ALU instructions / ALU rate) — a model, not a "
+             "measurement.", "",
+             "| kernel | code | M | instr/w | alu/w | fma/w | mem/w | conv/w | regs | spill B | smem B | ldg bits | "
+             "pred µs | bound | top opcodes /w |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in records:
+        if "error" in r:
+            lines.append(f"| {r['kernel']} | {r['kind']}{r['bits']} | {r['M']} | COMPILE ERROR: "
+                         f"{r['error'][:120]} |||||||||||||")
+            continue
+        p = r["pipes"]
+        top = ", ".join(f"{o} {c:.2f}" for o, c in list(r["opcodes"].items())[:5])
+        lines.append(f"| {r['kernel']} | {r['kind']}{r['bits']} | {r['M']} | {r['instr_per_weight']:.2f} | "
+                     f"{p.get('alu', 0):.2f} | {p.get('fma', 0):.2f} | {p.get('mem', 0):.2f} | {p.get('conv', 0):.2f} | "
+                     f"{r['registers']} | {r['spill_bytes']} | {r['smem_bytes']} | {r['ldg_bits']} | "
+                     f"{r['predicted_us']:.1f} | {r['bound']} | {top} |")
+    path.write_text("\n".join(lines) + "\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    ap.add_argument("--out", required=True, type=Path, help="directory for report.json and report.md")
+    ap.add_argument("--gpu", default="NVIDIA H100 80GB HBM3", help="config table entry (dispatcher's choice)")
+    ap.add_argument("--arch", type=int, default=90)
+    ap.add_argument("--group", type=int, default=128)
+    ap.add_argument("--kernels", default=None, help="comma-separated subset of kernel names")
+    ap.add_argument("--kinds", default="pot,int")
+    ap.add_argument("--bits", default="2,3,4")
+    args = ap.parse_args(argv)
+    if not SPECS:
+        _kernel_specs()
+    names = args.kernels.split(",") if args.kernels else [s.name for s in SPECS]
+    unknown = set(names) - {s.name for s in SPECS}
+    if unknown:
+        ap.error(f"unknown kernels {sorted(unknown)}; known: {[s.name for s in SPECS]}")
+    args.out.mkdir(parents=True, exist_ok=True)
+    kinds, bitss = args.kinds.split(","), [int(b) for b in args.bits.split(",")]
+    records, bad = [], 0
+    for spec in SPECS:
+        if spec.name not in names:
+            continue
+        for kind in spec.kinds:
+            for bits in spec.bits:
+                if kind not in kinds or bits not in bitss:
+                    continue
+                try:
+                    rec = run_spec(spec, kind, bits, args.group, args.gpu, args.arch)
+                except Exception as e:  # keep going: a compile error is a finding of the report
+                    bad += 1
+                    rec = {"kernel": spec.name, "kind": kind, "bits": bits, "group_size": args.group, "M": spec.M,
+                           "error": f"{type(e).__name__}: {str(e)[:2000]}"}
+                    print(f"{spec.name:13s} {kind}{bits} COMPILE ERROR {rec['error'][:300]}", flush=True)
+                else:
+                    bad += rec["smem_over_limit"] + (rec["spill_bytes"] > 0)
+                    p = rec["pipes"]
+                    print(f"{spec.name:13s} {kind}{bits} M={spec.M:<4d} {rec['instr_per_weight']:6.2f} instr/w "
+                          f"(alu {p.get('alu', 0):.2f} fma {p.get('fma', 0):.2f} mem {p.get('mem', 0):.2f}) "
+                          f"regs {rec['registers']:3d} spill {rec['spill_bytes']} smem {rec['smem_bytes']} "
+                          f"ldg {rec['ldg_bits']} pred {rec['predicted_us']:.1f} us ({rec['bound']}) "
+                          f"[{rec['compile_s']} s]", flush=True)
+                records.append(rec)
+    meta = {"arch": f"sm_{args.arch}", "gpu": args.gpu, "triton": triton.__version__,
+            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+    (args.out / "report.json").write_text(json.dumps(records, indent=1) + "\n")
+    write_markdown(records, args.out / "report.md", meta)
+    print(f"wrote {args.out / 'report.json'} and report.md ({len(records)} kernels, {bad} with errors/spills/smem)")
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,119 @@
+"""Format v2: layouts, packing round trips (hypothesis), the OR-only scale-free decode bit-identical
+with v1's integer-add decode, the v1 → v2 repack and the committed v1 checkpoint fixtures."""
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from hypothesis import given, settings, strategies as st
+from safetensors.torch import load_file
+
+from potkernels import IntConfig, PoTConfig, load_quantized
+from potkernels.format import layout, pack_codes, packed_rows, quantize_int, quantize_pot, unpack_codes
+from potkernels.format.legacy import decode_pot_v1, pack_codes_v1, repack_v1_tensors, unpack_codes_v1
+from potkernels.format.pot import clamp_scales, decode_pot, pot_unit_values
+from potkernels.nn import IntLinear, PoTLinear
+
+FIXTURES = Path(__file__).parent / "fixtures"
+CODES = [("pot", 2), ("pot", 3), ("pot", 4), ("int", 2), ("int", 3), ("int", 4), ("int", 8)]
+
+
+@pytest.mark.parametrize("kind,bits", CODES)
+def test_layout_is_a_permutation_and_rows_exact(kind, bits):
+    lay = layout(kind, bits)
+    flat = [p for code in lay.positions for p in code]
+    assert len(flat) == len(set(flat)) == 32 * lay.unit_words and lay.unit_codes * bits == 32 * lay.unit_words
+    assert packed_rows(4096, bits) == 4096 * bits // 32  # exactly b bits per weight at K % 32 == 0
+
+
+@settings(max_examples=40, deadline=None)
+@given(kind_bits=st.sampled_from(CODES), n=st.integers(1, 5), k=st.integers(1, 150), seed=st.integers(0, 2**31))
+def test_pack_round_trip(kind_bits, n, k, seed):
+    kind, bits = kind_bits
+    g = torch.Generator().manual_seed(seed)
+    codes = torch.randint(0, 2**bits, (n, k), generator=g, dtype=torch.int32)
+    packed = pack_codes(codes, kind, bits)
+    assert packed.shape == (packed_rows(k, bits), n) and packed.dtype == torch.int32
+    assert torch.equal(unpack_codes(packed, kind, bits, k), codes)
+
+
+@settings(max_examples=25, deadline=None)
+@given(bits=st.sampled_from([2, 3, 4]), n=st.integers(1, 4), k=st.integers(1, 130), seed=st.integers(0, 2**31))
+def test_v1_repack_round_trip(bits, n, k, seed):
+    g = torch.Generator().manual_seed(seed)
+    e = torch.randint(0, 2 ** (bits - 1), (n, k), generator=g, dtype=torch.int32)
+    p = torch.randint(0, 2, (n, k), generator=g, dtype=torch.int32)
+    v1 = {"qexp": pack_codes_v1(e, bits - 1), "qsign": pack_codes_v1(p, 1), "scales": torch.ones(1, n)}
+    v2 = repack_v1_tensors("pot", bits, k, v1)
+    assert set(v2) == {"qweight", "scales"}
+    assert torch.equal(unpack_codes(v2["qweight"], "pot", bits, k), e | (p << (bits - 1)))
+    q = torch.randint(0, 2**bits, (n, k), generator=g, dtype=torch.int32)
+    v2i = repack_v1_tensors("int", bits, k, {"qweight": pack_codes_v1(q, bits)})
+    assert torch.equal(unpack_codes(v2i["qweight"], "int", bits, k), q)
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_v2_decode_bit_identical_to_v1_over_all_codes_and_scale_range(bits, dtype):
+    """Every (E, sign) against scales covering the whole decodable range, both ends included."""
+    qmax = 2 ** (bits - 1) - 1
+    lo, hi = clamp_scales(torch.tensor([0.0, 1e9]), bits).tolist()
+    s = torch.cat([torch.tensor([lo, hi]), torch.exp2(torch.empty(500).uniform_(-14, 15 - qmax))])
+    s16 = clamp_scales(s, bits)
+    n = s16.numel()
+    e = torch.arange(qmax + 1).repeat(2).view(1, -1).expand(n, -1).contiguous()
+    p = torch.arange(2).repeat_interleave(qmax + 1).view(1, -1).expand(n, -1).contiguous()
+    k = e.shape[1]
+    scales = s16.view(1, n)  # one group per row (per-channel)
+    v2 = decode_pot(e, p, scales, k, dtype, bits=bits)
+    v1 = decode_pot_v1(e, p, scales, k, dtype)
+    assert torch.equal(v2.view(torch.int16), v1.view(torch.int16))
+
+
+def test_unit_values_are_or_only_powers_of_two():
+    for bits in (2, 3, 4):
+        qmax = 2 ** (bits - 1) - 1
+        e = torch.arange(qmax + 1).view(1, -1)
+        v = pot_unit_values(e, torch.zeros_like(e), bits).float()
+        assert torch.equal(v, torch.exp2(e.float() - qmax))
+        assert torch.equal(pot_unit_values(e, torch.ones_like(e), bits).float(), -v)
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4])
+def test_quantize_pot_v2_matches_v1_values(bits):
+    w = torch.randn(24, 200)
+    q = quantize_pot(w, PoTConfig(bits, 64))
+    e, p = q.codes()
+    for dt in (torch.float16, torch.bfloat16):
+        assert torch.equal(q.dequantize(dt).view(torch.int16), decode_pot_v1(e, p, q.scales, 64, dt).view(torch.int16))
+    assert q.bits_per_weight == pytest.approx((bits * 224 + 16 * 4) / 200)
+
+
+@pytest.mark.parametrize("name", ["v1_tiny_pot3", "v1_tiny_int2"])
+def test_v1_fixture_loads_losslessly(name):
+    path = FIXTURES / name
+    meta = json.loads((path / "quantization_config.json").read_text())
+    assert meta["format_version"] == 1  # written by the v1 code (tests/fixtures/make_v1_fixture.py)
+    model = load_quantized(path)
+    digests = json.loads((path / "reference_decode.json").read_text())
+    seen = 0
+    for lname, mod in model.named_modules():
+        if isinstance(mod, (PoTLinear, IntLinear)):
+            assert "qexp" not in dict(mod.named_buffers())
+            for dt in (torch.float16, torch.bfloat16):
+                raw = mod.dequantize(dt).contiguous().view(torch.int16).numpy().tobytes()
+                assert hashlib.sha256(raw).hexdigest() == digests[f"{lname}:{str(dt).split('.')[-1]}"], (lname, dt)
+                seen += 1
+    assert seen == len(digests) > 0
+    ref = load_file(str(path / "reference_logits.safetensors"))
+    with torch.no_grad():
+        logits = model(ref["tokens"]).logits.float()
+    assert torch.equal(logits, ref["logits"])
+
+
+def test_unknown_layout_is_refused():
+    with pytest.raises(ValueError, match="no v2 layout"):
+        layout("pot", 8)
+    with pytest.raises(ValueError, match="no v2 layout"):
+        pack_codes(torch.zeros(2, 2, dtype=torch.int32), "int", 5)
