@@ -144,7 +144,8 @@ def test_table_has_every_bucket_code_and_bits(gpu):
                     assert cfg["BLOCK_M"] >= min(m, 16) and cfg["BLOCK_M"] <= max(m, 16), (key, cfg)
 
 
-@pytest.mark.parametrize("kind,bits,group", [("pot", 4, 32), ("pot", 2, None), ("int", 3, 64), ("int", 8, 32)])
+@pytest.mark.parametrize("kind,bits,group", [("pot", 4, 32), ("pot", 3, 64), ("pot", 2, None), ("int", 2, 32),
+                                              ("int", 3, 64), ("int", 4, None), ("int", 8, 32)])
 def test_join_tree_and_broadcast_expansion_identical(kind, bits, group):
     """The compiled kernels' in-thread join-tree expansion and the interpreter's broadcast one
     give identical bits (scale on the accumulator and folded into the weights)."""

@@ -80,20 +80,6 @@ def _word(w0, w1, w2, w3, w4, w5, w6, w7, U: tl.constexpr):
 
 
 @triton.jit
-def _int_split(BITS: tl.constexpr):
-    """(pairs per word, pairs per source shift, source shift) of the int pair decoders."""
-    if BITS == 3:
-        r = (5, 3, 9)
-    elif BITS == 2:
-        r = (8, 5, 10)
-    elif BITS == 4:
-        r = (4, 2, 8)
-    else:
-        r = (2, 1, 8)
-    return r
-
-
-@triton.jit
 def _pair(w0, w1, w2, w3, w4, w5, w6, w7, P: tl.constexpr, IS_POT: tl.constexpr, BITS: tl.constexpr):
     """fp16x2 bits (uint32) of codes 2P, 2P + 1 of every run: PoT ±2^(E − qmax); int the magic
     ``1024 + q·2^O`` (O from :func:`_int_offsets`)."""
@@ -119,8 +105,9 @@ def _pair(w0, w1, w2, w3, w4, w5, w6, w7, P: tl.constexpr, IS_POT: tl.constexpr,
             else:
                 p = pot2_pair(w, J)
         else:
-            SPLIT: tl.constexpr = _int_split(BITS)[1]
-            SHIFT: tl.constexpr = _int_split(BITS)[2]
+            # pair J of a word: source word >> SHIFT·(J // SPLIT), lane offset BITS·(J % SPLIT) (gemv.run_dot)
+            SPLIT: tl.constexpr = (BITS == 2) * 5 + (BITS == 4) * 2 + (BITS == 8) * 1
+            SHIFT: tl.constexpr = (BITS == 2) * 10 + (BITS == 4) * 8 + (BITS == 8) * 8
             p = int_pair_magic(w, SHIFT * (J // SPLIT), BITS * (J % SPLIT), BITS)
     return p
 
@@ -145,8 +132,8 @@ def _int_offsets(BITS: tl.constexpr):
     if BITS == 3:
         o = tl.where(p == 15, 0, 3 * ((p % 5) % 3))
     else:
-        PAIRS: tl.constexpr = _int_split(BITS)[0]
-        SPLIT: tl.constexpr = _int_split(BITS)[1]
+        PAIRS: tl.constexpr = 16 // BITS
+        SPLIT: tl.constexpr = (BITS == 2) * 5 + (BITS == 4) * 2 + (BITS == 8) * 1
         o = BITS * ((p % PAIRS) % SPLIT)
     return o
 
