@@ -154,14 +154,23 @@ def to_bf16_rne(x):
 def gather_codes(q_ptr, lut_ptr, offs_k, offs_n, N, mask, BITS: tl.constexpr, UNIT_WORDS: tl.constexpr,
                  UNIT_CODES: tl.constexpr):
     """Unsigned codes ``[BK, BN]`` int32 for k offsets ``offs_k`` (< KP) and columns ``offs_n``:
-    bit j of code i of a unit is word ``lut >> 5``, bit ``lut & 31`` (``lut = lut_ptr[i·BITS + j]``)."""
+    bit j of code i of a unit is word ``lut >> 5``, bit ``lut & 31`` (``lut = lut_ptr[i·BITS + j]``).
+    The unit's words are loaded once per k (one word, or three for 3-bit units)."""
     unit = offs_k // UNIT_CODES
     i = offs_k % UNIT_CODES
+    base = q_ptr + (unit * UNIT_WORDS)[:, None] * N + offs_n[None, :]
+    w0 = tl.load(base, mask=mask, other=0)
+    if UNIT_WORDS == 3:
+        w1 = tl.load(base + N, mask=mask, other=0)
+        w2 = tl.load(base + 2 * N, mask=mask, other=0)
     code = tl.zeros(mask.shape, dtype=tl.int32)
     for j in tl.static_range(BITS):
         e = tl.load(lut_ptr + i * BITS + j)
-        row = unit * UNIT_WORDS + (e >> 5)
-        words = tl.load(q_ptr + row[:, None] * N + offs_n[None, :], mask=mask, other=0)
+        if UNIT_WORDS == 3:
+            sel = (e >> 5)[:, None]
+            words = tl.where(sel == 0, w0, tl.where(sel == 1, w1, w2))
+        else:
+            words = w0
         code |= ((words >> (e & 31)[:, None]) & 1) << j
     return code
 
