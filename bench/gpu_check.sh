@@ -7,6 +7,8 @@
 #   bench/results/<gpu>/{dequant,matmul}.{json,png}, timing.txt
 # Usage: [OUT=dir] bash bench/gpu_check.sh            (source bench/gpu_setup.sh first for gemlite)
 #        bash bench/gpu_check.sh --dry-run            (CPU: syntax + imports + the plan, no GPU)
+#        E2E_BUDGET_S=200 bash bench/gpu_check.sh     (+ phase 4: bench/e2e.py Llama-8B, 32 layers, within
+#                                                      that many seconds; outside the 8-minute plan)
 set -u
 cd "$(dirname "$0")/.."
 export OUT="${OUT:-$PWD/bench/out}"
@@ -14,7 +16,7 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 mkdir -p "$OUT"
 if [ "${1:-}" = "--dry-run" ]; then
   # What a CPU box can check: the scripts import and parse their arguments.
-  for s in bench/matmul.py bench/dequant.py bench/warmup.py bench/sass_report.py; do
+  for s in bench/matmul.py bench/dequant.py bench/warmup.py bench/sass_report.py bench/e2e.py; do
     python "$s" --help > /dev/null || { echo "FAIL: $s --help"; exit 1; }
   done
   python -c "import potkernels.kernels.decode_bench, potkernels.kernels.api" || exit 1
@@ -39,6 +41,7 @@ timeout 200 python -m pytest "${P[@]}" $K -k "gpu_large and fp16" > "$OUT/gpu_te
 timeout 200 python -m pytest "${P[@]}" $K -k "gpu_large and bf16 or gpu_bf16 or decode_bench" \
   > "$OUT/gpu_tests_bf16.txt" 2>&1 &
 timeout 200 python -m pytest "${P[@]}" tests/test_ops.py tests/test_format_v2.py > "$OUT/gpu_tests_ops.txt" 2>&1 &
+timeout 200 python -m pytest "${P[@]}" tests/test_tensor_core.py > "$OUT/gpu_tests_tensor_core.txt" 2>&1 &
 wait
 for f in "$OUT"/gpu_tests_*.txt; do echo "== $(basename "$f")"; grep -E "passed|failed|error" "$f" | tail -2; done
 grep -hE "^FAILED|Error" "$OUT"/gpu_tests_*.txt | head -20
@@ -52,3 +55,10 @@ timeout 180 python bench/matmul.py --shapes llama8b,square8k --m 1 "$@" > "$OUT/
 sed -n '/^speed-up vs fp16/,$p' "$OUT/bench_matmul.txt" | head -60
 tail -3 "$OUT/bench_matmul.txt"
 stamp "all done"
+if [ -n "${E2E_BUDGET_S:-}" ]; then
+  # Phase 4 (opt-in): greedy decode tok/s, fp16 vs PoT 4/3/2 vs int4, batch 1 and 16, CUDA graphs.
+  timeout $(( E2E_BUDGET_S + 60 )) python bench/e2e.py --model llama8b --budget-s "$E2E_BUDGET_S" \
+    --out "$OUT/e2e_llama8b.json" > "$OUT/bench_e2e.txt" 2>&1
+  grep -E "tok/s|skip|total" "$OUT/bench_e2e.txt"
+  stamp "e2e"
+fi

@@ -51,10 +51,11 @@ from potkernels.kernels import configs  # noqa: E402
 
 SMEM_LIMIT = {80: 166912, 86: 101376, 89: 101376, 90: 232448, 100: 232448, 120: 101376}
 # Integer args known to be multiples of 16 at the real shapes (Triton specializes on this).
-DIV16 = {"N", "K", "KP", "G", "stride_xm", "MN"}
+DIV16 = {"N", "K", "KP", "G", "stride_xm", "MN", "k_per_split"}  # k_per_split: a multiple of BLOCK_K
 LLAMA8B = [(4096, 4096), (4096, 14336), (14336, 4096), (4096, 1024)]  # (K, N) per layer type
 COMPILE_SHAPE = (4096, 14336)  # (K, N) used for the config lookup (size class "l")
 HBM_BYTES_PER_S = 3.0e12
+MMA_FLOPS = 989.4e12  # H100 SXM dense fp16/bf16 tensor rate (spec sheet; H200 the same chip)
 SMS, CLOCK_HZ, ISSUE_PER_CLK, ALU_PER_CLK = 132, 1.755e9, 4, 2
 
 PIPES = {
@@ -86,6 +87,9 @@ class Build:
     # total warp-instructions scale: loop iterations × programs are implied by N·K·m_tiles weights
     m_tiles: Callable[[int], int] = lambda m: 1
     extra_bytes_per_weight: float = 0.0  # e.g. the dequant kernel's fp16 output
+    # tensor-core kernels: rows the MMA computes for batch m (padded to the M tile); adds the
+    # tensor-pipe bound 2·rows·N·K / dense fp16 rate to the prediction
+    mma_rows: Callable[[int], int] | None = None
 
 
 @dataclasses.dataclass
@@ -152,13 +156,15 @@ def _kernel_specs() -> None:
 
             fn = small_batch.small_batch_kernel if kernel_name == "small_batch" else gemm.gemm_kernel
             w, s = _warps(cfg)
-            loader = {"dup": 0, "expand": 1, "sliced": 2}.get(cfg.get("LOADER", "expand"), 1)
+            bk = cfg["BLOCK_K"]
+            scale = cfg.get("scale", "acc" if kernel_name == "small_batch" else "weight")
             consts = dict(_code(kind, bits), IS_BF16=False, HAS_BIAS=False, SPLIT=True, FUSED_REDUCE=True,
-                          SCALE_PER_TILE=True, LOADER=loader, BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"],
-                          BLOCK_K=cfg["BLOCK_K"], GROUP_M=cfg.get("GROUP_M", 8))
+                          SCALE_FREE=scale == "acc" and g % bk == 0, DOT_F32=False, JOIN_TREE=True,
+                          BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], BLOCK_K=bk, GROUP_M=cfg.get("GROUP_M", 8))
             bm = cfg["BLOCK_M"]
             return Build(fn, _only_params(fn, consts), {"x_ptr": "fp16", "y_ptr": "fp16"},
-                         cfg["BLOCK_K"] * cfg["BLOCK_N"] / (32 * w), w, s, m_tiles=lambda m: -(-m // bm))
+                         bk * cfg["BLOCK_N"] / (32 * w), w, s, m_tiles=lambda m: -(-m // bm),
+                         mma_rows=lambda m: -(-m // bm) * bm)
         return build
 
     def build_decode_bound(kind, bits, g, cfg):
@@ -171,8 +177,10 @@ def _kernel_specs() -> None:
         return Build(fn, _only_params(fn, consts), {"x_ptr": "fp16"}, decode_bench.weights_per_iter(kind, bits, dc), w, 1)
 
     register(KernelSpec("gemv", "gemv", 1, build_gemv))
-    register(KernelSpec("small_batch", "small_batch", 16, build_dot("small_batch")))
-    register(KernelSpec("gemm", "gemm", 256, build_dot("gemm")))
+    # the tensor-core regimes at the M the issue's targets name (the dispatcher's regime at each)
+    for m in (2, 16, 64, 128):
+        register(KernelSpec("small_batch", "small_batch", m, build_dot("small_batch")))
+    register(KernelSpec("gemm", "gemm", 2048, build_dot("gemm")))
     register(KernelSpec("dequant", "dequant", 1, build_dequant))
     register(KernelSpec("decode_bound", "gemv", 1, build_decode_bound))
 
@@ -198,7 +206,7 @@ def _tool(name: str) -> str:
     return os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", name)
 
 
-_LINE = re.compile(r"^\s+/\*([0-9a-f]{4,})\*/\s+(@!?U?P[T0-9]+\s+)?([A-Z0-9_]+)((?:\.[A-Z0-9_]+)*)\s*([^;]*);")
+_LINE = re.compile(r"^\s+/\*([0-9a-f]{4,})\*/\s+(@!?U?P[T0-9]+\s+)?([A-Z0-9_]+)((?:\.[A-Za-z0-9_]+)*)\s*([^;]*);")
 
 
 def disassemble(cubin: bytes) -> list[tuple[int, str, str, str]]:
@@ -278,6 +286,8 @@ def predict(rec: dict, b: Build, warp_instr_per_weight: float, alu_per_weight: f
         weights = nk * b.m_tiles(m)
         t = {"bytes": byts / HBM_BYTES_PER_S, "issue": weights * warp_instr_per_weight / issue,
              "alu": weights * alu_per_weight / alu_rate}
+        if b.mma_rows is not None:
+            t["tensor"] = 2 * b.mma_rows(m) * nk / MMA_FLOPS
         bound = max(t, key=t.get)
         out[f"{k}x{n}"] = (t[bound] * 1e6, bound)
     return out
@@ -300,6 +310,9 @@ def run_spec(spec: KernelSpec, kind: str, bits: int, group: int, gpu: str, arch:
     ldg = [ldg_width(mods) for _, op, mods, _ in body if op == "LDG"] or \
           [ldg_width(mods) for _, op, mods, _ in sass if op == "LDG"]
     spill_ops = sum(1 for _, op, _, _ in sass if op in ("STL", "LDL"))
+    # shared-memory stores in the loop, in fp16 elements per weight (1.0 = every decoded weight once)
+    sts_bytes = sum(ldg_width(mods) // 8 for _, op, mods, _ in body if op == "STS")
+    mma_ops = sorted({op + mods for _, op, mods, _ in sass if op in ("HGMMA", "HMMA")})
     rec = {
         "kernel": spec.name, "kind": kind, "bits": bits, "group_size": group, "M": spec.M,
         "config": {kk: v for kk, v in cfg.items()},
@@ -310,6 +323,9 @@ def run_spec(spec: KernelSpec, kind: str, bits: int, group: int, gpu: str, arch:
         "smem_bytes": kern.metadata.shared, "ldg_bits": max(ldg) if ldg else 0,
         "weights_per_iter": wpi, "steady_loop_found": is_loop, "loop_instructions": len(body),
         "outer_loop_instructions": outer_len,
+        "smem_store_instr_per_weight": round(sum(1 for _, op, _, _ in body if op == "STS") / wpi, 3),
+        "smem_stores_per_weight": round(sts_bytes / 2 / wpi, 3), "wgmma": any(o.startswith("HGMMA") for o in mma_ops),
+        "mma_opcodes": mma_ops,
         "compile_s": round(time.time() - t0, 1),
     }
     pred = predict(rec, b, len(body) / wpi / 32, pipes["alu"] / wpi / 32)
@@ -317,6 +333,11 @@ def run_spec(spec: KernelSpec, kind: str, bits: int, group: int, gpu: str, arch:
     rec["predicted_us_by_shape"] = {s: round(v, 2) for s, (v, _) in pred.items()}
     rec["bound"] = collections.Counter(bd for _, bd in pred.values()).most_common(1)[0][0]
     rec["smem_over_limit"] = kern.metadata.shared > SMEM_LIMIT.get(arch, 232448)
+    if b.mma_rows is not None:  # vs fp16 cuBLAS modelled the same way: max(bytes, tensor) per shape
+        fp16 = sum(max((2 * n * k + 2 * spec.M * (k + n)) / HBM_BYTES_PER_S, 2 * spec.M * n * k / MMA_FLOPS)
+                   for k, n in LLAMA8B) * 1e6
+        rec["predicted_fp16_us"] = round(fp16, 2)
+        rec["predicted_speedup_vs_fp16"] = round(fp16 / rec["predicted_us"], 2)
     return rec
 
 
@@ -327,8 +348,8 @@ def write_markdown(records: list[dict], path: Path, meta: dict) -> None:
              "max(bytes / 3.0 TB/s, instructions / issue rate, ALU instructions / ALU rate) — a model, not a "
              "measurement.", "",
              "| kernel | code | M | instr/w | alu/w | fma/w | mem/w | conv/w | regs | spill B | smem B | ldg bits | "
-             "pred µs | bound | top opcodes /w |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "pred µs | bound | top opcodes /w | wgmma | smem stores/w | pred × fp16 |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in records:
         if "error" in r:
             lines.append(f"| {r['kernel']} | {r['kind']}{r['bits']} | {r['M']} | COMPILE ERROR: "
@@ -339,7 +360,9 @@ def write_markdown(records: list[dict], path: Path, meta: dict) -> None:
         lines.append(f"| {r['kernel']} | {r['kind']}{r['bits']} | {r['M']} | {r['instr_per_weight']:.2f} | "
                      f"{p.get('alu', 0):.2f} | {p.get('fma', 0):.2f} | {p.get('mem', 0):.2f} | {p.get('conv', 0):.2f} | "
                      f"{r['registers']} | {r['spill_bytes']} | {r['smem_bytes']} | {r['ldg_bits']} | "
-                     f"{r['predicted_us']:.1f} | {r['bound']} | {top} |")
+                     f"{r['predicted_us']:.1f} | {r['bound']} | {top} | {'yes' if r.get('wgmma') else 'no'} | "
+                     f"{r.get('smem_stores_per_weight', 0):.2f} | "
+                     f"{r['predicted_speedup_vs_fp16'] if 'predicted_speedup_vs_fp16' in r else '–'} |")
     path.write_text("\n".join(lines) + "\n")
 
 

@@ -86,11 +86,11 @@ MATMUL_CASES = [
     ("int", 8, None, 3, 37, 100, "small_batch", F16, None),
     ("pot", 2, 64, 64, 96, 200, "small_batch", F16, None),
     ("int", 3, 64, 64, 96, 200, "small_batch", F16, SB_SPLIT),
-    ("pot", 2, None, 130, 40, 100, "gemm", F16, {"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_K": 64}),
+    ("pot", 2, None, 130, 40, 100, "gemm", F16, {"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_K": 128}),
     ("pot", 4, 64, 20, 40, 600, "small_batch", F16, SB_BIGK),
     ("int", 3, 32, 20, 40, 600, "small_batch", F16, SB_BIGK),
     ("pot", 4, 128, 5, 48, 576, "small_batch", F16, SB_ONE),
-    ("int", 4, None, 130, 48, 100, "gemm", F16, {"BLOCK_M": 64, "BLOCK_N": 32, "BLOCK_K": 64}),
+    ("int", 4, None, 130, 48, 100, "gemm", F16, {"BLOCK_M": 64, "BLOCK_N": 32, "BLOCK_K": 128, "scale": "acc"}),
     ("pot", 3, 128, 70, 48, 576, "dequant_mm", F16, None),
     ("int", 8, 128, 70, 48, 576, "dequant_mm", F32, None),
     ("int", 2, 32, 130, 40, 100, "gemm", F16, None),
@@ -180,7 +180,7 @@ LLAMA = [(4096, 4096), (4096, 1024), (14336, 4096)]  # (K, N)
 
 @gpu_only
 @pytest.mark.parametrize("kind,bits", [("pot", 4), ("pot", 3), ("int", 4)])
-@pytest.mark.parametrize("m", [1, 2, 64, 512, 1024])  # gemv, small batch (both configs), gemm, dequant_mm
+@pytest.mark.parametrize("m", [1, 2, 64, 128, 512, 2048])  # gemv, small batch (three configs), gemm (two)
 @pytest.mark.parametrize("dtype", [F16, BF16], ids=["fp16", "bf16"])
 def test_gpu_large_shapes(kind, bits, m, dtype):
     for k, n in LLAMA:
@@ -193,10 +193,12 @@ def test_gpu_large_shapes(kind, bits, m, dtype):
 
 
 @gpu_only
-@pytest.mark.parametrize("regime,m", [("small_batch", 16), ("gemm", 256)])
-def test_gpu_bf16_dot(regime, m):
+@pytest.mark.parametrize("scale", ["acc", "weight"])
+@pytest.mark.parametrize("regime,m", [("small_batch", 16), ("small_batch", 64), ("gemm", 256)])
+def test_gpu_bf16_dot(regime, m, scale):
+    """bf16 tensor-core dots (the interpreter cannot run them), both places of the group scale."""
     packed = make_weight("pot", 4, 128, 1000, 1100)
-    cfg = dict(configs.lookup(regime, "pot", 4, m, 1000, 1100))
+    cfg = dict(configs.lookup(regime, "pot", 4, m, 1000, 1100), scale=scale)
     for dtype in (F16, BF16):
         x = torch.randn(m, 1100, device=DEVICE).to(dtype)
         ref = x.float() @ packed.dequantize(dtype).float().t()

@@ -121,12 +121,56 @@ def gemv(x: torch.Tensor, w: Packed, bias: Optional[torch.Tensor], y: torch.Tens
     return y
 
 
+MMA_KEYS = {"BLOCK_M", "BLOCK_N", "BLOCK_K", "num_warps", "num_stages", "scale", "expand",
+            "waves", "split", "reduce",  # small_batch: split-K
+            "GROUP_M"}  # gemm: L2 swizzle
+
+
+def _mma_tiles(regime: str, cfg: dict[str, Any]) -> tuple[int, int, int]:
+    """(BLOCK_M, BLOCK_N, BLOCK_K) of a tensor-core regime, checked before any launch."""
+    unknown = set(cfg) - MMA_KEYS
+    if unknown:
+        raise ValueError(f"unknown {regime} config keys {sorted(unknown)} (allowed: {sorted(MMA_KEYS)})")
+    bm, bn, bk = int(cfg["BLOCK_M"]), int(cfg["BLOCK_N"]), int(cfg["BLOCK_K"])
+    min_bk = 128 if regime == "gemm" else 32  # gemm: smaller K tiles trip Triton's layout pass
+    for name, v, lo in (("BLOCK_M", bm, 16), ("BLOCK_N", bn, 16), ("BLOCK_K", bk, min_bk)):
+        if v < lo or v & (v - 1):
+            raise ValueError(f"{regime} {name} must be a power of two >= {lo} (tl.dot tiles), got {v}")
+    return bm, bn, bk
+
+
+def _scale_free(cfg: dict[str, Any], w: Packed, block_k: int, default: str) -> bool:
+    """Apply the group scale to the MMA result (``scale: "acc"``) when every K tile lies in one
+    group; otherwise (or ``scale: "weight"``) fold it into each decoded weight."""
+    mode = cfg.get("scale", default)
+    if mode not in ("acc", "weight"):
+        raise ValueError(f"scale must be 'acc' or 'weight', got {mode!r}")
+    return mode == "acc" and (w.G % block_k == 0 or w.G >= w.K)
+
+
+def _join_tree(cfg: dict[str, Any]) -> bool:
+    """Tile expansion (``mma_tile.tile_nk``): "join" (in-thread runs, compiled default) or
+    "broadcast" (the interpreter's default: same values, far fewer interpreted calls)."""
+    mode = cfg.get("expand", "broadcast" if configs.interpreting() else "join")
+    if mode not in ("join", "broadcast"):
+        raise ValueError(f"expand must be 'join' or 'broadcast', got {mode!r}")
+    return mode == "join"
+
+
+def _dot_f32() -> bool:
+    """Under the interpreter the kernels upcast both operands to fp32 before ``tl.dot`` (exact:
+    fp16/bf16 values and their products are fp32-exact, and the MMA accumulates in fp32 too):
+    its bf16 dot is wrong and its fp16 dot a slow non-BLAS numpy loop. Compiled kernels feed
+    fp16/bf16 to the tensor cores."""
+    return configs.interpreting()
+
+
 def small_batch(x: torch.Tensor, w: Packed, bias: Optional[torch.Tensor], y: torch.Tensor,
                 config: Optional[dict[str, Any]] = None) -> torch.Tensor:
-    """Split-K ``tl.dot`` regime (M = 2 … 64); x fp16/bf16."""
+    """Swap-AB tensor-core regime (M = 2 … 128): ``yᵀ = W xᵀ``, split-K; x fp16/bf16."""
     m = x.shape[0]
     cfg = _cfg("small_batch", w, m, config, x.dtype)
-    bm, bn, bk = int(cfg["BLOCK_M"]), int(cfg["BLOCK_N"]), int(cfg["BLOCK_K"])
+    bm, bn, bk = _mma_tiles("small_batch", cfg)
     tiles = triton.cdiv(w.N, bn) * triton.cdiv(m, bm)
     k_steps = triton.cdiv(w.KP, bk)
     n_split = _n_split(tiles, k_steps, cfg, w.device)
@@ -138,9 +182,11 @@ def small_batch(x: torch.Tensor, w: Packed, bias: Optional[torch.Tensor], y: tor
     fused = split and cfg.get("reduce", "fused") == "fused"
     cnt = _counters(w.device, grid[0] * grid[2]) if fused else part
     small_batch_kernel[grid](x, w.q, w.lut, w.scales, w.zeros, bias if bias is not None else w.scales, y, part, cnt,
-                             m, w.N, w.K, w.KP, w.G, x.stride(0), k_per_split, n_split, **w.code_constexprs(),
-                             IS_BF16=x.dtype == torch.bfloat16, HAS_BIAS=bias is not None, SPLIT=split,
-                             FUSED_REDUCE=fused, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, **_launch_opts(cfg))
+                             m, w.N, w.K, w.KP, w.G, x.stride(0), k_per_split, n_split,
+                             IS_POT=w.is_pot, BITS=w.bits, IS_BF16=x.dtype == torch.bfloat16,
+                             HAS_BIAS=bias is not None, SPLIT=split, FUSED_REDUCE=fused,
+                             SCALE_FREE=_scale_free(cfg, w, bk, "acc"), DOT_F32=_dot_f32(),
+                             JOIN_TREE=_join_tree(cfg), BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, **_launch_opts(cfg))
     if split and not fused:
         _reduce(part, bias, y, n_split, w.N)
     return y
@@ -148,24 +194,25 @@ def small_batch(x: torch.Tensor, w: Packed, bias: Optional[torch.Tensor], y: tor
 
 def gemm(x: torch.Tensor, w: Packed, bias: Optional[torch.Tensor], y: torch.Tensor,
          config: Optional[dict[str, Any]] = None) -> torch.Tensor:
-    """Tiled ``tl.dot`` regime for large M (prefill); x fp16/bf16."""
+    """Tiled tensor-core regime for large M (prefill); x fp16/bf16."""
     m = x.shape[0]
     cfg = _cfg("gemm", w, m, config, x.dtype)
-    bm, bn, bk = int(cfg["BLOCK_M"]), int(cfg["BLOCK_N"]), int(cfg["BLOCK_K"])
+    bm, bn, bk = _mma_tiles("gemm", cfg)
     grid = (triton.cdiv(m, bm) * triton.cdiv(w.N, bn),)
     gemm_kernel[grid](x, w.q, w.lut, w.scales, w.zeros, bias if bias is not None else w.scales, y,
-                      m, w.N, w.K, w.KP, w.G, x.stride(0), **w.code_constexprs(),
+                      m, w.N, w.K, w.KP, w.G, x.stride(0), IS_POT=w.is_pot, BITS=w.bits,
                       IS_BF16=x.dtype == torch.bfloat16, HAS_BIAS=bias is not None,
+                      SCALE_FREE=_scale_free(cfg, w, bk, "weight"), DOT_F32=_dot_f32(), JOIN_TREE=_join_tree(cfg),
                       BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=int(cfg.get("GROUP_M", 8)), **_launch_opts(cfg))
     return y
 
 
 def dequant_mm(x: torch.Tensor, w: Packed, bias: Optional[torch.Tensor], y: torch.Tensor,
                config: Optional[dict[str, Any]] = None) -> torch.Tensor:
-    """Very large M (long prefill): decode W once (bit-exact kernel) and let cuBLAS multiply.
+    """Decode W once (bit-exact kernel, 2 B/weight written) and let cuBLAS multiply.
 
-    At M in the thousands the matmul is compute bound and the decode (2.5 bytes/weight of
-    traffic) costs a few % of it, while a fused kernel would redo the decode per M tile.
+    Never picked by the dispatcher (no committed measurement shows it ahead of the fused
+    kernels); kept as a regime one can force (``regime="dequant_mm"``) to compare against.
     """
     wd = dequantize(w, x.dtype, config)
     torch.matmul(x, wd.t(), out=y)
@@ -185,8 +232,9 @@ def run_regime(regime: str, w: Packed, x: torch.Tensor, y: Optional[torch.Tensor
 
 
 def pick_regime(w: Packed, m: int) -> str:
-    """M ≤ gemv_max_m → gemv, ≤ small_batch_max_m → small_batch, ≥ dequant_mm_min_m → dequant_mm,
-    else gemm (thresholds in the config table, per GPU)."""
+    """M ≤ gemv_max_m → gemv, ≤ small_batch_max_m → small_batch, else gemm (thresholds in the
+    config table, per GPU). ``dequant_mm`` is only used when forced, or where a table entry
+    sets ``dequant_mm_min_m`` (to be backed by a committed measurement)."""
     d = configs.lookup("dispatch", w.kind, w.bits, m, w.N, w.K)
     if m <= int(d["gemv_max_m"]):
         return "gemv"
@@ -213,10 +261,6 @@ def matmul(x2d: torch.Tensor, w: Packed, bias: Optional[torch.Tensor] = None, re
     regime = regime or pick_regime(w, m)
     if regime not in _REGIME_FN:
         raise ValueError(f"regime must be one of {REGIMES}, got {regime!r}")
-    if configs.interpreting() and x2d.dtype == torch.bfloat16 and regime in ("small_batch", "gemm"):
-        # The interpreter's bf16 tl.dot is silently wrong: decode the bf16 weight bit-exactly with the
-        # dequant kernel and let torch multiply (same result as the compiled fused path, up to fp32 order).
-        regime, config = "dequant_mm", None
     x = x2d.contiguous()
     bias = bias.contiguous() if bias is not None else None
     if regime != "gemv" and x.dtype == torch.float32:  # the dot paths take fp16 operands

@@ -59,9 +59,12 @@ def sm_count(device_index: int | None = None) -> int:
     return torch.cuda.get_device_properties(device_index or 0).multi_processor_count
 
 
+M_BUCKETS = tuple(1 << i for i in range(13))  # 1, 2, 4, … 4096
+
+
 def m_bucket(m: int) -> int:
-    """Next power of two ≥ M, capped at 1024."""
-    return min(1 << max(m - 1, 0).bit_length(), 1024)
+    """Next power of two ≥ M, capped at the last of :data:`M_BUCKETS` (4096)."""
+    return min(1 << max(m - 1, 0).bit_length(), M_BUCKETS[-1])
 
 
 def size_class(n: int, k: int) -> str:

@@ -1,22 +1,26 @@
-"""Large-M fused decode + tl.dot (prefill), tiled, fp32 accumulation.
+"""M ≥ 128 (prefill): fused decode + tensor-core GEMM, tiled, fp32 accumulation.
 
-Compute bound once M is in the hundreds: each program owns a ``[BLOCK_M, BLOCK_N]`` output
-tile, decodes its weights once per K step (amortized over BLOCK_M rows; same tile decoder as
-``small_batch``) and runs ``tl.dot``. For M in the thousands the dispatcher prefers
-``api.dequant_mm`` (decode once, then cuBLAS). Program ids are swizzled in groups of ``GROUP_M`` row-tiles so
-neighbouring programs share weight tiles in L2.
+Compute bound once M is in the hundreds. Each program owns a ``[BLOCK_M, BLOCK_N]`` output tile
+(``BLOCK_M = 128``: two consumer warpgroups of 64 rows with ``num_warps = 8``) and per K step
+decodes its ``[BLOCK_N, BLOCK_K]`` weight tile once (:func:`mma_tile.tile_nk`, every packed word
+read once, 128-bit shared stores), which wgmma then reads from shared memory for all BLOCK_M rows.
+The group scale is folded into each weight here (an integer add for PoT): a per-step multiply of
+the accumulator would cost BLOCK_M·BLOCK_N / threads multiplies against BLOCK_N·BLOCK_K / threads
+decoded weights, more than it saves. Program ids are swizzled in groups of ``GROUP_M`` row tiles
+so neighbouring programs share weight tiles in L2 (each W tile is decoded ``M / BLOCK_M`` times
+in all, from L2 after the first).
 """
 import triton
 import triton.language as tl
 
-from .decode import dot_k_range
+from .mma_tile import tile_nk, tile_scale
 
 
 @triton.jit
 def gemm_kernel(x_ptr, q_ptr, lut_ptr, sc_ptr, z_ptr, b_ptr, y_ptr,
                 M, N, K, KP, G, stride_xm,
-                IS_POT: tl.constexpr, BITS: tl.constexpr, UNIT_WORDS: tl.constexpr, UNIT_CODES: tl.constexpr,
-                IS_BF16: tl.constexpr, HAS_BIAS: tl.constexpr,
+                IS_POT: tl.constexpr, BITS: tl.constexpr, IS_BF16: tl.constexpr,
+                HAS_BIAS: tl.constexpr, SCALE_FREE: tl.constexpr, DOT_F32: tl.constexpr, JOIN_TREE: tl.constexpr,
                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
     pid = tl.program_id(0)
     n_m = tl.cdiv(M, BLOCK_M)
@@ -31,8 +35,19 @@ def gemm_kernel(x_ptr, q_ptr, lut_ptr, sc_ptr, z_ptr, b_ptr, y_ptr,
     mask_m = offs_m < M
     mask_n = offs_n < N
     acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
-    acc = dot_k_range(acc, 0, KP, x_ptr, stride_xm, offs_m, mask_m, q_ptr, lut_ptr, sc_ptr, z_ptr, offs_n, mask_n,
-                      N, K, KP, G, IS_POT, BITS, UNIT_WORDS, UNIT_CODES, IS_BF16, BLOCK_K)
+    for k0 in range(0, KP, BLOCK_K):
+        offs_k = k0 + tl.arange(0, BLOCK_K)
+        xt = tl.load(x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :],
+                     mask=mask_m[:, None] & (offs_k < K)[None, :], other=0.0)
+        w = tile_nk(q_ptr, lut_ptr, sc_ptr, z_ptr, k0, offs_n, mask_n, N, K, KP, G,
+                    IS_POT, BITS, IS_BF16, SCALE_FREE, JOIN_TREE, BLOCK_K)
+        if DOT_F32:  # interpreter only (api._dot_f32): exact upcast
+            w = w.to(tl.float32)
+            xt = xt.to(tl.float32)
+        if SCALE_FREE:
+            acc += tl.dot(xt, tl.trans(w)) * tile_scale(sc_ptr, k0, offs_n, mask_n, N, G, IS_POT, BITS)[None, :]
+        else:
+            acc = tl.dot(xt, tl.trans(w), acc)
     if HAS_BIAS:
         acc += tl.load(b_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
     mask = mask_m[:, None] & mask_n[None, :]

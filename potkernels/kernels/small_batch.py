@@ -1,25 +1,31 @@
-"""M = 2 … 64 fused decode + tl.dot (small-batch decode), split-K, fp32 accumulation.
+"""M = 2 … 64: swap-AB tensor-core kernel (fused decode + ``tl.dot``), split-K, fp32 accumulation.
 
-Still weight-bandwidth bound: one program owns a ``[BLOCK_M, BLOCK_N]`` output tile and a
-K-chunk; each K step decodes its weights to fp16/bf16 once (shared by the BLOCK_M rows) and
-feeds ``tl.dot``. The v2 tile decoder (``decode.decode_tile``: every code gathered through the
-layout table) is simple and bit-exact, not fast; the tensor-core kernels replace it. Splitting K keeps every SM streaming weights when
-N / BLOCK_N alone is too few programs; partial sums go to an fp32 ``[n_split, M, N]`` buffer
-reduced in split order by the last program of each tile (:func:`gemv.splitk_finish`).
+Computes ``yᵀ = W · xᵀ`` instead of ``y = x · Wᵀ``: the output features fill the MMA's 64-row
+side (Hopper wgmma ``m64nBMk16``, one warpgroup per 64 features) and the small batch is its
+N side (``BLOCK_M`` ∈ {16, 32, 64}), so no MMA rows are wasted on padding the batch to 64.
+The decoded ``[BLOCK_N, BLOCK_K]`` W tile is the MMA's A operand, which Hopper may read from
+registers; x arrives as ``[BLOCK_K, BLOCK_M]`` tiles by wide loads along K.
+
+Per K step a program loads each packed word of its tile once (:func:`mma_tile.tile_nk`). When
+the K tile lies in one group (``SCALE_FREE``), the tile holds the scale-free values ``±2^E`` /
+``q − z`` and the group scale multiplies the fp32 MMA result, one multiply per output per step
+instead of one integer add per weight. Splitting K keeps every SM streaming weights when
+``N / BLOCK_N`` alone is too few programs; partial sums go to an fp32 ``[n_split, M, N]``
+buffer reduced in split order (:func:`gemv.splitk_finish`, deterministic).
 """
 import triton
 import triton.language as tl
 
-from .decode import dot_k_range
 from .gemv import splitk_finish
+from .mma_tile import tile_nk, tile_scale
 
 
 @triton.jit
 def small_batch_kernel(x_ptr, q_ptr, lut_ptr, sc_ptr, z_ptr, b_ptr, y_ptr, part_ptr, cnt_ptr,
                        M, N, K, KP, G, stride_xm, k_per_split, n_split,
-                       IS_POT: tl.constexpr, BITS: tl.constexpr, UNIT_WORDS: tl.constexpr, UNIT_CODES: tl.constexpr,
-                       IS_BF16: tl.constexpr,
+                       IS_POT: tl.constexpr, BITS: tl.constexpr, IS_BF16: tl.constexpr,
                        HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr, FUSED_REDUCE: tl.constexpr,
+                       SCALE_FREE: tl.constexpr, DOT_F32: tl.constexpr, JOIN_TREE: tl.constexpr,
                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
@@ -30,16 +36,28 @@ def small_batch_kernel(x_ptr, q_ptr, lut_ptr, sc_ptr, z_ptr, b_ptr, y_ptr, part_
     mask_n = offs_n < N
     k_lo = pid_k * k_per_split
     k_hi = tl.minimum(k_lo + k_per_split, KP)
-    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
-    acc = dot_k_range(acc, k_lo, k_hi, x_ptr, stride_xm, offs_m, mask_m, q_ptr, lut_ptr, sc_ptr, z_ptr, offs_n, mask_n,
-                      N, K, KP, G, IS_POT, BITS, UNIT_WORDS, UNIT_CODES, IS_BF16, BLOCK_K)
-    mask = mask_m[:, None] & mask_n[None, :]
+    acc = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)  # yᵀ tile
+    for k0 in range(k_lo, k_hi, BLOCK_K):
+        offs_k = k0 + tl.arange(0, BLOCK_K)
+        xt = tl.load(x_ptr + offs_m[None, :] * stride_xm + offs_k[:, None],
+                     mask=mask_m[None, :] & (offs_k < K)[:, None], other=0.0)  # [BK, BM], K contiguous
+        w = tile_nk(q_ptr, lut_ptr, sc_ptr, z_ptr, k0, offs_n, mask_n, N, K, KP, G,
+                    IS_POT, BITS, IS_BF16, SCALE_FREE, JOIN_TREE, BLOCK_K)
+        if DOT_F32:  # interpreter only (api._dot_f32): exact upcast
+            w = w.to(tl.float32)
+            xt = xt.to(tl.float32)
+        if SCALE_FREE:
+            acc += tl.dot(w, xt) * tile_scale(sc_ptr, k0, offs_n, mask_n, N, G, IS_POT, BITS)[:, None]
+        else:
+            acc = tl.dot(w, xt, acc)
+    mask = mask_n[:, None] & mask_m[None, :]
+    offs_y = offs_m[None, :] * N + offs_n[:, None]
     if SPLIT:
-        tl.store(part_ptr + (pid_k * M + offs_m[:, None]) * N + offs_n[None, :], acc, mask=mask)
+        tl.store(part_ptr + pid_k * M * N + offs_y, acc, mask=mask)
         if FUSED_REDUCE:
             splitk_finish(part_ptr, cnt_ptr, b_ptr, y_ptr, pid_m * tl.num_programs(0) + pid_n, n_split, M * N,
-                          offs_m[:, None] * N + offs_n[None, :], mask, offs_n[None, :], HAS_BIAS)
+                          offs_y, mask, offs_n[:, None], HAS_BIAS)
     else:
         if HAS_BIAS:
-            acc += tl.load(b_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
-        tl.store(y_ptr + offs_m[:, None] * N + offs_n[None, :], acc.to(y_ptr.dtype.element_ty), mask=mask)
+            acc += tl.load(b_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[:, None]
+        tl.store(y_ptr + offs_y, acc.to(y_ptr.dtype.element_ty), mask=mask)

@@ -58,13 +58,15 @@ def candidates(regime: str, m: int) -> list[dict[str, Any]]:
     if regime == "gemv":
         return _grid(BLOCK_N=[256, 512, 1024], num_warps=[4], num_stages=[2], waves=[1, 2, 4, 8]) + \
             _grid(BLOCK_N=[256, 512], num_warps=[2, 8], num_stages=[2], waves=[2, 4])
-    if regime == "small_batch":
-        bm = max(16, min(64, configs.m_bucket(m)))
-        return _grid(BLOCK_M=[bm], BLOCK_N=[32, 64, 128], BLOCK_K=[64, 128], num_warps=[4], num_stages=[2, 3],
-                     waves=[1, 2, 4])
+    if regime == "small_batch":  # swap-AB: BLOCK_M is the MMA's N side (the batch)
+        bm = max(16, min(128, configs.m_bucket(m)))
+        return _grid(BLOCK_M=[bm], BLOCK_N=[64, 128], BLOCK_K=[64, 128, 256], num_warps=[4], num_stages=[3],
+                     waves=[1, 2, 4]) + \
+            _grid(BLOCK_M=[bm], BLOCK_N=[128], BLOCK_K=[128], num_warps=[8], num_stages=[2, 3], waves=[2])
     if regime == "gemm":
-        return _grid(BLOCK_M=[64, 128], BLOCK_N=[128, 256], BLOCK_K=[32, 64], GROUP_M=[8], num_warps=[8],
-                     num_stages=[2, 3])
+        return _grid(BLOCK_M=[128, 256], BLOCK_N=[128], BLOCK_K=[128], GROUP_M=[8], num_warps=[8],
+                     num_stages=[2, 3]) + \
+            _grid(BLOCK_M=[128], BLOCK_N=[256], BLOCK_K=[128], GROUP_M=[8], num_warps=[8], num_stages=[2])
     if regime == "dequant":
         return _grid(BLOCK_K=[32, 64, 128], BLOCK_N=[64, 128, 256], num_warps=[4], num_stages=[1])
     raise ValueError(f"no candidates for regime {regime!r}")

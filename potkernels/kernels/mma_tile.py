@@ -1,0 +1,249 @@
+"""@triton.jit tile decoder for the tensor-core regimes (``small_batch`` swap-AB and ``gemm``), v2 layout.
+
+A tensor-core kernel needs a whole decoded weight tile per K step. :func:`tile_nk` returns
+``W[offs_n, k0 : k0 + BLOCK_K]`` as fp16/bf16 ``[BN, BLOCK_K]`` — the A operand of the swap-AB
+product ``yᵀ = W · xᵀ``, and (``tl.trans``) the B operand of ``y = x · Wᵀ``.
+
+A run of 32 k of one column is ``BITS`` packed words (FORMAT.md §4). With ``JOIN_TREE`` (the
+compiled kernels) the thread that loads a run's words decodes all of it: the pair decoders of
+``decode.py`` give 16 fp16x2 registers (one rotate + one LOP3 per pair for PoT, Marlin's magic
+number for int, every shift a compile-time constant), a ``tl.join`` tree puts them in k order in
+that thread's registers, and the two fp16 lanes are split off — so ``tl.reshape`` is free and
+the tile reaches shared memory (when the MMA needs it there) with 128-bit stores, once per weight
+per K step. Without it (the interpreter's default) codes are gathered through the layout table
+(``decode.gather_codes``): the same values in a dozen tensor ops instead of ~60 nested calls,
+which is what the interpreter pays for; a test checks both give identical bits.
+
+``SCALE_FREE``: the tile holds the scale-free values — PoT ``±2^(E − qmax)`` (the v2 OR decode),
+int ``q − z`` — both exact in fp16 and bf16, and the caller multiplies the fp32 MMA result of the
+tile by :func:`tile_scale` (``S·2^qmax`` / ``s``): one multiply per output per K step instead of
+one per weight. It needs the K tile inside one group (``G % BLOCK_K == 0`` or per-channel).
+Otherwise each weight is scaled: PoT ``v · (S·2^qmax)`` (exact), int ``(q − z)·s`` rounded once —
+bit-exact with the reference decode.
+
+Rows ``k ≥ K`` decode to finite values (zero codes or masked words): callers mask x there.
+"""
+import triton
+import triton.language as tl
+
+from .decode import (POT_T3, POT_T4, gather_codes, int3_spare_magic, int_pair_magic, lanes_or, pot2_pair,
+                     pot3_spare_pair, rotr, to_bf16_rne)
+
+
+@triton.jit
+def _prep(w, S: tl.constexpr, KEEP: tl.constexpr):
+    """Prep word ``(w & KEEP) | (rotr(w, S) & ~KEEP)`` of ``decode.pot4_pairs`` / ``pot3_pair``
+    (written with ``^ 0xFFFFFFFF``: the interpreter refuses ``~`` constants on uint32 tensors)."""
+    return (w & KEEP) | (rotr(w, S) & (KEEP ^ 0xFFFFFFFF))
+
+
+@triton.jit
+def _pot4_pair(w, J: tl.constexpr):
+    """Pair J of a PoT4 word (the recipe of ``decode.pot4_pairs``, one pair at a time)."""
+    if J < 2:
+        p = lanes_or(w, 6 * J, POT_T4, 0x20002000)
+    else:
+        p = lanes_or(_prep(w, 4, 0x61106110), 3 + 6 * (J - 2), POT_T4, 0x20002000)
+    return p
+
+
+@triton.jit
+def _pot3_pair(w, J: tl.constexpr):
+    """Pair J ∈ 0..4 of a PoT3 word (the recipe of ``decode.pot3_pair``)."""
+    if J < 4:
+        p = lanes_or(w, 3 * J, POT_T3, 0x30003000)
+    else:
+        p = lanes_or(_prep(w, 1, 0x00C000C0), 12, POT_T3, 0x30003000)
+    return p
+
+
+@triton.jit
+def _word(w0, w1, w2, w3, w4, w5, w6, w7, U: tl.constexpr):
+    """The U-th word of a run (U a compile-time constant)."""
+    if U == 0:
+        w = w0
+    elif U == 1:
+        w = w1
+    elif U == 2:
+        w = w2
+    elif U == 3:
+        w = w3
+    elif U == 4:
+        w = w4
+    elif U == 5:
+        w = w5
+    elif U == 6:
+        w = w6
+    else:
+        w = w7
+    return w
+
+
+@triton.jit
+def _pair(w0, w1, w2, w3, w4, w5, w6, w7, P: tl.constexpr, IS_POT: tl.constexpr, BITS: tl.constexpr):
+    """fp16x2 bits (uint32) of codes 2P, 2P + 1 of every run: PoT ±2^(E − qmax); int the magic
+    ``1024 + q·2^O`` (O from :func:`_int_offsets`)."""
+    if BITS == 3:
+        if P == 15:
+            if IS_POT:
+                p = pot3_spare_pair(w0, w1, w2)
+            else:
+                p = int3_spare_magic(w0, w1, w2)
+        else:
+            w = _word(w0, w1, w2, w3, w4, w5, w6, w7, P // 5)
+            if IS_POT:
+                p = _pot3_pair(w, P % 5)
+            else:
+                p = int_pair_magic(w, 9 * ((P % 5) // 3), 3 * ((P % 5) % 3), 3)
+    else:
+        PAIRS: tl.constexpr = 16 // BITS
+        w = _word(w0, w1, w2, w3, w4, w5, w6, w7, P // PAIRS)
+        J: tl.constexpr = P % PAIRS
+        if IS_POT:
+            if BITS == 4:
+                p = _pot4_pair(w, J)
+            else:
+                p = pot2_pair(w, J)
+        else:
+            # pair J of a word: source word >> SHIFT·(J // SPLIT), lane offset BITS·(J % SPLIT) (gemv.run_dot)
+            SPLIT: tl.constexpr = (BITS == 2) * 5 + (BITS == 4) * 2 + (BITS == 8) * 1
+            SHIFT: tl.constexpr = (BITS == 2) * 10 + (BITS == 4) * 8 + (BITS == 8) * 8
+            p = int_pair_magic(w, SHIFT * (J // SPLIT), BITS * (J % SPLIT), BITS)
+    return p
+
+
+@triton.jit
+def _run_pairs(w0, w1, w2, w3, w4, w5, w6, w7, START: tl.constexpr, STEP: tl.constexpr, COUNT: tl.constexpr,
+               IS_POT: tl.constexpr, BITS: tl.constexpr):
+    """Pairs START, START + STEP, … (COUNT of them) of every run, stacked on log2(COUNT) trailing
+    in-thread axes of size 2 in natural order: ``join(evens, odds)`` recursively."""
+    if COUNT == 1:
+        r = _pair(w0, w1, w2, w3, w4, w5, w6, w7, START, IS_POT, BITS)
+    else:
+        r = tl.join(_run_pairs(w0, w1, w2, w3, w4, w5, w6, w7, START, 2 * STEP, COUNT // 2, IS_POT, BITS),
+                    _run_pairs(w0, w1, w2, w3, w4, w5, w6, w7, START + STEP, 2 * STEP, COUNT // 2, IS_POT, BITS))
+    return r
+
+
+@triton.jit
+def _int_offsets(BITS: tl.constexpr):
+    """Lane offset O of the int magic value of pair P = 0 … 15 of a run, ``[16]`` int32."""
+    p = tl.arange(0, 16)
+    if BITS == 3:
+        o = tl.where(p == 15, 0, 3 * ((p % 5) % 3))
+    else:
+        PAIRS: tl.constexpr = 16 // BITS
+        SPLIT: tl.constexpr = (BITS == 2) * 5 + (BITS == 4) * 2 + (BITS == 8) * 1
+        o = BITS * ((p % PAIRS) % SPLIT)
+    return o
+
+
+@triton.jit
+def _load_word(q_ptr, offs_r, offs_n, mask_nr, N, U: tl.constexpr, BITS: tl.constexpr):
+    """Word U of runs ``offs_r`` ``[BN, R]`` uint32 (word 0 again when U ≥ BITS: never used)."""
+    u: tl.constexpr = U if U < BITS else 0
+    return tl.load(q_ptr + (offs_r[None, :] * BITS + u) * N + offs_n[:, None], mask=mask_nr,
+                   other=0).to(tl.uint32, bitcast=True)
+
+
+@triton.jit
+def _joined_values(q_ptr, offs_r, offs_n, mask_nr, N, IS_POT: tl.constexpr, BITS: tl.constexpr):
+    """Scale-free fp16 ``[BN, R, 16, 2]`` (pair, lane) of the runs by the join tree: PoT
+    ±2^(E − qmax); int the magic ``1024 + q·2^O`` (fixed by the caller)."""
+    w0 = _load_word(q_ptr, offs_r, offs_n, mask_nr, N, 0, BITS)
+    w1 = w0
+    w2 = w0
+    w3 = w0
+    w4 = w0
+    w5 = w0
+    w6 = w0
+    w7 = w0
+    if BITS >= 2:
+        w1 = _load_word(q_ptr, offs_r, offs_n, mask_nr, N, 1, BITS)
+    if BITS >= 3:
+        w2 = _load_word(q_ptr, offs_r, offs_n, mask_nr, N, 2, BITS)
+    if BITS >= 4:
+        w3 = _load_word(q_ptr, offs_r, offs_n, mask_nr, N, 3, BITS)
+    if BITS >= 8:
+        w4 = _load_word(q_ptr, offs_r, offs_n, mask_nr, N, 4, BITS)
+        w5 = _load_word(q_ptr, offs_r, offs_n, mask_nr, N, 5, BITS)
+        w6 = _load_word(q_ptr, offs_r, offs_n, mask_nr, N, 6, BITS)
+        w7 = _load_word(q_ptr, offs_r, offs_n, mask_nr, N, 7, BITS)
+    pairs = _run_pairs(w0, w1, w2, w3, w4, w5, w6, w7, 0, 1, 16, IS_POT, BITS)
+    pairs = tl.reshape(pairs, [offs_n.shape[0], offs_r.shape[0], 16])
+    lo = (pairs & 0xFFFF).to(tl.uint16).to(tl.float16, bitcast=True)
+    hi = (pairs >> 16).to(tl.uint16).to(tl.float16, bitcast=True)
+    return tl.join(lo, hi)
+
+
+@triton.jit
+def tile_nk(q_ptr, lut_ptr, sc_ptr, z_ptr, k0, offs_n, mask_n, N, K, KP, G,
+            IS_POT: tl.constexpr, BITS: tl.constexpr, IS_BF16: tl.constexpr,
+            SCALE_FREE: tl.constexpr, JOIN_TREE: tl.constexpr, BLOCK_K: tl.constexpr):
+    """Decoded ``W[offs_n, k0 : k0 + BLOCK_K]`` as fp16/bf16 ``[BN, BLOCK_K]`` (see module doc)."""
+    R: tl.constexpr = BLOCK_K // 32
+    BN: tl.constexpr = offs_n.shape[0]
+    QMAX: tl.constexpr = 2 ** (BITS - 1) - 1
+    offs_r = k0 // 32 + tl.arange(0, R)
+    mask_nr = mask_n[:, None] & (offs_r < KP // 32)[None, :]
+    if JOIN_TREE:
+        v = _joined_values(q_ptr, offs_r, offs_n, mask_nr, N, IS_POT, BITS)  # [BN, R, 16, 2]
+        if not IS_POT:  # magic 1024 + q·2^O → q·… : h·2^−O is exactly 1024·2^−O + q
+            o = _int_offsets(BITS)[None, None, :, None]
+            v = v * (((15 - o) << 10).to(tl.uint16).to(tl.float16, bitcast=True))
+            base = (1024 >> o).to(tl.float16)  # 1024·2^−O, subtracted with z below
+    else:
+        UNIT_WORDS: tl.constexpr = 3 if BITS == 3 else 1
+        UNIT_CODES: tl.constexpr = 32 if BITS == 3 else 32 // BITS
+        offs_k = k0 + tl.arange(0, BLOCK_K)
+        c = gather_codes(q_ptr, lut_ptr, offs_k, offs_n, N, (offs_k < KP)[:, None] & mask_n[None, :],
+                         BITS, UNIT_WORDS, UNIT_CODES)
+        c = tl.reshape(tl.trans(c), [BN, R, 16, 2])
+        if IS_POT:  # the v2 OR decode: ±2^(E − qmax)
+            bits = ((c >> (BITS - 1)) << 15) | ((15 - QMAX) << 10) | ((c & QMAX) << 10)
+            v = bits.to(tl.int16).to(tl.float16, bitcast=True)
+        else:
+            v = (c | 0x6400).to(tl.int16).to(tl.float16, bitcast=True)  # 1024 + q
+            base = tl.full([1, 1, 1, 1], 1024.0, tl.float16)
+    if IS_POT:
+        if SCALE_FREE:
+            if IS_BF16:
+                w = v.to(tl.bfloat16)  # a power of two: exact
+            else:
+                w = v
+        else:
+            s = tl.load(sc_ptr + ((offs_r * 32) // G)[None, :] * N + offs_n[:, None], mask=mask_nr, other=1.0)
+            s_big = s.to(tl.float32)[:, :, None, None] * (2.0 ** QMAX)  # exact, ≤ 65504 (scale range)
+            if IS_BF16:
+                w = to_bf16_rne(v.to(tl.float32) * s_big)
+            else:
+                w = v * s_big.to(tl.float16)  # exact: S·2^E is an fp16 number
+    else:
+        if SCALE_FREE:
+            z = tl.load(z_ptr + (k0 // G) * N + offs_n, mask=mask_n, other=0)[:, None, None, None]
+        else:
+            g_ptrs = ((offs_r * 32) // G)[None, :] * N + offs_n[:, None]
+            z = tl.load(z_ptr + g_ptrs, mask=mask_nr, other=0)[:, :, None, None]
+        qz = v - (base + z.to(tl.float16))  # exactly q − z (integers below 2^11)
+        if SCALE_FREE:
+            if IS_BF16:
+                w = qz.to(tl.bfloat16)  # |q − z| ≤ 255: exact
+            else:
+                w = qz
+        else:
+            s = tl.load(sc_ptr + g_ptrs, mask=mask_nr, other=0.0)[:, :, None, None]
+            if IS_BF16:
+                w = to_bf16_rne(qz.to(tl.float32) * s.to(tl.float32))
+            else:
+                w = qz * s  # one rounding of the exact product
+    return tl.reshape(w, [BN, BLOCK_K])
+
+
+@triton.jit
+def tile_scale(sc_ptr, k0, offs_n, mask_n, N, G, IS_POT: tl.constexpr, BITS: tl.constexpr):
+    """fp32 multiplier ``[BN]`` of a scale-free tile starting at ``k0`` (one group per tile):
+    PoT ``S·2^qmax``, int ``s``."""
+    s = tl.load(sc_ptr + (k0 // G) * N + offs_n, mask=mask_n, other=0.0).to(tl.float32)
+    if IS_POT:
+        s = s * (2.0 ** (2 ** (BITS - 1) - 1))
+    return s

@@ -1,0 +1,159 @@
+"""Tensor-core regimes (swap-AB ``small_batch``, ``gemm``) vs the reference, every code and M class.
+
+Interpreter on CPU (conftest) or compiled on a GPU (``TRITON_INTERPRET=0``). Shapes have odd N,
+K not a multiple of the group (partial last group) or of 32, and M on both sides of every tile
+and dispatch boundary. Outputs are poisoned with NaN so an unwritten element cannot pass.
+"""
+import json
+
+import pytest
+import torch
+
+from potkernels.format import IntConfig, PoTConfig, quantize_int, quantize_pot
+from potkernels.kernels import api, configs, int_matmul_triton, pot_matmul_triton
+
+ON_GPU = torch.cuda.is_available() and not configs.interpreting()
+DEVICE = "cuda" if ON_GPU else "cpu"
+F16, BF16, F32 = torch.float16, torch.bfloat16, torch.float32
+CODES = [("pot", 2), ("pot", 3), ("pot", 4), ("int", 2), ("int", 3), ("int", 4), ("int", 8)]
+M_VALUES = [2, 3, 16, 17, 64, 65, 130, 257]
+GROUP_K = [(32, 100), (64, 200), (128, 300), (None, 75)]  # K % G != 0 (partial group), K % 32 != 0
+
+
+def make_weight(kind: str, bits: int, group, n: int, k: int):
+    w = torch.randn(n, k, device=DEVICE) * torch.rand(n, 1, device=DEVICE)
+    cfg = PoTConfig(bits, group) if kind == "pot" else IntConfig(bits, group)
+    return quantize_pot(w, cfg) if kind == "pot" else quantize_int(w, cfg)
+
+
+def run(packed, x, bias=None, **kw):
+    out = torch.full((x.shape[0], packed.out_features), float("nan"), dtype=x.dtype, device=DEVICE)
+    bits, g, k = packed.config.bits, packed.group_size, packed.in_features
+    if isinstance(packed.config, PoTConfig):
+        return pot_matmul_triton(x, packed.qweight, packed.scales, bias, bits, g, k, out=out, **kw)
+    return int_matmul_triton(x, packed.qweight, packed.scales, packed.zeros, bias, bits, g, k, out=out, **kw)
+
+
+def reference(packed, x, bias=None):
+    w = packed.dequantize(BF16 if x.dtype == BF16 else F16).float()
+    return x.float() @ w.t() + (bias.float() if bias is not None else 0)
+
+
+def rel_err(out, ref) -> float:
+    assert not torch.isnan(out).any(), "NaN in the output (unwritten element or bad decode)"
+    return float((out.double() - ref.double()).norm() / ref.double().norm())
+
+
+CASES = [(kind, bits, m, *GROUP_K[(i + j) % len(GROUP_K)], (F16, F32, BF16)[(i + 2 * j) % 3])
+         for i, (kind, bits) in enumerate(CODES) for j, m in enumerate(M_VALUES)]
+
+
+@pytest.mark.parametrize("kind,bits,m,group,k,dtype", CASES)
+def test_dispatch_vs_reference(kind, bits, m, group, k, dtype):
+    """The regime the table picks for M (small_batch up to its bound, gemm above), odd N = 37."""
+    packed = make_weight(kind, bits, group, 37, k)
+    x = torch.randn(m, k, device=DEVICE).to(dtype)
+    bias = torch.randn(37, device=DEVICE) if m % 2 else None
+    y = run(packed, x, bias)
+    assert y.dtype == dtype and y.shape == (m, 37)
+    assert rel_err(y, reference(packed, x, bias)) <= 1e-2
+
+
+SB = {"BLOCK_M": 16, "BLOCK_N": 64, "BLOCK_K": 64, "num_warps": 4, "num_stages": 1}
+GEMM = {"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_K": 128, "num_warps": 4, "num_stages": 1}
+
+
+@pytest.mark.parametrize("regime,config", [
+    ("small_batch", dict(SB, split=3)),                       # split-K, fused reduction
+    ("small_batch", dict(SB, split=3, reduce="kernel")),      # split-K, second launch
+    ("small_batch", dict(SB, scale="weight")),                # scale folded into the weights
+    ("small_batch", dict(SB, BLOCK_K=128, BLOCK_M=32)),       # K tile spans two groups of 64
+    ("gemm", GEMM),
+    ("gemm", dict(GEMM, scale="acc", BLOCK_K=128)),           # per-group scale on the accumulator
+])
+@pytest.mark.parametrize("kind,bits", [("pot", 4), ("int", 3)])
+def test_forced_regimes_and_configs(regime, config, kind, bits):
+    packed = make_weight(kind, bits, 64, 45, 333)
+    for m in ((5, 20) if regime == "small_batch" else (70,)):
+        x = torch.randn(m, 333, device=DEVICE).to(F16)
+        assert rel_err(run(packed, x, regime=regime, config=config), reference(packed, x)) <= 1e-2, m
+
+
+def test_scale_modes_agree_closely():
+    """Scale on the accumulator vs folded into the weights: same sum, rounded differently."""
+    packed = make_weight("pot", 3, 128, 64, 512)
+    x = torch.randn(16, 512, device=DEVICE).to(F16)
+    a = run(packed, x, regime="small_batch", config=dict(SB, BLOCK_K=128, scale="acc"))
+    b = run(packed, x, regime="small_batch", config=dict(SB, BLOCK_K=128, scale="weight"))
+    assert rel_err(a, b.float()) <= 2e-3
+
+
+def test_small_batch_split_k_deterministic():
+    packed = make_weight("int", 4, 32, 48, 320)
+    x = torch.randn(9, 320, device=DEVICE).to(F16)
+    cfg = dict(SB, split=4)
+    assert torch.equal(run(packed, x, regime="small_batch", config=cfg),
+                       run(packed, x, regime="small_batch", config=cfg))
+
+
+def test_bad_configs_raise_before_launch():
+    packed = make_weight("pot", 4, 32, 16, 64)
+    x = torch.randn(4, 64, device=DEVICE).to(F16)
+    with pytest.raises(ValueError, match="unknown small_batch config keys"):
+        run(packed, x, regime="small_batch", config=dict(SB, LOADER="sliced"))
+    with pytest.raises(ValueError, match="BLOCK_K must be a power of two"):
+        run(packed, x, regime="small_batch", config=dict(SB, BLOCK_K=96))
+    with pytest.raises(ValueError, match="gemm BLOCK_K must be a power of two >= 128"):
+        run(packed, x, regime="gemm", config=dict(GEMM, BLOCK_K=64))
+    with pytest.raises(ValueError, match="BLOCK_M"):
+        run(packed, x, regime="small_batch", config=dict(SB, BLOCK_M=8))
+    with pytest.raises(ValueError, match="scale must be"):
+        run(packed, x, regime="small_batch", config=dict(SB, scale="both"))
+
+
+def test_no_dequant_fallback_in_the_tables():
+    """No table entry sends any M to dequant + cuBLAS (no committed measurement shows it faster),
+    yet the regime can still be forced."""
+    table = json.loads(configs.DEFAULT_TABLE.read_text())
+    for gpu in ("default", "interpreter", "NVIDIA H100 80GB HBM3", "NVIDIA H200"):
+        for key, entry in table[gpu]["dispatch"].items():
+            assert "dequant_mm_min_m" not in entry, (gpu, key)
+    packed = make_weight("pot", 4, 128, 64, 256)
+    w = api.Packed("pot", packed.qweight, packed.scales, None, 4, 128, 256)
+    top = int(configs.lookup("dispatch", "pot", 4, 2, 64, 256)["small_batch_max_m"])
+    assert [api.pick_regime(w, m) for m in (1, 2, top, top + 1, 4096)] == \
+        ["gemv", "small_batch", "small_batch", "gemm", "gemm"]
+    x = torch.randn(3, 256, device=DEVICE).to(F16)
+    assert rel_err(run(packed, x, regime="dequant_mm"), reference(packed, x)) <= 1e-2
+
+
+@pytest.mark.parametrize("gpu", ["default", "NVIDIA H100 80GB HBM3", "NVIDIA H200"])
+def test_table_has_every_bucket_code_and_bits(gpu):
+    """Per-GPU entries for every M bucket × code × bits of the tensor-core regimes, each valid."""
+    table = json.loads(configs.DEFAULT_TABLE.read_text())[gpu]
+    for kind, bits in CODES:
+        for m in configs.M_BUCKETS:
+            key = f"{kind}{bits}:m{m}:*"
+            assert key in table["dispatch"], key
+            regime = "gemv" if m == 1 else ("small_batch" if m <= table["dispatch"][key]["small_batch_max_m"]
+                                            else "gemm")
+            if regime != "gemv":
+                cfg = table[regime][key]
+                api._mma_tiles(regime, cfg)
+                if regime == "small_batch":
+                    assert cfg["BLOCK_M"] >= min(m, 16) and cfg["BLOCK_M"] <= max(m, 16), (key, cfg)
+
+
+@pytest.mark.parametrize("kind,bits,group", [("pot", 4, 32), ("pot", 3, 64), ("pot", 2, None), ("int", 2, 32),
+                                              ("int", 3, 64), ("int", 4, None), ("int", 8, 32)])
+def test_join_tree_and_broadcast_expansion_identical(kind, bits, group):
+    """The compiled kernels' in-thread join-tree expansion and the interpreter's broadcast one
+    give identical bits (scale on the accumulator and folded into the weights)."""
+    packed = make_weight(kind, bits, group, 20, 100)
+    x = torch.randn(3, 100, device=DEVICE).to(F16)
+    for scale in ("acc", "weight"):
+        cfg = dict(SB, BLOCK_N=32, scale=scale)
+        a = run(packed, x, regime="small_batch", config=dict(cfg, expand="join"))
+        b = run(packed, x, regime="small_batch", config=dict(cfg, expand="broadcast"))
+        assert torch.equal(a, b), scale
+        assert rel_err(a, reference(packed, x)) <= 1e-2
