@@ -1,7 +1,6 @@
 """Shared benchmark plumbing: device, timing, HBM bandwidth, rotation, results folder, table, JSON."""
 from __future__ import annotations
 
-import argparse
 import datetime
 import importlib.util
 import json
@@ -20,6 +19,8 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run as `python bench/x.py` from the repo root
     sys.path.insert(0, str(REPO))
+
+from potkernels.cli_help import HelpFormatter  # noqa: E402,F401  (re-exported for the scripts)
 
 
 def pick_device(name: str | None) -> torch.device:
@@ -173,15 +174,6 @@ def write_json(path: Path, meta: dict[str, Any], rows: list[dict[str, Any]], **e
     if extra.get("complete", True):
         print(f"wrote {path}")
 
-
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Shows each flag's default, except ``None`` and defaults the help already states."""
-
-    def _get_help_string(self, action: argparse.Action) -> str:
-        text = action.help or ""
-        if "(default" in text or action.default is None:
-            return text
-        return super()._get_help_string(action)
 
 
 def save_plot(plot: Callable[..., None], *args: Any, path: Path) -> bool:

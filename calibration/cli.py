@@ -18,6 +18,7 @@ from typing import Any, Optional, Sequence
 import torch
 
 from potkernels.format.config import INT_BITS, POT_BITS, IntConfig, PoTConfig
+from potkernels.cli_help import HelpFormatter
 
 from .calibrate import (DATA_METHODS, DEFAULT_BATCH, DEFAULT_EPOCHS, DEFAULT_LAM, DEFAULT_LR, METHODS, calibrate_model,
                         check_method)
@@ -277,15 +278,6 @@ def cmd_eval(args: argparse.Namespace) -> dict[str, Any]:
     result["seconds"] = time.perf_counter() - t_start
     return result
 
-
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """``ArgumentDefaultsHelpFormatter`` that leaves out ``(default: None)`` and defaults the help states."""
-
-    def _get_help_string(self, action: argparse.Action) -> str:
-        text = action.help or ""
-        if "(default" in text or action.default is None:
-            return text
-        return super()._get_help_string(action)
 
 
 def positive_int(text: str) -> int:

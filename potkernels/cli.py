@@ -17,6 +17,7 @@ from typing import Any, Optional, Sequence
 import torch
 from torch import nn
 
+from .cli_help import HelpFormatter
 from .format import IntConfig, PoTConfig, QuantConfig
 from .integrations import cache_decoded_weights, eligible_linears, load_quantized, quantize_model
 from .integrations.hf import LayerReport, summarize_report
@@ -202,15 +203,6 @@ def _group_size(s: str) -> Optional[int]:
     except ValueError:
         raise argparse.ArgumentTypeError(f"group size must be 32, 64, 128, 256 or 'channel', got {s!r}") from None
 
-
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """``ArgumentDefaultsHelpFormatter`` that leaves out ``(default: None)`` and defaults the help states."""
-
-    def _get_help_string(self, action: argparse.Action) -> str:
-        text = action.help or ""
-        if "(default" in text or action.default is None:
-            return text
-        return super()._get_help_string(action)
 
 
 def build_parser() -> argparse.ArgumentParser:
