@@ -56,12 +56,30 @@ def pot_or16(BITS: tl.constexpr):
 
 # ------------------------------------------------------------------ PoT pair decoders
 @triton.jit
+def prep_word(w, S: tl.constexpr, KEEP: tl.constexpr):
+    """``(w & KEEP) | (rotr(w, S) & ~KEEP)``: the word from which the pairs that one rotate + one LOP3
+    cannot reach in ``w`` are (written with ``^ 0xFFFFFFFF``: the interpreter refuses ``~`` constants
+    on uint32 tensors)."""
+    return (w & KEEP) | (rotr(w, S) & (KEEP ^ 0xFFFFFFFF))
+
+
+@triton.jit
+def pot4_pair(w, J: tl.constexpr):
+    """Pair J (codes 2J, 2J+1) of a PoT4 word alone, the recipe of :func:`pot4_pairs`."""
+    if J < 2:
+        p = lanes_or(w, 6 * J, POT_T4, 0x20002000)
+    else:
+        p = lanes_or(prep_word(w, 4, 0x61106110), 3 + 6 * (J - 2), POT_T4, 0x20002000)
+    return p
+
+
+@triton.jit
 def pot4_pairs(w):
     """uint32 word of 8 PoT4 codes → 4 fp16x2 (int32 bits) ±2^(E−7); pair p = codes (2p, 2p+1)."""
     C: tl.constexpr = 0x20002000
     p0 = (w & POT_T4) | C
     p1 = lanes_or(w, 6, POT_T4, C)
-    w2 = (w & 0x61106110) | (rotr(w, 4) & ~0x61106110)  # prep word: pairs 2, 3 one rotate away
+    w2 = prep_word(w, 4, 0x61106110)  # pairs 2, 3 one rotate away
     p2 = lanes_or(w2, 3, POT_T4, C)
     p3 = lanes_or(w2, 9, POT_T4, C)
     return p0, p1, p2, p3
@@ -80,8 +98,7 @@ def pot3_pair(w, J: tl.constexpr):
     if J < 4:
         p = lanes_or(w, 3 * J, POT_T3, C)
     else:
-        w2 = (w & 0x00C000C0) | (rotr(w, 1) & ~0x00C000C0)
-        p = lanes_or(w2, 12, POT_T3, C)
+        p = lanes_or(prep_word(w, 1, 0x00C000C0), 12, POT_T3, C)
     return p
 
 

@@ -26,35 +26,8 @@ Rows ``k ≥ K`` decode to finite values (zero codes or masked words): callers m
 import triton
 import triton.language as tl
 
-from .decode import (POT_T3, POT_T4, gather_codes, int3_spare_magic, int_pair_magic, lanes_or, pot2_pair,
-                     pot3_spare_pair, rotr, to_bf16_rne)
-
-
-@triton.jit
-def _prep(w, S: tl.constexpr, KEEP: tl.constexpr):
-    """Prep word ``(w & KEEP) | (rotr(w, S) & ~KEEP)`` of ``decode.pot4_pairs`` / ``pot3_pair``
-    (written with ``^ 0xFFFFFFFF``: the interpreter refuses ``~`` constants on uint32 tensors)."""
-    return (w & KEEP) | (rotr(w, S) & (KEEP ^ 0xFFFFFFFF))
-
-
-@triton.jit
-def _pot4_pair(w, J: tl.constexpr):
-    """Pair J of a PoT4 word (the recipe of ``decode.pot4_pairs``, one pair at a time)."""
-    if J < 2:
-        p = lanes_or(w, 6 * J, POT_T4, 0x20002000)
-    else:
-        p = lanes_or(_prep(w, 4, 0x61106110), 3 + 6 * (J - 2), POT_T4, 0x20002000)
-    return p
-
-
-@triton.jit
-def _pot3_pair(w, J: tl.constexpr):
-    """Pair J ∈ 0..4 of a PoT3 word (the recipe of ``decode.pot3_pair``)."""
-    if J < 4:
-        p = lanes_or(w, 3 * J, POT_T3, 0x30003000)
-    else:
-        p = lanes_or(_prep(w, 1, 0x00C000C0), 12, POT_T3, 0x30003000)
-    return p
+from .decode import (gather_codes, int3_spare_magic, int_pair_magic, pot2_pair, pot3_pair, pot3_spare_pair,
+                     pot4_pair, to_bf16_rne)
 
 
 @triton.jit
@@ -92,7 +65,7 @@ def _pair(w0, w1, w2, w3, w4, w5, w6, w7, P: tl.constexpr, IS_POT: tl.constexpr,
         else:
             w = _word(w0, w1, w2, w3, w4, w5, w6, w7, P // 5)
             if IS_POT:
-                p = _pot3_pair(w, P % 5)
+                p = pot3_pair(w, P % 5)
             else:
                 p = int_pair_magic(w, 9 * ((P % 5) // 3), 3 * ((P % 5) % 3), 3)
     else:
@@ -101,7 +74,7 @@ def _pair(w0, w1, w2, w3, w4, w5, w6, w7, P: tl.constexpr, IS_POT: tl.constexpr,
         J: tl.constexpr = P % PAIRS
         if IS_POT:
             if BITS == 4:
-                p = _pot4_pair(w, J)
+                p = pot4_pair(w, J)
             else:
                 p = pot2_pair(w, J)
         else:
