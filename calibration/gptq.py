@@ -49,11 +49,11 @@ from potkernels.format.common import expand_groups, sqnr_db
 from potkernels.format.config import IntConfig, PoTConfig
 from potkernels.format.pot import clamp_scales, quantize_pot
 from potkernels.format.uniform import clamp_int_scales, quantize_int, rtn_int_params
-from potkernels.integrations.hf import LayerReport, eligible_linears, is_skipped, set_submodule
+from potkernels.integrations.hf import LayerReport, set_submodule
 from potkernels.nn import float_weight, linear_class_for
 
 from .init import init_scales
-from .refine import (_qualified_name, _run, capture_block_inputs, default_act_dtype, find_blocks, fit_gammas,
+from .refine import (_run, block_linears, capture_block_inputs, default_act_dtype, find_blocks, fit_gammas,
                      input_channel_weights)
 
 log = logging.getLogger("potkernels.calibration")
@@ -492,8 +492,7 @@ def gptq_model(model: nn.Module, cfg: PoTConfig | IntConfig, calib_ids: torch.Te
     for idx in bar:
         t0 = time.perf_counter()
         block = blocks[idx]
-        prefix = _qualified_name(model, block)
-        names = [n for n, _ in eligible_linears(block, skip=()) if not is_skipped(f"{prefix}.{n}", skip)]
+        prefix, names = block_linears(model, block, skip)
         if not names:
             continue
         originals = {n: block.get_submodule(n) for n in names}

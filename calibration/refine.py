@@ -317,8 +317,7 @@ def refine_model(model: nn.Module, cfg: PoTConfig, calib_ids: torch.Tensor, epoc
     for idx in bar:
         t0 = time.perf_counter()
         block = blocks[idx]
-        prefix = _qualified_name(model, block)
-        names = [n for n, _ in eligible_linears(block, skip=()) if not is_skipped(f"{prefix}.{n}", skip)]
+        prefix, names = block_linears(model, block, skip)
         if not names:
             continue
         weights = {n: float_weight(block.get_submodule(n)).float() for n in names}
@@ -343,6 +342,12 @@ def refine_model(model: nn.Module, cfg: PoTConfig, calib_ids: torch.Tensor, epoc
         bar.set_postfix(loss=f"{loss_init:.3g}->{loss_final:.3g}")
         log.info("block %d: output MSE %.4g (step 1) -> %.4g (step 2)", idx, loss_init, loss_final)
     return reports, layers
+
+
+def block_linears(model: nn.Module, block: nn.Module, skip: tuple[str, ...]) -> tuple[str, list[str]]:
+    """``(block's qualified name, names inside the block of its linears to quantize)`` under ``skip``."""
+    prefix = _qualified_name(model, block)
+    return prefix, [n for n, _ in eligible_linears(block, skip=()) if not is_skipped(f"{prefix}.{n}", skip)]
 
 
 def _qualified_name(model: nn.Module, module: nn.Module) -> str:
