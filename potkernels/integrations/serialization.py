@@ -261,20 +261,8 @@ def _swap_layers(model: nn.Module, layers: list[dict[str, Any]]) -> None:
 
 def _load_strict(model: nn.Module, tensors: dict[str, torch.Tensor], tied: dict[str, str],
                  buffer_dtypes: dict[str, str]) -> None:
-    own = model.state_dict()
-    packed = {f"{n}.{t}" for n, m in model.named_modules() if isinstance(m, _PackedLinear) for t in m.tensor_names}
-    expected = set(own) - set(tied)
-    missing, unexpected = sorted(expected - set(tensors)), sorted(set(tensors) - expected)
-    if missing or unexpected:
-        raise CheckpointError(
-            f"checkpoint tensors do not match the model: missing {missing[:8]}{' …' if len(missing) > 8 else ''}, "
-            f"unexpected {unexpected[:8]}{' …' if len(unexpected) > 8 else ''}")
-    for name, t in tensors.items():
-        same_kind = t.is_floating_point() and own[name].is_floating_point() and name not in packed
-        if t.shape != own[name].shape or (t.dtype != own[name].dtype and not same_kind):
-            raise CheckpointError(
-                f"tensor {name!r}: checkpoint has {t.dtype} {list(t.shape)}, the model expects "
-                f"{own[name].dtype} {list(own[name].shape)}")
+    _check_tensors_fit(model, {k: (t.dtype, tuple(t.shape), str(t.dtype)) for k, t in tensors.items()}, tied,
+                       "checkpoint")
     model.load_state_dict(tensors, strict=False)
     restore_buffer_dtypes(model, buffer_dtypes)
     # Re-tie aliases (e.g. lm_head.weight → model.embed_tokens.weight) to the very same Parameter.
@@ -377,12 +365,9 @@ def read_checkpoint_meta(path: str | os.PathLike, verify_checksum: bool = True) 
 
 
 def check_checkpoint_tensors(path: str | os.PathLike, model: nn.Module, meta: dict[str, Any]) -> None:
-    """Compare the safetensors header with ``model`` (built with its packed layers, any device incl. meta).
-
-    Every state-dict entry except the tied aliases must be stored, nothing else; packed tensors must
-    have exactly the format's dtype and shape, float tensors the shape (transformers casts them to the
-    requested dtype). Raises :class:`CheckpointError` naming the first problems, before anything loads.
-    """
+    """Compare the safetensors header with ``model`` (built with its packed layers, any device incl. meta)
+    by the rules of :func:`_check_tensors_fit`, before anything loads (transformers casts float tensors
+    to the requested dtype)."""
     from safetensors import safe_open
 
     weights = Path(path) / WEIGHTS_FILE
@@ -391,20 +376,33 @@ def check_checkpoint_tensors(path: str | os.PathLike, model: nn.Module, meta: di
             header = {k: (f.get_slice(k).get_dtype(), tuple(f.get_slice(k).get_shape())) for k in f.keys()}
     except (SafetensorError, OSError, ValueError) as e:
         raise CheckpointError(f"{weights} is not a readable safetensors file ({e})") from e
+    _check_tensors_fit(model, {k: (_SAFETENSORS_DTYPES.get(dt), shape, dt) for k, (dt, shape) in header.items()},
+                       meta.get("tied", {}), str(weights))
+
+
+def _check_tensors_fit(model: nn.Module, stored: dict[str, tuple[Optional[torch.dtype], tuple[int, ...], str]],
+                       tied: dict[str, str], source: str) -> None:
+    """Stored tensors ``{name: (dtype or None if unknown, shape, dtype as written)}`` against ``model``.
+
+    Every state-dict entry except the tied aliases must be stored, nothing else; every shape must match;
+    packed and integer tensors must have exactly the model's dtype, float tensors any float dtype (they
+    are cast on load). Raises :class:`CheckpointError` naming the first problems.
+    """
     own = model.state_dict()
     packed = {f"{n}.{t}" for n, m in model.named_modules() if isinstance(m, _PackedLinear) for t in m.tensor_names}
-    expected = set(own) - set(meta.get("tied", {}))
-    missing, unexpected = sorted(expected - set(header)), sorted(set(header) - expected)
+    expected = set(own) - set(tied)
+    missing, unexpected = sorted(expected - set(stored)), sorted(set(stored) - expected)
     if missing or unexpected:
         raise CheckpointError(
-            f"{weights}: tensors do not match the model: missing {missing[:8]}{' …' if len(missing) > 8 else ''}, "
+            f"{source} tensors do not match the model: missing {missing[:8]}{' …' if len(missing) > 8 else ''}, "
             f"unexpected {unexpected[:8]}{' …' if len(unexpected) > 8 else ''}")
-    for name, (dt, shape) in header.items():
-        want, dtype = own[name], _SAFETENSORS_DTYPES.get(dt)
+    for name, (dtype, shape, shown) in stored.items():
+        want = own[name]
+        exact = name in packed or not want.is_floating_point()
         ok = shape == tuple(want.shape) and dtype is not None and (
-            dtype == want.dtype if name in packed or not want.is_floating_point() else dtype.is_floating_point)
+            dtype == want.dtype if exact else dtype.is_floating_point)
         if not ok:
-            raise CheckpointError(f"tensor {name!r}: checkpoint has {dt} {list(shape)}, the model expects "
+            raise CheckpointError(f"tensor {name!r}: {source} has {shown} {list(shape)}, the model expects "
                                   f"{want.dtype} {list(want.shape)}")
 
 
