@@ -45,7 +45,7 @@ def calibrate_model(model: nn.Module, cfg: PoTConfig | IntConfig, calib_ids: Opt
                     device: Optional[str | torch.device] = None, skip: Iterable[str] = ("lm_head",),
                     act_dtype: Optional[torch.dtype] = None, progress: bool = True, seed: int = 0,
                     act_weighted: Optional[bool] = None, refine: bool = False, damp: float = DEFAULT_DAMP,
-                    act_order: bool = True, true_sequential: bool = False,
+                    act_order: bool = True, true_sequential: bool = False, scale_fits: int = 0,
                     gptq_block_size: int = DEFAULT_BLOCK_SIZE, hessian_batch: int = 8) -> nn.Module:
     """Quantize ``model`` in place with calibrated scales.
 
@@ -122,11 +122,12 @@ def calibrate_model(model: nn.Module, cfg: PoTConfig | IntConfig, calib_ids: Opt
                                  f"{gptq_block_size}, {hessian_batch}")
             blocks, layers = gptq_model(model, cfg, calib_ids, batch_size=hessian_batch, skip=skip,
                                         act_weighted=act_weighted, damp=damp, block_size=gptq_block_size,
-                                        act_order=act_order, true_sequential=true_sequential, refine=refine,
+                                        act_order=act_order, true_sequential=true_sequential,
+                                        scale_fits=scale_fits, refine=refine,
                                         epochs=epochs, lr=lr, lam=lam, refine_batch=batch_size, act_dtype=act_dtype,
                                         progress=progress, seed=seed)
             info.update(refine=refine, damp=damp, act_order=act_order, true_sequential=true_sequential,
-                        gptq_block_size=gptq_block_size)
+                        scale_fits=scale_fits, gptq_block_size=gptq_block_size)
         else:
             blocks, layers = refine_model(model, cfg, calib_ids, epochs, lr, lam, batch_size, skip=skip,
                                           act_dtype=act_dtype, progress=progress, seed=seed,

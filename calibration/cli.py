@@ -187,6 +187,13 @@ def validate_quantize_inputs(args: argparse.Namespace) -> None:
         check_window(args.window, context)
 
 
+def gptq_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The GPTQ-only settings of ``quantize`` as :func:`calibrate_model` keywords (empty for other methods)."""
+    if args.method != "gptq":
+        return {}
+    return {"true_sequential": args.true_sequential, "scale_fits": args.scale_fits}
+
+
 def cmd_quantize(args: argparse.Namespace) -> dict[str, Any]:
     cfg = build_config(args.kind, args.bits, args.group_size)
     try:
@@ -199,6 +206,12 @@ def cmd_quantize(args: argparse.Namespace) -> dict[str, Any]:
         raise CliError("--act-weighted weights the step-1 search; use it with --method init, two-step or gptq")
     if args.act_weighted and args.kind == "int":
         raise CliError("--act-weighted weights the PoT step-1 search; int GPTQ uses min/max scales")
+    gptq_only = [flag for flag, on in (("--true-sequential", args.true_sequential),
+                                       ("--scale-fits", args.scale_fits)) if on]
+    if args.scale_fits < 0:
+        raise CliError(f"--scale-fits must be ≥ 0, got {args.scale_fits}")
+    if gptq_only and args.method != "gptq":
+        raise CliError(f"{', '.join(gptq_only)}: GPTQ settings, need --method gptq")
     if args.refine and args.method != "gptq":
         raise CliError("--refine (step 2 with the GPTQ codes frozen) needs --method gptq; "
                        "--method two-step is step 1 + step 2")
@@ -233,7 +246,8 @@ def cmd_quantize(args: argparse.Namespace) -> dict[str, Any]:
     t0 = time.perf_counter()
     calibrate_model(model, cfg, ids, args.method, epochs=args.epochs, lr=args.lr, lam=args.lam,
                     batch_size=args.batch_size, device=args.device, progress=True, seed=args.seed,
-                    act_weighted=args.act_weighted, refine=args.refine, damp=args.damp)
+                    act_weighted=args.act_weighted, refine=args.refine, damp=args.damp,
+                    **gptq_options(args))
     calib_seconds = time.perf_counter() - t0
     report = model.calibration_report
     print(report["summary"], file=sys.stderr)
@@ -244,7 +258,7 @@ def cmd_quantize(args: argparse.Namespace) -> dict[str, Any]:
               f"mean weight SQNR {sq0:.2f} -> {sq1:.2f} dB ({b['seconds']:.1f} s)", file=sys.stderr)
     result: dict[str, Any] = {
         "command": "quantize", "model": args.model, "config": cfg.to_dict(), "method": args.method,
-        "act_weighted": args.act_weighted, "refine": args.refine,
+        "act_weighted": args.act_weighted, "refine": args.refine, **gptq_options(args),
         "calib": args.calib if ids is not None else None,
         "samples": None if ids is None else ids.shape[0], "seq_len": None if ids is None else ids.shape[1],
         "epochs": report.get("epochs"), "lr": args.lr, "lam": args.lam,
@@ -331,6 +345,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="gptq: afterwards PoTPTQ step 2 with the GPTQ codes frozen (only the scales learn).")
     q.add_argument("--damp", type=float, default=DEFAULT_DAMP,
                    help="gptq: Hessian damping, as a fraction of the mean of diag(H).")
+    q.add_argument("--true-sequential", action=argparse.BooleanOptionalAction, default=False,
+                   help="gptq: quantize the linears of a block in call order, each seeing the earlier ones "
+                        "quantized (about twice the forward work).")
+    q.add_argument("--scale-fits", type=int, default=0,
+                   help="gptq: rounds of least-squares scale refits to the codes, each followed by GPTQ again.")
     q.add_argument("--calib", default="builtin",
                    help="calibration text: 'builtin' (public-domain Shakespeare shipped with the package, "
                         "offline), 'self' (text sampled from the model, offline), 'wikitext2' (WikiText-2 "

@@ -29,6 +29,10 @@ How it is arranged (:func:`gptq_model`):
 * **Packed by the format.** The rounded values are exactly representable (``S·2^E`` and
   ``(q − z)·s`` are exact in fp32), so :func:`quantize_pot` / :func:`quantize_int` given the same
   scales return codes equal to the GPTQ decisions bit for bit; every layer is checked.
+* **Optional scale refits** (``scale_fits``). Step 1 chose each scale for plain rounding; once GPTQ
+  has fixed the codes, the per-row least-squares scales under H (:func:`fit_scales`, groups of a
+  row coupled through H) fit them better, and GPTQ run again under those scales may choose better
+  codes. Each round keeps whichever candidate has the lowest ``‖(W − Q) X‖²``.
 * **Optional refine.** PoTPTQ step 2 afterwards with the codes frozen: ``Ŝ = S·(1+Γ)``, only Γ
   learns (``refine.py``'s step 2 recomputes E from Ŝ, which would undo GPTQ's decisions).
 """
@@ -307,6 +311,45 @@ def gptq_reference(w: torch.Tensor, h: torch.Tensor, grid: Grid, damp: float = D
 
 
 # ---------------------------------------------------------------------------------------------
+# Scales refitted to the codes: least squares under H
+
+
+@torch.no_grad()
+def fit_scales(w: torch.Tensor, unit: torch.Tensor, h: torch.Tensor, group_size: int,
+               old_scales: torch.Tensor) -> torch.Tensor:
+    """Per-row least-squares scales for fixed codes: ``argmin_s ‖(W − U·s) X‖²`` under ``H = X Xᵀ``.
+
+    Args:
+        w: float weight ``[N, K]``; unit: the codes with the scale divided out (``±2^E`` or ``q − z``),
+            ``[N, K]``; h: ``[K, K]`` (already damped); old_scales: ``[N, n_groups]`` float32, kept
+            where the fit is not positive.
+    Returns float32 ``[N, n_groups]`` (unclamped). Groups of one row are coupled through H, so each
+    row solves an ``n_groups × n_groups`` system ``A s = b``, ``A_gh = u_gᵀ H u_h``, ``b_g = u_gᵀ H w``.
+    """
+    n, k = w.shape
+    ng = old_scales.shape[1]
+    pad = ng * group_size - k
+    wd, ud, hd = w.double(), unit.double(), h.double()
+    if pad:
+        wd, ud = F.pad(wd, (0, pad)), F.pad(ud, (0, pad))
+        hd = F.pad(hd, (0, pad, 0, pad))
+    hg = hd.view(ng, group_size, ng, group_size)
+    rows = max(1, (1 << 24) // (k * ng))  # bound the [rows, K, ng] intermediate (~128 MiB of float64)
+    fits = []
+    for r0 in range(0, n, rows):
+        ug = ud[r0:r0 + rows].view(-1, ng, group_size)
+        b = ((wd[r0:r0 + rows] @ hd).view(-1, ng, group_size) * ug).sum(-1)  # [rows, ng]
+        # A[r, g, h] = Σ_ab U[r,g,a] H[g,a,h,b] U[r,h,b], contracted one side at a time (N·K² work)
+        uh = torch.einsum("rga,gahb->rhbg", ug, hg)
+        a_mat = torch.einsum("rhbg,rhb->rgh", uh, ug)
+        fits.append(torch.linalg.solve_ex(a_mat, b.unsqueeze(-1)))
+    s = torch.cat([f[0] for f in fits]).squeeze(-1).float()
+    info = torch.cat([f[1] for f in fits])
+    ok = (info == 0)[:, None] & torch.isfinite(s) & (s > 0)
+    return torch.where(ok, s, old_scales.float())
+
+
+# ---------------------------------------------------------------------------------------------
 # Frozen-code refinement (PoTPTQ step 2 with E fixed)
 
 
@@ -427,15 +470,36 @@ def _accumulate_hessians(block: nn.Module, groups: list[list[str]], xs: list[tor
     return hs, outs, tokens
 
 
+def gptq_with_scale_fits(w: torch.Tensor, h: torch.Tensor, grid: Grid, scale_fits: int = 0,
+                         damp: float = DEFAULT_DAMP, block_size: int = DEFAULT_BLOCK_SIZE,
+                         act_order: bool = True) -> tuple[Grid, torch.Tensor]:
+    """GPTQ, then ``scale_fits`` rounds of: scales refitted to the codes (:func:`fit_scales`), GPTQ again
+    under them. Returns the ``(grid, values)`` with the lowest output error ``‖(W − Q) X‖²`` seen
+    (each round's candidates: the old codes under the new scales, and the new GPTQ result)."""
+    q = gptq_quantize(w, h, grid, damp=damp, block_size=block_size, act_order=act_order)
+    best = (relative_output_error(w, q, h), grid, q)
+    h_damped = prepare_hessian(h.float(), damp)[0]
+    for _ in range(scale_fits):
+        grid = _with_scales(grid, grid.clamp(fit_scales(w, grid.unit(q), h_damped, grid.g, grid.scales)))
+        kept = grid.unit(q) * expand_groups(grid.scales.t().contiguous(), grid.g, grid.k)
+        q = gptq_quantize(w, h, grid, damp=damp, block_size=block_size, act_order=act_order)
+        for cand in (kept, q):
+            err = relative_output_error(w, cand, h)
+            if err < best[0]:
+                best = (err, grid, cand)
+    return best[1], best[2]
+
+
 def _solve_group(block: nn.Module, names: list[str], h: torch.Tensor, cfg, act_weighted: bool, damp: float,
-                 block_size: int, act_order: bool) -> dict[str, tuple[Grid, torch.Tensor, float, float]]:
+                 block_size: int, act_order: bool,
+                 scale_fits: int = 0) -> dict[str, tuple[Grid, torch.Tensor, float, float]]:
     """GPTQ on the stacked weights of ``names`` (shared Hessian ``h``) → per name (grid, values, errors)."""
     ws = [float_weight(block.get_submodule(n)).float() for n in names]
     rows = [w.shape[0] for w in ws]
     w = torch.cat(ws, dim=0)
-    grid = make_grid(w, cfg, h, act_weighted)
-    q = gptq_quantize(w, h, grid, damp=damp, block_size=block_size, act_order=act_order)
-    q_rtn = grid.round(w)
+    grid0 = make_grid(w, cfg, h, act_weighted)
+    q_rtn = grid0.round(w)  # plain rounding under the step-1 scales, for the report
+    grid, q = gptq_with_scale_fits(w, h, grid0, scale_fits, damp=damp, block_size=block_size, act_order=act_order)
     out = {}
     r0 = 0
     for name, n_rows in zip(names, rows):
@@ -462,7 +526,8 @@ def _packed_layer(module: nn.Module, grid: Grid, q: torch.Tensor) -> nn.Module:
 def gptq_model(model: nn.Module, cfg: PoTConfig | IntConfig, calib_ids: torch.Tensor, *,
                batch_size: int = 8, skip: Iterable[str] = ("lm_head",), act_weighted: bool = True,
                damp: float = DEFAULT_DAMP, block_size: int = DEFAULT_BLOCK_SIZE, act_order: bool = True,
-               true_sequential: bool = False, refine: bool = False, epochs: int = 4, lr: float = 1e-3,
+               true_sequential: bool = False, scale_fits: int = 0, refine: bool = False, epochs: int = 4,
+               lr: float = 1e-3,
                lam: float = 0.1, refine_batch: int = 2, act_dtype: Optional[torch.dtype] = None,
                progress: bool = True, seed: int = 0) -> tuple[list[GPTQBlockReport], list[LayerReport]]:
     """GPTQ over every transformer block of ``model`` (in place), swapping its linears to packed layers.
@@ -472,6 +537,7 @@ def gptq_model(model: nn.Module, cfg: PoTConfig | IntConfig, calib_ids: torch.Te
         batch_size: samples per forward while collecting Hessians (memory only).
         act_weighted: PoT scales by the ``diag(H)``-weighted step-1 search (else the data-free one).
         damp, block_size, act_order, true_sequential: see the module docstring.
+        scale_fits: rounds of least-squares scale refits + GPTQ again per linear (:func:`gptq_with_scale_fits`).
         refine: afterwards, per block, learn Γ with the codes frozen (``epochs`` passes, Adam ``lr``,
             regulariser ``lam``, ``refine_batch`` samples per step) against the float block's outputs.
     Returns per-block :class:`GPTQBlockReport` and the swapped layers' :class:`LayerReport` (full names).
@@ -507,7 +573,8 @@ def gptq_model(model: nn.Module, cfg: PoTConfig | IntConfig, calib_ids: torch.Te
                                                    stop_after=not (first and refine), want_outputs=first and refine)
                 if first:
                     targets = outs
-                solved.update(_solve_group(block, group, hs[0], cfg, act_weighted, damp, block_size, act_order))
+                solved.update(_solve_group(block, group, hs[0], cfg, act_weighted, damp, block_size, act_order,
+                                           scale_fits))
                 for n in group:  # later groups see this one quantized
                     grid, q, _, _ = solved[n]
                     set_submodule(block, n, _packed_layer(originals[n], grid, q))
@@ -515,7 +582,8 @@ def gptq_model(model: nn.Module, cfg: PoTConfig | IntConfig, calib_ids: torch.Te
             hs, targets, _ = _accumulate_hessians(block, groups, xs, extras, dtype, stop_after=not refine,
                                                   want_outputs=refine)
             for gi, group in enumerate(groups):
-                solved.update(_solve_group(block, group, hs[gi], cfg, act_weighted, damp, block_size, act_order))
+                solved.update(_solve_group(block, group, hs[gi], cfg, act_weighted, damp, block_size, act_order,
+                                           scale_fits))
         # Linears never called (none in GPT-2 / Llama): plain rounding with data-free scales.
         for n in names:
             if n not in solved:

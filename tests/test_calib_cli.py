@@ -42,6 +42,9 @@ def run(capsys, *argv):
     (["--kind", "int", "--method", "init"], "uniform int (kind 'int') supports ('rtn', 'gptq')"),
     (["--kind", "int", "--method", "gptq", "--act-weighted"], "int GPTQ uses min/max scales"),
     (["--method", "two-step", "--refine"], "--refine (step 2 with the GPTQ codes frozen) needs --method gptq"),
+    (["--method", "two-step", "--true-sequential", "--scale-fits", "1"],
+     "--true-sequential, --scale-fits: GPTQ settings, need --method gptq"),
+    (["--method", "gptq", "--scale-fits", "-1"], "--scale-fits must be ≥ 0"),
     (["--method", "gptq", "--calib", "/nonexistent/calib.txt"], "--calib '/nonexistent/calib.txt': no such file"),
     (["--kind", "pot", "--bits", "8", "--method", "rtn"], "PoT bits must be one of"),
     (["--kind", "pot", "--bits", "3", "--group-size", "100", "--method", "rtn"], "group_size must be one of"),
@@ -157,11 +160,12 @@ def test_init_with_calib_says_it_is_unused(capsys, tiny_model_dir, text_file):
 
 
 def test_gptq_cli_int_and_pot(capsys, tmp_path, tiny_model_dir, text_file):
-    for kind, extra in (("int", []), ("pot", ["--refine", "--epochs", "1"])):
+    for kind, extra in (("int", []), ("pot", ["--refine", "--epochs", "1", "--true-sequential", "--scale-fits", "1"])):
         code, out, err = run(capsys, "quantize", "--model", tiny_model_dir, "--kind", kind, "--bits", "3",
                              "--group-size", "32", "--method", "gptq", "--calib", text_file, "--samples", "4",
                              "--seq-len", "32", "--out", tmp_path / kind, "--json", *extra)
         assert code == 0, err
         q = json.loads(out.strip().splitlines()[-1])
         assert q["method"] == "gptq" and q["refine"] == (kind == "pot") and q["act_weighted"] == (kind == "pot")
+        assert q["true_sequential"] == (kind == "pot") and q["scale_fits"] == (kind == "pot")
         assert (tmp_path / kind).is_dir() and "GPTQ" in err  # the per-block progress bar

@@ -7,8 +7,8 @@ import torch
 
 from calibration.calibrate import calibrate_model
 from calibration.eval import perplexity
-from calibration.gptq import (IntGrid, PoTGrid, gptq_quantize, gptq_reference, make_grid, pot_round_nearest,
-                              relative_output_error)
+from calibration.gptq import (IntGrid, PoTGrid, fit_scales, gptq_quantize, gptq_reference, gptq_with_scale_fits,
+                              make_grid, pot_round_nearest, prepare_hessian, relative_output_error)
 from calibration.init import init_scales
 from potkernels import IntConfig, IntLinear, PoTConfig, PoTLinear, load_quantized, save_quantized
 from potkernels.format.pot import quantize_pot
@@ -82,6 +82,42 @@ def test_packed_codes_equal_gptq_decisions(cfg):
         assert torch.equal(packed.scales.float().t(), grid.scales)
         torch.testing.assert_close(torch.where(sign.bool(), -1.0, 1.0) * torch.exp2(e.float()), grid.unit(q),
                                    rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("cfg", [PoTConfig(3, 32), IntConfig(3, 32)])
+def test_fit_scales_is_the_least_squares_solution(cfg):
+    """Per row, the refitted scales solve min ‖(w − U·s) X‖² exactly (checked against a dense solve)."""
+    n, k = 12, 80  # two groups of 32 and a partial group of 16
+    w = torch.randn(n, k) * 0.02
+    x = loud_inputs(300, k)
+    h = prepare_hessian(x.t() @ x, 0.01)[0]
+    grid = make_grid(w, cfg, h)
+    unit = grid.unit(gptq_quantize(w, h, grid))
+    s = fit_scales(w, unit, h, grid.g, grid.scales)
+    for r in range(n):
+        basis = torch.zeros(k, 3, dtype=torch.float64)
+        for g in range(3):
+            basis[g * 32:(g + 1) * 32, g] = unit[r, g * 32:(g + 1) * 32].double()
+        a, b = basis.t() @ h.double() @ basis, basis.t() @ h.double() @ w[r].double()
+        want = torch.linalg.solve(a, b).float()
+        torch.testing.assert_close(s[r], torch.where(want > 0, want, grid.scales[r]), rtol=1e-5, atol=0)
+
+
+@pytest.mark.parametrize("cfg", [PoTConfig(3, 32), PoTConfig(4, 128), IntConfig(3, 32)])
+def test_scale_fits_lower_the_output_error_and_pack_exactly(cfg):
+    """Refitting the scales to the GPTQ codes (then GPTQ again) never raises the output error, and the
+    result still packs to exactly those values."""
+    n, k = 48, 160
+    w = torch.randn(n, k) * 0.02
+    x = loud_inputs(1024, k)
+    h = x.t() @ x
+    grid = make_grid(w, cfg, h)
+    errs = []
+    for fits in (0, 1, 2):
+        g, q = gptq_with_scale_fits(w, h, grid, fits)
+        errs.append(relative_output_error(w, q, h))
+        assert torch.equal(g.pack(q).dequantize(torch.float16), q.half())
+    assert errs[2] <= errs[1] <= errs[0] and errs[2] < errs[0]
 
 
 @pytest.mark.parametrize("bits", [3, 4])
@@ -160,6 +196,27 @@ def test_refine_keeps_codes_and_true_sequential_option():
     c.load_state_dict(base.state_dict())
     calibrate_model(c, cfg, ids, "gptq", true_sequential=True, progress=False)
     assert len(c.calibration_report["blocks"]) == 2 and c.calibration_report["true_sequential"] is True
+
+
+@pytest.mark.parametrize("arch", MODELS)
+def test_scale_fits_bring_the_logits_closer_to_float(arch):
+    """Two rounds of scale refits end closer to the float logits than plain GPTQ (tiny models, in-sample:
+    measured 0.76× on Llama, 0.92× on GPT-2), still packed, with the setting in the report."""
+    torch.manual_seed(0)
+    ids = torch.randint(0, VOCAB, (8, 32))
+    base = MODELS[arch]()
+    with torch.no_grad():
+        want = base(ids).logits
+    errs = []
+    for fits in (0, 2):
+        m = MODELS[arch]()
+        m.load_state_dict(base.state_dict())
+        calibrate_model(m, PoTConfig(3, 32), ids, "gptq", scale_fits=fits, progress=False)
+        assert m.calibration_report["scale_fits"] == fits
+        assert sum(isinstance(x, PoTLinear) for x in m.modules()) > 0
+        with torch.no_grad():
+            errs.append(float((m(ids).logits - want).pow(2).mean()))
+    assert errs[1] < 0.96 * errs[0]
 
 
 def test_gptq_bad_input():
