@@ -38,6 +38,7 @@ sys.path.insert(0, str(ROOT))
 from calibration.calibrate import calibrate_model  # noqa: E402
 from calibration.data import get_calibration_ids  # noqa: E402
 from calibration.eval import perplexity, read_text, tokenize_text  # noqa: E402
+from calibration.gptq import DEFAULT_SCALE_FITS  # noqa: E402
 from potkernels import IntConfig, IntLinear, PoTConfig, PoTLinear  # noqa: E402
 from potkernels.integrations.hf import dequantize_model, eligible_linears  # noqa: E402
 from potkernels.models import load_model  # noqa: E402
@@ -97,7 +98,8 @@ def run_row(row: str, bits: int, group: int, args, eval_ids: torch.Tensor, calib
     elif row in ("gptq-int", "pot-gptq", "pot-gptq-refine"):
         cfg = IntConfig(bits, group) if row == "gptq-int" else PoTConfig(bits, group)
         calibrate_model(model, cfg, calib_ids, "gptq", refine=row.endswith("refine"), epochs=args.refine_epochs,
-                        lr=args.lr, lam=args.lam, batch_size=args.batch_size, progress=True)
+                        lr=args.lr, lam=args.lam, batch_size=args.batch_size, progress=True,
+                        scale_fits=args.scale_fits)
     elif row == "hqq-int":
         apply_hqq(model, bits, group)
     quant_s = time.perf_counter() - t0
@@ -115,7 +117,7 @@ def run_row(row: str, bits: int, group: int, args, eval_ids: torch.Tensor, calib
     rep = getattr(model, "calibration_report", None)
     if rep and rep.get("method") == "gptq":
         out["gptq"] = {k: rep[k] for k in ("samples", "seq_len", "refine", "epochs", "damp", "act_order",
-                                           "true_sequential", "act_weighted")}
+                                           "true_sequential", "act_weighted", "scale_fits")}
         errs = [(sum(b["err_rtn"].values()) / len(b["err_rtn"]), sum(b["err_gptq"].values()) / len(b["err_gptq"]))
                 for b in rep["blocks"]]
         out["gptq"]["block_rel_output_error_rtn_vs_gptq"] = errs
@@ -221,6 +223,8 @@ def main(argv=None) -> int:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--refine-epochs", type=int, default=4, help="pot-gptq-refine: Γ epochs with E frozen")
+    p.add_argument("--scale-fits", type=int, default=DEFAULT_SCALE_FITS,
+                   help="GPTQ rows: least-squares scale refit + GPTQ rounds per linear")
     p.add_argument("--backend", choices=("decoded", "torch", "triton", "auto"), default="decoded",
                    help="matmul of the packed layers: 'decoded' (reference decode once, then nn.Linear: the "
                         "same numbers as 'torch', faster on a CPU), 'torch' (reference decode + fp32 matmul "

@@ -11,7 +11,7 @@ from potkernels.format.config import IntConfig, PoTConfig
 from potkernels.integrations.hf import eligible_linears, quantize_model, summarize_report
 from potkernels.nn import float_weight
 
-from .gptq import DEFAULT_BLOCK_SIZE, DEFAULT_DAMP, gptq_model
+from .gptq import DEFAULT_BLOCK_SIZE, DEFAULT_DAMP, DEFAULT_SCALE_FITS, gptq_model
 from .init import init_scales
 from .refine import refine_model
 
@@ -45,7 +45,7 @@ def calibrate_model(model: nn.Module, cfg: PoTConfig | IntConfig, calib_ids: Opt
                     device: Optional[str | torch.device] = None, skip: Iterable[str] = ("lm_head",),
                     act_dtype: Optional[torch.dtype] = None, progress: bool = True, seed: int = 0,
                     act_weighted: Optional[bool] = None, refine: bool = False, damp: float = DEFAULT_DAMP,
-                    act_order: bool = True, true_sequential: bool = False, scale_fits: int = 0,
+                    act_order: bool = True, true_sequential: bool = False, scale_fits: int = DEFAULT_SCALE_FITS,
                     gptq_block_size: int = DEFAULT_BLOCK_SIZE, hessian_batch: int = 8) -> nn.Module:
     """Quantize ``model`` in place with calibrated scales.
 

@@ -24,7 +24,7 @@ from .calibrate import (DATA_METHODS, DEFAULT_BATCH, DEFAULT_EPOCHS, DEFAULT_LAM
                         check_method)
 from .data import get_calibration_ids
 from .eval import default_window, perplexity, read_text, tokenize_text
-from .gptq import DEFAULT_DAMP
+from .gptq import DEFAULT_DAMP, DEFAULT_SCALE_FITS
 
 # Default calibration set: 32 windows of 256 tokens (with DEFAULT_EPOCHS/BATCH: 64 Adam steps
 # per block), sized for the 2-core CPU budget; on a GPU use e.g. --samples 128 --seq-len 2048.
@@ -191,7 +191,8 @@ def gptq_options(args: argparse.Namespace) -> dict[str, Any]:
     """The GPTQ-only settings of ``quantize`` as :func:`calibrate_model` keywords (empty for other methods)."""
     if args.method != "gptq":
         return {}
-    return {"true_sequential": args.true_sequential, "scale_fits": args.scale_fits}
+    fits = DEFAULT_SCALE_FITS if args.scale_fits is None else args.scale_fits
+    return {"true_sequential": args.true_sequential, "scale_fits": fits}
 
 
 def cmd_quantize(args: argparse.Namespace) -> dict[str, Any]:
@@ -207,8 +208,8 @@ def cmd_quantize(args: argparse.Namespace) -> dict[str, Any]:
     if args.act_weighted and args.kind == "int":
         raise CliError("--act-weighted weights the PoT step-1 search; int GPTQ uses min/max scales")
     gptq_only = [flag for flag, on in (("--true-sequential", args.true_sequential),
-                                       ("--scale-fits", args.scale_fits)) if on]
-    if args.scale_fits < 0:
+                                       ("--scale-fits", args.scale_fits is not None)) if on]
+    if args.scale_fits is not None and args.scale_fits < 0:
         raise CliError(f"--scale-fits must be ≥ 0, got {args.scale_fits}")
     if gptq_only and args.method != "gptq":
         raise CliError(f"{', '.join(gptq_only)}: GPTQ settings, need --method gptq")
@@ -348,8 +349,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--true-sequential", action=argparse.BooleanOptionalAction, default=False,
                    help="gptq: quantize the linears of a block in call order, each seeing the earlier ones "
                         "quantized (about twice the forward work).")
-    q.add_argument("--scale-fits", type=int, default=0,
-                   help="gptq: rounds of least-squares scale refits to the codes, each followed by GPTQ again.")
+    q.add_argument("--scale-fits", type=int, default=None,
+                   help="gptq: rounds of least-squares scale refits to the codes, each followed by GPTQ again "
+                        f"(default: {DEFAULT_SCALE_FITS}).")
     q.add_argument("--calib", default="builtin",
                    help="calibration text: 'builtin' (public-domain Shakespeare shipped with the package, "
                         "offline), 'self' (text sampled from the model, offline), 'wikitext2' (WikiText-2 "

@@ -65,6 +65,7 @@ log = logging.getLogger("potkernels.calibration")
 DEFAULT_DAMP = 0.01  # fraction of mean(diag H) added to the diagonal
 DEFAULT_BLOCK_SIZE = 128  # lazy-batch width (columns)
 DAMP_RETRIES = 5  # ×10 damping each time a Cholesky factorisation fails
+DEFAULT_SCALE_FITS = 2  # least-squares scale refit + GPTQ rounds per linear (SmolLM2 PoT3: 47.85 → 45.90)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -480,8 +481,9 @@ def gptq_with_scale_fits(w: torch.Tensor, h: torch.Tensor, grid: Grid, scale_fit
     best = (relative_output_error(w, q, h), grid, q)
     h_damped = prepare_hessian(h.float(), damp)[0]
     for _ in range(scale_fits):
-        grid = _with_scales(grid, grid.clamp(fit_scales(w, grid.unit(q), h_damped, grid.g, grid.scales)))
-        kept = grid.unit(q) * expand_groups(grid.scales.t().contiguous(), grid.g, grid.k)
+        unit = grid.unit(q)  # the codes, under the scales they were chosen with
+        grid = _with_scales(grid, grid.clamp(fit_scales(w, unit, h_damped, grid.g, grid.scales)))
+        kept = unit * expand_groups(grid.scales.t().contiguous(), grid.g, grid.k)
         q = gptq_quantize(w, h, grid, damp=damp, block_size=block_size, act_order=act_order)
         for cand in (kept, q):
             err = relative_output_error(w, cand, h)
@@ -526,8 +528,8 @@ def _packed_layer(module: nn.Module, grid: Grid, q: torch.Tensor) -> nn.Module:
 def gptq_model(model: nn.Module, cfg: PoTConfig | IntConfig, calib_ids: torch.Tensor, *,
                batch_size: int = 8, skip: Iterable[str] = ("lm_head",), act_weighted: bool = True,
                damp: float = DEFAULT_DAMP, block_size: int = DEFAULT_BLOCK_SIZE, act_order: bool = True,
-               true_sequential: bool = False, scale_fits: int = 0, refine: bool = False, epochs: int = 4,
-               lr: float = 1e-3,
+               true_sequential: bool = False, scale_fits: int = DEFAULT_SCALE_FITS, refine: bool = False,
+               epochs: int = 4, lr: float = 1e-3,
                lam: float = 0.1, refine_batch: int = 2, act_dtype: Optional[torch.dtype] = None,
                progress: bool = True, seed: int = 0) -> tuple[list[GPTQBlockReport], list[LayerReport]]:
     """GPTQ over every transformer block of ``model`` (in place), swapping its linears to packed layers.
@@ -634,4 +636,5 @@ def _with_scales(grid: Grid, scales: torch.Tensor) -> Grid:
 
 
 __all__ = ["gptq_model", "gptq_quantize", "gptq_reference", "make_grid", "pot_round_nearest", "PoTGrid", "IntGrid",
-           "FrozenCodeLinear", "GPTQBlockReport", "relative_output_error"]
+           "FrozenCodeLinear", "GPTQBlockReport", "relative_output_error", "fit_scales", "gptq_with_scale_fits",
+           "DEFAULT_SCALE_FITS"]

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from calibration import cli
+from calibration.gptq import DEFAULT_SCALE_FITS
 from tiny_models import tiny_gpt2
 
 
@@ -167,5 +168,5 @@ def test_gptq_cli_int_and_pot(capsys, tmp_path, tiny_model_dir, text_file):
         assert code == 0, err
         q = json.loads(out.strip().splitlines()[-1])
         assert q["method"] == "gptq" and q["refine"] == (kind == "pot") and q["act_weighted"] == (kind == "pot")
-        assert q["true_sequential"] == (kind == "pot") and q["scale_fits"] == (kind == "pot")
+        assert q["true_sequential"] == (kind == "pot") and q["scale_fits"] == (1 if kind == "pot" else DEFAULT_SCALE_FITS)
         assert (tmp_path / kind).is_dir() and "GPTQ" in err  # the per-block progress bar
