@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import platform
 import resource
 import sys
@@ -113,6 +114,7 @@ def run_row(row: str, bits: int, group: int, args, eval_ids: torch.Tensor, calib
                    progress=True)
     out = {"row": row, "bits": None if row == "fp" else bits, "group_size": None if row == "fp" else group,
            "ppl": r["ppl"], "nll": r["nll"], "tokens": r["tokens"], "windows": r["windows"], "window": r["window"],
+           "window_nll": r["window_nll"], "ppl_first4": math.exp(sum(r["window_nll"][:4]) / len(r["window_nll"][:4])),
            "quantize_seconds": quant_s, "eval_seconds": time.perf_counter() - t0}
     rep = getattr(model, "calibration_report", None)
     if rep and rep.get("method") == "gptq":

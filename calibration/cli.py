@@ -216,6 +216,8 @@ def cmd_quantize(args: argparse.Namespace) -> dict[str, Any]:
     if args.refine and args.method != "gptq":
         raise CliError("--refine (step 2 with the GPTQ codes frozen) needs --method gptq; "
                        "--method two-step is step 1 + step 2")
+    if args.refine is None:
+        args.refine = args.method == "gptq"
     needs_data = args.method in DATA_METHODS or args.act_weighted
     if args.seq_len is None:
         args.seq_len = DEFAULT_SEQ_LEN_GPTQ if args.method == "gptq" else DEFAULT_SEQ_LEN
@@ -334,16 +336,17 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--bits", type=int, default=3, help=f"bits per weight: PoT {POT_BITS}, int {INT_BITS}.")
     q.add_argument("--group-size", type=parse_group_size, default=128,
                    help="input columns per scale: 32, 64, 128, 256 or 'channel' (one group per output row).")
-    q.add_argument("--method", choices=METHODS, default="two-step",
+    q.add_argument("--method", choices=METHODS, default="gptq",
                    help="rtn: round to nearest; init: PoTPTQ step 1 (scale grid search); "
                         "two-step: step 1 then step 2 (block-wise scale refinement on calibration data); "
                         "gptq: step-1 scales, then GPTQ rounding on the PoT grid (also for --kind int).")
     q.add_argument("--act-weighted", action=argparse.BooleanOptionalAction, default=None,
                    help="step 1 weights each input column's error by its mean x² on the calibration data "
-                        "(default: on for two-step, off for init; --no-act-weighted gives the paper's "
+                        "(default: on for two-step and PoT gptq, off for init; --no-act-weighted gives the paper's "
                         "data-free step 1, which collapses SmolLM2 at 3 bits).")
-    q.add_argument("--refine", action="store_true",
-                   help="gptq: afterwards PoTPTQ step 2 with the GPTQ codes frozen (only the scales learn).")
+    q.add_argument("--refine", action=argparse.BooleanOptionalAction, default=None,
+                   help="gptq: afterwards PoTPTQ step 2 with the GPTQ codes frozen (only the scales learn; "
+                        "--epochs passes). Default: on for gptq.")
     q.add_argument("--damp", type=float, default=DEFAULT_DAMP,
                    help="gptq: Hessian damping, as a fraction of the mean of diag(H).")
     q.add_argument("--true-sequential", action=argparse.BooleanOptionalAction, default=False,

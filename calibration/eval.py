@@ -33,7 +33,8 @@ def perplexity(model, ids: torch.Tensor, window: int, max_windows: int | None = 
     """Perplexity of ``model`` over 1-D token ``ids`` in non-overlapping windows of ``window`` tokens.
 
     Every window is scored on its tokens 2…window (the first has no context); a trailing partial
-    window is dropped. Returns ``{"ppl", "nll", "tokens", "windows", "window"}``.
+    window is dropped. Returns ``{"ppl", "nll", "tokens", "windows", "window", "window_nll"}``
+    (``window_nll``: each window's mean NLL, so the perplexity of any prefix of windows can be read off).
     """
     if ids.dim() != 1:
         raise ValueError(f"ids must be 1-D, got shape {tuple(ids.shape)}")
@@ -44,17 +45,17 @@ def perplexity(model, ids: torch.Tensor, window: int, max_windows: int | None = 
         raise ValueError(f"text has {ids.numel()} tokens, fewer than one window of {window}")
     device = next(model.parameters()).device
     chunks = ids[: n_windows * window].view(n_windows, window)
-    total_nll, total_tokens = 0.0, 0
+    window_nll: list[float] = []  # mean NLL of each window, in order
     for i in tqdm(range(0, n_windows, batch_size), disable=not progress, desc="ppl"):
         batch = chunks[i : i + batch_size].to(device)
         logits = model(batch).logits.float()
         nll = torch.nn.functional.cross_entropy(
-            logits[:, :-1].reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1), reduction="sum"
-        )
-        total_nll += float(nll)
-        total_tokens += batch[:, 1:].numel()
-    mean = total_nll / total_tokens
-    return {"ppl": math.exp(mean), "nll": mean, "tokens": total_tokens, "windows": n_windows, "window": window}
+            logits[:, :-1].reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1), reduction="none"
+        ).view(batch.shape[0], -1)
+        window_nll += nll.double().mean(dim=1).tolist()
+    mean = sum(window_nll) / n_windows  # every window scores window - 1 tokens
+    return {"ppl": math.exp(mean), "nll": mean, "tokens": n_windows * (window - 1), "windows": n_windows,
+            "window": window, "window_nll": window_nll}
 
 
 def default_window(model, cap: int = 2048) -> int:

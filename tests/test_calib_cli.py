@@ -161,9 +161,11 @@ def test_init_with_calib_says_it_is_unused(capsys, tiny_model_dir, text_file):
 
 
 def test_gptq_cli_int_and_pot(capsys, tmp_path, tiny_model_dir, text_file):
-    for kind, extra in (("int", []), ("pot", ["--refine", "--epochs", "1", "--true-sequential", "--scale-fits", "1"])):
+    """gptq is the default method, with refine on: int with --no-refine, PoT with every GPTQ flag set."""
+    for kind, extra in (("int", ["--no-refine"]),
+                        ("pot", ["--refine", "--epochs", "1", "--true-sequential", "--scale-fits", "1"])):
         code, out, err = run(capsys, "quantize", "--model", tiny_model_dir, "--kind", kind, "--bits", "3",
-                             "--group-size", "32", "--method", "gptq", "--calib", text_file, "--samples", "4",
+                             "--group-size", "32", "--calib", text_file, "--samples", "4",
                              "--seq-len", "32", "--out", tmp_path / kind, "--json", *extra)
         assert code == 0, err
         q = json.loads(out.strip().splitlines()[-1])

@@ -54,6 +54,10 @@ def test_perplexity_windows(tiny):
     assert r["windows"] == 3 and r["tokens"] == 3 * 31 and math.isfinite(r["ppl"])
     # batching windows does not change the number
     assert perplexity(model, ids, window=32, max_windows=3, batch_size=2)["ppl"] == pytest.approx(r["ppl"], rel=1e-5)
+    # per-window NLLs: their mean is the NLL, and a prefix of them is the run with fewer windows
+    assert len(r["window_nll"]) == 3 and sum(r["window_nll"]) / 3 == pytest.approx(r["nll"], rel=1e-12)
+    two = perplexity(model, ids, window=32, max_windows=2)
+    assert math.exp(sum(r["window_nll"][:2]) / 2) == pytest.approx(two["ppl"], rel=1e-6)
 
 
 def _saved_quantized(tmp_path, tiny):
