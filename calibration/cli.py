@@ -339,7 +339,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--method", choices=METHODS, default="gptq",
                    help="rtn: round to nearest; init: PoTPTQ step 1 (scale grid search); "
                         "two-step: step 1 then step 2 (block-wise scale refinement on calibration data); "
-                        "gptq: step-1 scales, then GPTQ rounding on the PoT grid (also for --kind int).")
+                        "gptq: step-1 scales, GPTQ rounding on the PoT grid, scale refits, then frozen-code "
+                        "refine (also for --kind int).")
     q.add_argument("--act-weighted", action=argparse.BooleanOptionalAction, default=None,
                    help="step 1 weights each input column's error by its mean x² on the calibration data "
                         "(default: on for two-step and PoT gptq, off for init; --no-act-weighted gives the paper's "
