@@ -57,8 +57,7 @@ from potkernels.integrations.hf import LayerReport, set_submodule
 from potkernels.nn import float_weight, linear_class_for
 
 from .init import init_scales
-from .refine import (_run, block_linears, capture_block_inputs, default_act_dtype, find_blocks, fit_gammas,
-                     input_channel_weights)
+from .refine import _run, block_linears, block_stream, fit_gammas, input_channel_weights
 
 log = logging.getLogger("potkernels.calibration")
 
@@ -544,13 +543,9 @@ def gptq_model(model: nn.Module, cfg: PoTConfig | IntConfig, calib_ids: torch.Te
             regulariser ``lam``, ``refine_batch`` samples per step) against the float block's outputs.
     Returns per-block :class:`GPTQBlockReport` and the swapped layers' :class:`LayerReport` (full names).
     """
-    blocks = find_blocks(model)
-    dtype = next(model.parameters()).dtype
-    hidden = getattr(getattr(model, "config", None), "hidden_size", 1)
-    if act_dtype is None:
-        act_dtype = default_act_dtype(dtype, calib_ids.numel() * hidden)
     # Hessian passes use big batches; refinement steps use ``refine_batch`` samples.
-    xs, extras = capture_block_inputs(model, blocks, calib_ids, refine_batch if refine else batch_size, act_dtype)
+    blocks, dtype, act_dtype, xs, extras = block_stream(model, calib_ids, refine_batch if refine else batch_size,
+                                                        act_dtype)
     skip = tuple(skip)
     reports: list[GPTQBlockReport] = []
     layers: list[LayerReport] = []

@@ -293,6 +293,22 @@ def default_act_dtype(model_dtype: torch.dtype, n_values: int) -> torch.dtype:
     return torch.float32 if 2 * 4 * n_values <= 2 * 2**30 else torch.float16
 
 
+def block_stream(model: nn.Module, calib_ids: torch.Tensor, batch_size: int,
+                 act_dtype: Optional[torch.dtype] = None
+                 ) -> tuple[nn.ModuleList, torch.dtype, torch.dtype, list[torch.Tensor], dict[int, tuple]]:
+    """What a block-by-block calibration starts from: ``(blocks, model dtype, activation dtype, xs, extras)``.
+
+    ``act_dtype`` defaults to :func:`default_act_dtype` for ``calib_ids [n, seq]``; ``xs``/``extras`` are
+    block 0's inputs from :func:`capture_block_inputs` (``batch_size`` samples per tensor)."""
+    blocks = find_blocks(model)
+    dtype = next(model.parameters()).dtype
+    hidden = getattr(getattr(model, "config", None), "hidden_size", 1)
+    if act_dtype is None:
+        act_dtype = default_act_dtype(dtype, calib_ids.numel() * hidden)
+    xs, extras = capture_block_inputs(model, blocks, calib_ids, batch_size, act_dtype)
+    return blocks, dtype, act_dtype, xs, extras
+
+
 def refine_model(model: nn.Module, cfg: PoTConfig, calib_ids: torch.Tensor, epochs: int, lr: float, lam: float,
                  batch_size: int, skip: Iterable[str] = ("lm_head",), act_dtype: Optional[torch.dtype] = None,
                  progress: bool = True, seed: int = 0,
@@ -304,12 +320,7 @@ def refine_model(model: nn.Module, cfg: PoTConfig, calib_ids: torch.Tensor, epoc
     to the caller. Returns one :class:`BlockReport` per block and the swapped layers'
     :class:`LayerReport` list (full names).
     """
-    blocks = find_blocks(model)
-    dtype = next(model.parameters()).dtype
-    hidden = getattr(getattr(model, "config", None), "hidden_size", 1)
-    if act_dtype is None:
-        act_dtype = default_act_dtype(dtype, calib_ids.numel() * hidden)
-    xs, extras = capture_block_inputs(model, blocks, calib_ids, batch_size, act_dtype)
+    blocks, dtype, act_dtype, xs, extras = block_stream(model, calib_ids, batch_size, act_dtype)
     skip = tuple(skip)
     reports: list[BlockReport] = []
     layers: list[LayerReport] = []
