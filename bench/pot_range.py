@@ -15,13 +15,15 @@ from __future__ import annotations
 import argparse
 import json
 import subprocess
+import sys
 from pathlib import Path
 
 import torch
 
-from potkernels.format import FORMAT_VERSION, IntConfig, PoTConfig, quantize_weight, sqnr_db
-
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # this checkout's potkernels, not an installed one
+
+from potkernels.format import FORMAT_VERSION, IntConfig, PoTConfig, quantize_weight, sqnr_db  # noqa: E402
 STDS = (1e-2, 1e-3, 3e-4, 1e-4, 1e-5, 1e-6, 1e-7)
 CODES = {"PoT4": PoTConfig(4, 128), "PoT3": PoTConfig(3, 128), "PoT2": PoTConfig(2, 128),
          "int4": IntConfig(4, 128), "int3": IntConfig(3, 128), "int2": IntConfig(2, 128)}

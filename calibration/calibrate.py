@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from potkernels.format.config import IntConfig, PoTConfig
-from potkernels.integrations.hf import eligible_linears, quantize_model, summarize_report
+from potkernels.integrations.hf import SQNR_WARN_DB, eligible_linears, quantize_model, summarize_report, warn_low_sqnr
 from potkernels.nn import float_weight
 
 from .gptq import DEFAULT_BLOCK_SIZE, DEFAULT_DAMP, DEFAULT_SCALE_FITS, gptq_model
@@ -46,7 +46,8 @@ def calibrate_model(model: nn.Module, cfg: PoTConfig | IntConfig, calib_ids: Opt
                     act_dtype: Optional[torch.dtype] = None, progress: bool = True, seed: int = 0,
                     act_weighted: Optional[bool] = None, refine: bool = False, damp: float = DEFAULT_DAMP,
                     act_order: bool = True, true_sequential: bool = False, scale_fits: int = DEFAULT_SCALE_FITS,
-                    gptq_block_size: int = DEFAULT_BLOCK_SIZE, hessian_batch: int = 8) -> nn.Module:
+                    gptq_block_size: int = DEFAULT_BLOCK_SIZE, hessian_batch: int = 8,
+                    warn_sqnr_db: Optional[float] = SQNR_WARN_DB) -> nn.Module:
     """Quantize ``model`` in place with calibrated scales.
 
     Args:
@@ -65,6 +66,9 @@ def calibrate_model(model: nn.Module, cfg: PoTConfig | IntConfig, calib_ids: Opt
             (damping fraction of mean diag H, column order by decreasing diag H, groups of linears
             quantized in call order inside a block, lazy-batch width, samples per Hessian forward).
         device: where to run (the model is moved there and stays there); default: its device.
+        warn_sqnr_db: one :class:`~potkernels.integrations.hf.LowSQNRWarning` at the end names every
+            layer with a weight group whose SQNR is below this (``None``: no warning); see
+            :func:`potkernels.quantize_model`.
         skip: layers left in float (see :func:`potkernels.quantize_model`).
         act_dtype: dtype of the activations kept between blocks (default: see
             :func:`calibration.refine.default_act_dtype`).
@@ -98,9 +102,10 @@ def calibrate_model(model: nn.Module, cfg: PoTConfig | IntConfig, calib_ids: Opt
     t0 = time.perf_counter()
     info: dict = {"method": method, "config": cfg.to_dict(), "act_weighted": act_weighted}
     if method == "rtn":
-        quantize_model(model, cfg, skip=skip)
+        quantize_model(model, cfg, skip=skip, warn_sqnr_db=None)
     elif method == "init" and not act_weighted:
-        quantize_model(model, cfg, skip=skip, params=lambda _n, m: {"scales": init_scales(float_weight(m), cfg)})
+        quantize_model(model, cfg, skip=skip, params=lambda _n, m: {"scales": init_scales(float_weight(m), cfg)},
+                       warn_sqnr_db=None)
     else:
         if calib_ids is None:
             raise ValueError(f"method {method!r} needs calibration data (calib_ids [n_samples, seq_len])")
@@ -135,7 +140,7 @@ def calibrate_model(model: nn.Module, cfg: PoTConfig | IntConfig, calib_ids: Opt
         # Linears outside the blocks (none in GPT-2 / Llama besides the skipped lm_head) get step 1.
         if any(True for _ in eligible_linears(model, skip)):
             quantize_model(model, cfg, skip=skip, params=None if isinstance(cfg, IntConfig) else
-                           lambda _n, m: {"scales": init_scales(float_weight(m), cfg)})
+                           lambda _n, m: {"scales": init_scales(float_weight(m), cfg)}, warn_sqnr_db=None)
             layers += model.quantization_report
         if not layers:
             raise ValueError("no linear layer was quantized (check `skip`)")
@@ -147,4 +152,5 @@ def calibrate_model(model: nn.Module, cfg: PoTConfig | IntConfig, calib_ids: Opt
     info["seconds"] = time.perf_counter() - t0
     info["summary"] = summarize_report(model.quantization_report)
     model.calibration_report = info
+    warn_low_sqnr(model.quantization_report, warn_sqnr_db)
     return model

@@ -3,7 +3,7 @@
 GPTQ (Frantar et al., arXiv 2210.17323) rounds a weight one input column at a time and pushes
 each column's rounding error onto the columns not yet rounded, through the inverse of the layer's
 Hessian ``H = Σ x xᵀ`` (its inputs on calibration text). The update accepts any grid, so here a
-column is rounded to the nearest level *in value* of the stored format under its fixed fp16
+column is rounded to the nearest level *in value* of the stored format under its fixed storable
 scale: ``±S·2^E`` for PoT (not the log-domain rule of :func:`quantize_pot`; the value rule is what
 minimises the error GPTQ feeds back), ``(q − z)·s`` for int.
 
@@ -49,11 +49,11 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from potkernels.format.common import expand_groups, sqnr_db
+from potkernels.format.common import expand_groups
 from potkernels.format.config import IntConfig, PoTConfig
 from potkernels.format.pot import clamp_scales, quantize_pot
 from potkernels.format.uniform import clamp_int_scales, quantize_int, rtn_int_params
-from potkernels.integrations.hf import LayerReport, set_submodule
+from potkernels.integrations.hf import LayerReport, layer_report, set_submodule
 from potkernels.nn import float_weight, linear_class_for
 
 from .init import init_scales
@@ -96,22 +96,24 @@ def pot_round_nearest(w: torch.Tensor, s: torch.Tensor, qmax: int) -> tuple[torc
     """Nearest PoT level in value: ``(E, sign)`` int32 for weights ``w`` under scales ``s`` (same shape).
 
     ``|w|`` goes to level ``S·2^E``, E ∈ [0, qmax], with the cut between ``S·2^(e−1)`` and ``S·2^e``
-    at their midpoint ``0.75·S·2^e`` (a tie goes up). The cuts are exact products of the fp16 S,
-    so the comparison is exact. ``w == 0`` gives E = 0, sign 0 (the format has no zero level).
+    at their midpoint ``0.75·S·2^e`` (a tie goes up). The cuts are exact products of the storable S
+    (≤ 11 significant bits), so the comparison is exact. ``w == 0`` gives E = 0, sign 0 (the format
+    has no zero level); ``S == 0`` gives code 0, as :func:`potkernels.format.pot.pot_encode` stores it.
     """
     a = w.abs()
     e = torch.zeros_like(a, dtype=torch.int32)
     for level in range(1, qmax + 1):
         e += (a >= s * (0.75 * 2.0**level)).to(torch.int32)
-    return e, (w < 0).to(torch.int32)
+    live = s > 0
+    return torch.where(live, e, 0), (live & (w < 0)).to(torch.int32)
 
 
 class PoTGrid(Grid):
-    """PoT levels ``±S·2^E`` with fixed fp16 scales ``scales`` float32 ``[N, n_groups]``."""
+    """PoT levels ``±S·2^E`` with fixed storable level scales ``scales`` float32 ``[N, n_groups]``."""
 
     def __init__(self, cfg: PoTConfig, scales: torch.Tensor, k: int) -> None:
         self.cfg, self.k = cfg, k
-        self.scales = clamp_scales(scales, cfg.bits).float()  # the stored S (unchanged if already storable)
+        self.scales = clamp_scales(scales, cfg.bits)  # the storable S (unchanged if already storable)
         self.g = cfg.groups_in(k)[0]
 
     def round_column(self, w: torch.Tensor, j: int) -> torch.Tensor:
@@ -135,7 +137,7 @@ class PoTGrid(Grid):
         return torch.where(sign.bool(), -1.0, 1.0) * torch.exp2(e.float())
 
     def clamp(self, s: torch.Tensor) -> torch.Tensor:
-        return clamp_scales(s, self.cfg.bits).float()
+        return clamp_scales(s, self.cfg.bits)
 
     def pack(self, q: torch.Tensor):
         packed = quantize_pot(q.float(), self.cfg, scales=self.scales)
@@ -322,7 +324,7 @@ def fit_scales(w: torch.Tensor, unit: torch.Tensor, h: torch.Tensor, group_size:
     Args:
         w: float weight ``[N, K]``; unit: the codes with the scale divided out (``±2^E`` or ``q − z``),
             ``[N, K]``; h: ``[K, K]`` (already damped); old_scales: ``[N, n_groups]`` float32, kept
-            where the fit is not positive.
+            where the fit is not positive and where it is 0 (an all-zero group stays exactly zero).
     Returns float32 ``[N, n_groups]`` (unclamped). Groups of one row are coupled through H, so each
     row solves an ``n_groups × n_groups`` system ``A s = b``, ``A_gh = u_gᵀ H u_h``, ``b_g = u_gᵀ H w``.
     """
@@ -345,7 +347,7 @@ def fit_scales(w: torch.Tensor, unit: torch.Tensor, h: torch.Tensor, group_size:
         fits.append(torch.linalg.solve_ex(a_mat, b.unsqueeze(-1)))
     s = torch.cat([f[0] for f in fits]).squeeze(-1).float()
     info = torch.cat([f[1] for f in fits])
-    ok = (info == 0)[:, None] & torch.isfinite(s) & (s > 0)
+    ok = (info == 0)[:, None] & torch.isfinite(s) & (s > 0) & (old_scales > 0)
     return torch.where(ok, s, old_scales.float())
 
 
@@ -354,7 +356,7 @@ def fit_scales(w: torch.Tensor, unit: torch.Tensor, h: torch.Tensor, group_size:
 
 
 class FrozenCodeLinear(nn.Module):
-    """A linear computing ``U ⊙ Ŝ``, ``Ŝ = S·(1 + Γ)`` stored as fp16 (STE), codes ``U`` frozen.
+    """A linear computing ``U ⊙ Ŝ``, ``Ŝ = S·(1 + Γ)`` made storable (STE), codes ``U`` frozen.
 
     ``U`` float32 ``[N, K]`` is ``±2^E`` (PoT) or ``q − z`` (int); only ``gamma`` ``[N, n_groups]`` learns.
     """
@@ -605,8 +607,7 @@ def gptq_model(model: nn.Module, cfg: PoTConfig | IntConfig, calib_ids: torch.Te
             grid, q, _, _ = solved[n]
             layer = _packed_layer(originals[n], grid, q)
             set_submodule(block, n, layer)
-            layers.append(LayerReport(f"{prefix}.{n}", layer.out_features, layer.in_features,
-                                      layer.packed.bits_per_weight, sqnr_db(weights[n], layer.dequantize(torch.float16))))
+            layers.append(layer_report(f"{prefix}.{n}", weights[n], layer))
         if refine:
             xs = [o.to(act_dtype) for o in outs]
         else:

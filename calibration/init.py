@@ -7,8 +7,8 @@ candidate ``b = 0.5`` exactly (a power-of-two factor), so step 1 is never worse 
 (Readers of the paper disagree on ``s0``; the alternative ``max / (2^qmax − 1)`` only shifts
 the grid, and ``S_OVER_MAX`` is the one place to change it.)
 
-``W̃(S)`` is the exact stored format: ``S`` rounded and clamped to fp16 by
-:func:`clamp_scales`, ``E`` from :func:`exponent_codes` against that fp16 value, so the error
+``W̃(S)`` is the exact stored format: ``S`` made storable by :func:`clamp_scales` (stored as the
+fp16 top level ``S·2^qmax``), ``E`` from :func:`exponent_codes` against that value, so the error
 that is minimised is the error the packed layer will have.
 """
 from __future__ import annotations
@@ -47,13 +47,14 @@ def group_errors(w: torch.Tensor, s: torch.Tensor, cfg: PoTConfig,
 
         Σh|w|² − 2·(l_qmax·P[G] − Σ_e l_e·P[c_e]) + (l_qmax²·H[G] − 3·Σ_e l_e²·H[c_e]),
 
-    i.e. ``qmax`` binary searches per candidate instead of ``G`` exponentials. Edges that a
-    float32 ``log2`` rounds the other way (within an ulp) are the only difference from
-    :func:`exponent_codes`.
+    i.e. ``qmax`` binary searches per candidate instead of ``G`` exponentials. The fp64 edges are
+    within 2^−52 of ``S·2^(e+½)``, closer than any fp32 ``|w|`` can come to it (see
+    :func:`exponent_codes`), so the bins are the ones the format stores. S = 0 puts everything in
+    bin 0 with level 0: the error is Σh|w|² (the group decodes to zeros).
 
     Args:
         w: ``[R, K]`` weight rows.
-        s: ``[R, n_groups, C]`` candidate scales, already fp16-representable and in range.
+        s: ``[R, n_groups, C]`` candidate level scales, already storable (:func:`clamp_scales`).
         col_weights: optional ``[K]`` non-negative weight per input column (e.g. the mean of
             x² over calibration inputs, which makes the error the expected output error of a
             diagonal input covariance); default 1 (plain weight-space least squares).
@@ -86,7 +87,7 @@ def group_errors(w: torch.Tensor, s: torch.Tensor, cfg: PoTConfig,
 @torch.no_grad()
 def init_scales(w: torch.Tensor, cfg: PoTConfig, rows_per_chunk: int | None = None,
                 col_weights: torch.Tensor | None = None) -> torch.Tensor:
-    """Step-1 scales for a weight ``[N, K]``: float32 ``[N, n_groups]`` (fp16-representable, in range).
+    """Step-1 level scales for a weight ``[N, K]``: float32 ``[N, n_groups]``, storable (:func:`clamp_scales`).
 
     ``col_weights`` (float ``[K]``, optional): weight each input column's squared error, e.g. by
     the mean x² of that input channel on calibration data (the activation-weighted variant;
@@ -111,7 +112,7 @@ def init_scales(w: torch.Tensor, cfg: PoTConfig, rows_per_chunk: int | None = No
     out = torch.empty(n, ng, dtype=torch.float32, device=w.device)
     for r in range(0, n, rows_per_chunk):
         rows = slice(r, min(n, r + rows_per_chunk))
-        s = clamp_scales(s0[rows, :, None] * b, cfg.bits).float()  # [R, ng, C]
+        s = clamp_scales(s0[rows, :, None] * b, cfg.bits)  # [R, ng, C]
         err = group_errors(w[rows], s, cfg, col_weights)
         # argmin takes the first minimum: ties go to the smallest b.
         out[rows] = s.gather(-1, err.argmin(dim=-1, keepdim=True)).squeeze(-1)

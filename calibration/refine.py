@@ -22,8 +22,8 @@ weights badly rounded: 3-bit ``v_proj`` output error 49 % vs 11 % for int RTN. W
 column by its mean x² (the diagonal of XᵀX, as in GPTQ/AWQ-style objectives) fixes the scale
 where the output cares, at no extra cost in the search.
 
-The forward of the quantized block uses exactly the stored format: ``Ŝ`` is rounded and
-clamped to fp16 (:func:`clamp_scales`) with a straight-through gradient, so after training
+The forward of the quantized block uses exactly the stored format: ``Ŝ`` is made
+storable (:func:`clamp_scales`: its top level rounded to fp16) with a straight-through gradient, so after training
 the block swapped to :class:`PoTLinear` computes what was optimised.
 """
 from __future__ import annotations
@@ -100,7 +100,7 @@ class FakeQuantLinear(nn.Module):
         self.gamma = nn.Parameter(torch.zeros_like(self.s))
 
     def scales(self) -> torch.Tensor:
-        """``Ŝ`` as stored (fp16, in range) in the forward; identity gradient to ``Ŝ = S·(1+Γ)``."""
+        """``Ŝ`` as stored (:func:`clamp_scales`) in the forward; identity gradient to ``Ŝ = S·(1+Γ)``."""
         s_hat = self.s * (1 + self.gamma)
         stored = clamp_scales(s_hat.detach(), self.cfg.bits).float()
         return s_hat + (stored - s_hat).detach()
@@ -175,7 +175,7 @@ class BlockResult:
     """What :func:`refine_block` learned for one block (names relative to the block)."""
 
     init: dict[str, torch.Tensor]  # step-1 scales, float32 [N, n_groups]
-    scales: dict[str, torch.Tensor]  # refined scales, fp16-representable float32 [N, n_groups]
+    scales: dict[str, torch.Tensor]  # refined level scales, storable (clamp_scales), float32 [N, n_groups]
     loss_init: float  # mean output MSE with the step-1 scales
     loss_final: float  # … with the returned scales
     outputs: list[torch.Tensor]  # the quantized block's outputs on xs (the next block's inputs)
@@ -337,11 +337,11 @@ def refine_model(model: nn.Module, cfg: PoTConfig, calib_ids: torch.Tensor, epoc
         if not all(math.isfinite(v) for v in (loss_init, loss_final)):
             raise FloatingPointError(f"block {idx}: non-finite calibration loss ({loss_init}, {loss_final})")
         quantize_model(block, cfg, skip=tuple(n for n, _ in eligible_linears(block, skip=()) if n not in scales),
-                       params=lambda name, _m: {"scales": scales[name]})
+                       params=lambda name, _m: {"scales": scales[name]}, warn_sqnr_db=None)  # the caller warns once
         sq_final = {r.name: r.sqnr_db for r in block.quantization_report}
         layers += [replace(r, name=f"{prefix}.{r.name}") for r in block.quantization_report]
         del block.quantization_report, block.quantization_config
-        # The swapped PoTLinear block computes exactly the fake-quant outputs (same fp16 S and E).
+        # The swapped PoTLinear block computes exactly the fake-quant outputs (same S and E).
         xs = [o.to(act_dtype) for o in res.outputs]
         del res
         reports.append(BlockReport(

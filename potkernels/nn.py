@@ -156,7 +156,8 @@ class _PackedLinear(nn.Module):
 
 
 class PoTLinear(_PackedLinear):
-    """Linear layer with a packed power-of-two weight (v2 ``qweight`` codes + fp16 scales)."""
+    """Linear layer with a packed power-of-two weight: ``qweight`` codes (v2 layout) + fp16 ``scales``,
+    the per-group top levels S_top of format v3. ``from_float(..., scales=S)`` takes level scales S."""
 
     config_cls = PoTConfig
     weight_cls = PoTWeight

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from potkernels import IntConfig, PoTConfig, quantize_weight
-from potkernels.format import quantize_int, quantize_pot, scale_range
+from potkernels.format import level_scales, quantize_int, quantize_pot, scale_range
 
 GROUPS = [32, 64, 128, None]
 
@@ -25,14 +25,17 @@ def _expand(per_group: torch.Tensor, g: int, k: int) -> torch.Tensor:
 @pytest.mark.parametrize("group_size", GROUPS)
 @pytest.mark.parametrize("k", [256, 200])
 def test_pot_decode_bit_exact(bits, group_size, k):
-    """Integer decode == float64 sign·S·2^E, rounded to fp16 (no rounding happens) and to bf16."""
+    """Decode == float64 sign·S_top·2^(E−qmax) rounded once to fp16 / bf16; no fp16 rounding at all
+    where the value is ≥ 2^−14 (normal) — only subnormal products can round (FORMAT.md §5)."""
     w = _weights(24, k)
     q = quantize_pot(w, PoTConfig(bits, group_size))
     e, p = q.codes()
     s = _expand(q.scales.double(), q.group_size, k)
-    ref = torch.where(p.bool(), -1.0, 1.0).double() * s * torch.exp2(e.double())
+    qmax = 2 ** (bits - 1) - 1
+    ref = torch.where(p.bool(), -1.0, 1.0).double() * s * torch.exp2(e.double() - qmax)
     fp16 = q.dequantize(torch.float16)
-    assert torch.equal(fp16.double(), ref)  # exactly representable: no rounding at all
+    normal = ref.abs() >= 2.0**-14
+    assert normal.any() and torch.equal(fp16.double()[normal], ref[normal])
     assert torch.equal(fp16.view(torch.int16), ref.to(torch.float16).view(torch.int16))
     bf16 = q.dequantize(torch.bfloat16)
     assert torch.equal(bf16.view(torch.int16), ref.to(torch.bfloat16).view(torch.int16))
@@ -40,17 +43,23 @@ def test_pot_decode_bit_exact(bits, group_size, k):
 
 @pytest.mark.parametrize("bits", [2, 3, 4])
 def test_decode_at_the_edges_of_scale_range(bits):
-    """S at both ends of scale_range and E = qmax: still exact and finite (no exponent overflow)."""
+    """S_top = 0 (exact zeros, code 0), the smallest subnormal 2^−24 and the largest 65504 with
+    E = qmax: exact and finite (no overflow), in fp16 and bf16."""
     cfg = PoTConfig(bits, 32)
     lo, hi = scale_range(bits)
-    w = torch.full((2, 32), 60000.0)
+    assert lo == 0.0 and hi * 2**cfg.qmax == 65504.0
+    w = torch.full((3, 32), 60000.0)
     w[:, 1::2] *= -1
-    scales = torch.tensor([[lo], [hi]])
+    scales = torch.tensor([[lo], [2.0**-24 / 2**cfg.qmax], [hi]])
     q = quantize_pot(w, cfg, scales=scales)
-    assert torch.equal(q.codes()[0], torch.full((2, 32), cfg.qmax, dtype=torch.int32))
-    d = q.dequantize(torch.float16).double()
-    ref = torch.tensor([[lo], [float(torch.tensor(hi).half())]], dtype=torch.float64) * 2.0**cfg.qmax
-    assert torch.isfinite(d).all() and torch.equal(d.abs(), ref.expand(2, 32))
+    assert torch.equal(q.scales.double(), torch.tensor([[0.0, 2.0**-24, 65504.0]], dtype=torch.float64))
+    assert torch.equal(q.codes()[0][0], torch.zeros(32, dtype=torch.int32))  # a zero scale stores code 0
+    assert torch.equal(q.codes()[0][1:], torch.full((2, 32), cfg.qmax, dtype=torch.int32))
+    for dtype in (torch.float16, torch.bfloat16):
+        d = q.dequantize(dtype)
+        assert torch.equal(d[0].view(torch.int16), torch.zeros(32, dtype=torch.int16))  # +0, bit for bit
+        assert torch.equal(d[1:].double().abs(), torch.tensor([[2.0**-24], [65504.0]], dtype=torch.float64)
+                           .to(dtype).double().expand(2, 32))
 
 
 @pytest.mark.parametrize("bits", [2, 3, 4])
@@ -60,8 +69,9 @@ def test_group_values_are_levels(bits, group_size):
     w = _weights(8, 3 * group_size)
     q = quantize_pot(w, cfg)
     d = q.dequantize(torch.float16).double().view(8, 3, group_size)
-    s = q.scales.t().double()  # [N, n_groups]
+    s = level_scales(q.scales, bits).t().double()  # [N, n_groups]
     levels = s[..., None] * torch.exp2(torch.arange(cfg.qmax + 1, dtype=torch.float64))  # [N, G#, qmax+1]
+    levels = levels.half().double()  # the decode's one rounding (subnormal levels of tiny groups)
     hit = (d.abs()[..., None] == levels[:, :, None, :]).any(-1)
     assert hit.all()
 
@@ -75,25 +85,26 @@ def test_group_hitting_every_level(bits):
     sign = torch.where(torch.arange(32) % 2 == 0, 1.0, -1.0) * torch.where(torch.arange(32) // (cfg.qmax + 1) % 2 == 0, 1.0, -1.0)
     w = (sign * s * torch.exp2(e.float()))[None]
     q = quantize_pot(w, cfg)
-    assert float(q.scales) == s
+    assert float(q.scales) == s * 2**cfg.qmax  # the stored top level
     want = {sg * s * 2.0**ee for sg in (1.0, -1.0) for ee in range(cfg.qmax + 1)}
     assert set(q.dequantize().double().flatten().tolist()) == want
     assert torch.equal(q.dequantize().float(), w)
 
 
 def test_rounding_is_in_the_log_domain():
-    """Each decoded magnitude is the level nearest |w| in log2 (unless clamped at S or S·2^qmax)."""
+    """Each level S·2^E is the one nearest |w| in log2 (unless clamped at S or S·2^qmax)."""
     cfg = PoTConfig(4, 64)
     w = _weights(16, 128)
     w[w == 0] = 1e-3
     q = quantize_pot(w, cfg)
-    d = q.dequantize(torch.float16).double()
-    s = _expand(q.scales.double(), 64, 128)
+    e, p = q.codes()
+    s = _expand(level_scales(q.scales, 4).double(), 64, 128)
+    level = s * torch.exp2(e.double())
     ratio = torch.log2(w.double().abs() / s)
     inside = (ratio > 0) & (ratio < cfg.qmax)
-    err = (torch.log2(d.abs()) - torch.log2(w.double().abs())).abs()
+    err = (torch.log2(level) - torch.log2(w.double().abs())).abs()
     assert (err[inside] <= 0.5 + 1e-6).all()
-    assert torch.equal(torch.sign(d), torch.where(w < 0, -1.0, 1.0).double())
+    assert torch.equal(p.bool(), w < 0)
 
 
 @pytest.mark.parametrize("bits", [2, 3, 4])
@@ -121,7 +132,7 @@ def test_partial_last_group(k):
     n_groups = -(-k // g)
     assert tuple(pot.scales.shape) == (n_groups, 8)
     last = w[:, (n_groups - 1) * g:]
-    assert torch.equal(pot.scales[-1], (last.abs().amax(1) / 2**7).half())
+    assert torch.equal(pot.scales[-1], last.abs().amax(1).half())  # S_top = max|w| (RTN)
     assert pot.qweight.shape[0] == 4 * -(-k // 32) and pot.dequantize().shape == (8, k)
     assert pot.bits_per_weight == (4 * 32 * -(-k // 32) + 16 * n_groups) / k
     it = quantize_int(w, IntConfig(4, g))
@@ -132,18 +143,19 @@ def test_partial_last_group(k):
 
 
 @pytest.mark.parametrize("bits", [2, 3, 4])
-def test_all_zero_groups_decode_finite(bits):
+def test_all_zero_groups_decode_to_exact_zeros(bits):
+    """PoT: S_top = 0 and code 0, so +0 bit for bit; int: s = 2^−24, z = 0, q = 0 (FORMAT.md §2)."""
     w = torch.randn(4, 96)
     w[:, 32:64] = 0.0
     w[2] = 0.0
     q = quantize_pot(w, PoTConfig(bits, 32))
-    for dtype in (torch.float16, torch.bfloat16):
-        d = q.dequantize(dtype)
-        assert torch.isfinite(d).all()
-        assert (d[:, 32:64].float() == 2.0**-14).all() and (d[2].float() == 2.0**-14).all()
+    assert (q.scales[1] == 0).all() and (q.scales[:, 2] == 0).all()
     qi = quantize_int(w, IntConfig(bits, 32))
-    assert torch.equal(qi.dequantize()[:, 32:64], torch.zeros(4, 32, dtype=torch.float16))
-    assert torch.isfinite(qi.dequantize()).all()
+    for dtype in (torch.float16, torch.bfloat16):
+        for d in (q.dequantize(dtype), qi.dequantize(dtype)):
+            assert torch.isfinite(d).all()
+            assert torch.equal(d[:, 32:64].view(torch.int16), torch.zeros(4, 32, dtype=torch.int16))
+            assert torch.equal(d[2].view(torch.int16), torch.zeros(96, dtype=torch.int16))
 
 
 @pytest.mark.parametrize("bits", [2, 3, 4, 8])

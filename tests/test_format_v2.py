@@ -1,5 +1,6 @@
-"""Format v2: layouts, packing round trips (hypothesis), the OR-only scale-free decode bit-identical
-with v1's integer-add decode, the v1 → v2 repack and the committed v1 checkpoint fixtures."""
+"""Format v2 (the layout v3 keeps): layouts, packing round trips (hypothesis), the OR-only scale-free
+decode bit-identical with v1's integer-add decode, the v1 → v2 repack and the committed v1 / v2
+checkpoint fixtures (loaded into v3 bit-identically)."""
 import hashlib
 import json
 from pathlib import Path
@@ -9,10 +10,10 @@ import torch
 from hypothesis import given, settings, strategies as st
 from safetensors.torch import load_file
 
-from potkernels import IntConfig, PoTConfig, load_quantized
-from potkernels.format import layout, pack_codes, packed_rows, quantize_int, quantize_pot, unpack_codes
-from potkernels.format.legacy import decode_pot_v1, pack_codes_v1, repack_v1_tensors, unpack_codes_v1
-from potkernels.format.pot import clamp_scales, decode_pot, pot_unit_values
+from potkernels import IntConfig, PoTConfig, load_quantized, save_quantized
+from potkernels.format import FORMAT_VERSION, layout, pack_codes, packed_rows, quantize_int, quantize_pot, unpack_codes
+from potkernels.format.legacy import decode_pot_v1, pack_codes_v1, repack_v1_tensors, unpack_codes_v1, upgrade_v2_scales
+from potkernels.format.pot import decode_pot, level_scales, pot_unit_values
 from potkernels.nn import IntLinear, PoTLinear
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -55,20 +56,23 @@ def test_v1_repack_round_trip(bits, n, k, seed):
 
 @pytest.mark.parametrize("bits", [2, 3, 4])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_v2_decode_bit_identical_to_v1_over_all_codes_and_scale_range(bits, dtype):
-    """Every (E, sign) against scales covering the whole decodable range, both ends included."""
+def test_v3_decode_of_v2_scales_bit_identical_to_v1_over_all_codes_and_scale_range(bits, dtype):
+    """Every (E, sign) against v1/v2 scales covering their whole range, both ends included: the v3
+    decode of the upgraded scales (S_top = S·2^qmax) equals v1's integer-add decode of S."""
     qmax = 2 ** (bits - 1) - 1
-    lo, hi = clamp_scales(torch.tensor([0.0, 1e9]), bits).tolist()
+    lo, hi = 2.0**-14, (2 - 2.0**-10) * 2.0 ** (15 - qmax)  # v1/v2's scale_range
     s = torch.cat([torch.tensor([lo, hi]), torch.exp2(torch.empty(500).uniform_(-14, 15 - qmax))])
-    s16 = clamp_scales(s, bits)
+    s16 = s.clamp(lo, hi).half()
     n = s16.numel()
     e = torch.arange(qmax + 1).repeat(2).view(1, -1).expand(n, -1).contiguous()
     p = torch.arange(2).repeat_interleave(qmax + 1).view(1, -1).expand(n, -1).contiguous()
     k = e.shape[1]
     scales = s16.view(1, n)  # one group per row (per-channel)
-    v2 = decode_pot(e, p, scales, k, dtype, bits=bits)
+    v3 = decode_pot(e, p, upgrade_v2_scales(scales, bits), k, dtype, bits=bits)
     v1 = decode_pot_v1(e, p, scales, k, dtype)
-    assert torch.equal(v2.view(torch.int16), v1.view(torch.int16))
+    assert torch.equal(v3.view(torch.int16), v1.view(torch.int16))
+    with pytest.raises(ValueError, match="outside the v1/v2 range"):
+        upgrade_v2_scales(torch.tensor([[2.0**-15]]).half(), bits)
 
 
 def test_unit_values_are_or_only_powers_of_two():
@@ -85,18 +89,14 @@ def test_quantize_pot_v2_matches_v1_values(bits):
     w = torch.randn(24, 200)
     q = quantize_pot(w, PoTConfig(bits, 64))
     e, p = q.codes()
+    s = level_scales(q.scales, bits).half()  # randn groups: normal S, as v1 stored it
     for dt in (torch.float16, torch.bfloat16):
-        assert torch.equal(q.dequantize(dt).view(torch.int16), decode_pot_v1(e, p, q.scales, 64, dt).view(torch.int16))
+        assert torch.equal(q.dequantize(dt).view(torch.int16), decode_pot_v1(e, p, s, 64, dt).view(torch.int16))
     assert q.bits_per_weight == pytest.approx((bits * 224 + 16 * 4) / 200)
 
 
-@pytest.mark.parametrize("name", ["v1_tiny_pot3", "v1_tiny_int2"])
-def test_v1_fixture_loads_losslessly(name):
-    path = FIXTURES / name
-    meta = json.loads((path / "quantization_config.json").read_text())
-    assert meta["format_version"] == 1  # written by the v1 code (tests/fixtures/make_v1_fixture.py)
-    model = load_quantized(path)
-    digests = json.loads((path / "reference_decode.json").read_text())
+def _check_decodes(model, digests: dict[str, str]) -> None:
+    """Every quantized layer's fp16 and bf16 reference decode hashes to the recorded digest."""
     seen = 0
     for lname, mod in model.named_modules():
         if isinstance(mod, (PoTLinear, IntLinear)):
@@ -106,6 +106,22 @@ def test_v1_fixture_loads_losslessly(name):
                 assert hashlib.sha256(raw).hexdigest() == digests[f"{lname}:{str(dt).split('.')[-1]}"], (lname, dt)
                 seen += 1
     assert seen == len(digests) > 0
+
+
+@pytest.mark.parametrize("name", ["v1_tiny_pot3", "v1_tiny_int2", "v2_tiny_pot4"])
+def test_old_fixture_loads_losslessly(name, tmp_path):
+    """Written by the v1 / v2 code (tests/fixtures/make_v{1,2}_fixture.py); v2_tiny_pot4 holds
+    clamped tiny scales and all-zero groups. Decoded weights and logits equal the old code's, and
+    saving the loaded model writes the current version with the same decoded weights."""
+    path = FIXTURES / name
+    meta = json.loads((path / "quantization_config.json").read_text())
+    assert meta["format_version"] == int(name[1])
+    model = load_quantized(path)
+    digests = json.loads((path / "reference_decode.json").read_text())
+    _check_decodes(model, digests)
+    save_quantized(model, tmp_path / "resaved")
+    assert json.loads((tmp_path / "resaved" / "quantization_config.json").read_text())["format_version"] == FORMAT_VERSION
+    _check_decodes(load_quantized(tmp_path / "resaved"), digests)
     ref = load_file(str(path / "reference_logits.safetensors"))
     with torch.no_grad():
         logits = model(ref["tokens"]).logits.float()

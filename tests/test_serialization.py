@@ -124,7 +124,7 @@ def test_tampered_byte(tmp_path):
         load_quantized(path)
 
 
-@pytest.mark.parametrize("version", [0, 3, "2", None])
+@pytest.mark.parametrize("version", [0, 4, "2", None])
 def test_unknown_format_version(tmp_path, version):
     _, path = _saved(tmp_path)
     meta = json.loads((path / QUANT_FILE).read_text())
@@ -236,5 +236,5 @@ def test_v2_checkpoint_with_v1_tensors_is_refused(tmp_path):
     meta = json.loads((path / QUANT_FILE).read_text())
     meta["format_version"] = 1
     (path / QUANT_FILE).write_text(json.dumps(meta))
-    with pytest.raises(CheckpointError, match="repack the version-1"):
+    with pytest.raises(CheckpointError, match="upgrade the version-1"):
         load_quantized(path)

@@ -1,9 +1,9 @@
 """Fake quantization for QAT that runs the *same* quantize → decode path as the packed format.
 
-Forward: the stored fp16 scale is ``clamp_scales(S)`` (PoT) / ``clamp_int_scales(s)`` (int), the
-codes are computed exactly as :func:`potkernels.format.quantize_pot` / ``quantize_int`` compute
-them, and the weight is built by the reference decoders (``decode_pot``: integer add into the
-scale bits; ``decode_int``) in the decode dtype the ops use (bf16 for bf16 activations, fp16
+Forward: the scale is the storable ``clamp_scales(S)`` (PoT, stored as ``S_top = top_scales(S)``) /
+``clamp_int_scales(s)`` (int), the codes are computed exactly as :func:`potkernels.format.quantize_pot`
+/ ``quantize_int`` compute them, and the weight is built by the reference decoders (``decode_pot``:
+``S_top · ±2^(E − qmax)`` rounded once; ``decode_int``) in the decode dtype the ops use (bf16 for bf16 activations, fp16
 otherwise), then cast to the activation dtype. So a QAT layer's output is bit-identical to the
 exported :class:`~potkernels.nn.PoTLinear` / ``IntLinear`` on the reference path.
 
@@ -24,7 +24,7 @@ from __future__ import annotations
 import torch
 
 from potkernels.format.common import grouped
-from potkernels.format.pot import clamp_scales, decode_pot, exponent_codes
+from potkernels.format.pot import clamp_scales, decode_pot, pot_encode, top_scales
 from potkernels.format.uniform import clamp_int_scales, decode_int
 
 
@@ -43,10 +43,12 @@ def _sum_groups(per_weight: torch.Tensor, group_size: int) -> torch.Tensor:
     return grouped(per_weight, group_size).sum(dim=-1)
 
 
-def pot_codes(w: torch.Tensor, s16: torch.Tensor, group_size: int, qmax: int):
-    """(E int32, sign int32, S per weight fp32), each ``[N, K]``, exactly as ``quantize_pot`` makes them."""
-    s_full = _expand(s16.float(), group_size, w.shape[1])
-    return exponent_codes(w, s_full, qmax), (w < 0).to(torch.int32), s_full
+def pot_codes(w: torch.Tensor, s: torch.Tensor, group_size: int, qmax: int):
+    """(E int32, sign int32, S per weight fp32), each ``[N, K]``, exactly as ``quantize_pot`` makes them.
+
+    ``s``: storable level scales S ``[N, n_groups]`` (:func:`clamp_scales`)."""
+    e, sign = pot_encode(w, s, group_size, qmax)
+    return e, sign, _expand(s.float(), group_size, w.shape[1])
 
 
 def int_codes(w: torch.Tensor, s16: torch.Tensor, z: torch.Tensor, group_size: int, qmax: int):
@@ -58,7 +60,7 @@ def int_codes(w: torch.Tensor, s16: torch.Tensor, z: torch.Tensor, group_size: i
 
 
 class PoTFakeQuant(torch.autograd.Function):
-    """``ŵ = (-1)^p · S16 · 2^E`` via the reference decoder; STE to ``w`` and to the float scales."""
+    """``ŵ = (-1)^p · S · 2^E`` via the reference decoder (``S_top · v``); STE to ``w`` and to the float scales."""
 
     @staticmethod
     def forward(ctx, w: torch.Tensor, scales: torch.Tensor, bits: int, group_size: int,
@@ -66,18 +68,19 @@ class PoTFakeQuant(torch.autograd.Function):
         """w ``[N, K]`` latent float; scales ``[N, n_groups]`` fp32 (before fp16 rounding/clamp).
         Returns ``[N, K]`` of ``out_dtype``."""
         qmax = 2 ** (bits - 1) - 1
-        s16 = clamp_scales(scales.detach(), bits)
-        e, sign, _ = pot_codes(w.detach(), s16, group_size, qmax)
-        w_hat = decode_pot(e, sign, s16.t().contiguous(), group_size, decode_dtype(out_dtype)).to(out_dtype)
-        ctx.save_for_backward(w, s16)
+        s = clamp_scales(scales.detach(), bits)  # the level scales the exported layer stores (as S_top)
+        e, sign, _ = pot_codes(w.detach(), s, group_size, qmax)
+        w_hat = decode_pot(e, sign, top_scales(s, bits).t().contiguous(), group_size, decode_dtype(out_dtype),
+                           bits=bits).to(out_dtype)
+        ctx.save_for_backward(w, s)
         ctx.meta = (qmax, group_size)
         return w_hat
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        w, s16 = ctx.saved_tensors
+        w, s = ctx.saved_tensors
         qmax, group_size = ctx.meta
-        e, sign, s_full = pot_codes(w, s16, group_size, qmax)
+        e, sign, s_full = pot_codes(w, s, group_size, qmax)
         grad_w = grad_s = None
         if ctx.needs_input_grad[0]:
             inside = w.float().abs() <= s_full * 2.0 ** (qmax + 0.5)

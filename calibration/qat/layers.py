@@ -80,7 +80,8 @@ class QATLinear(nn.Module):
         return self.scale_init * torch.exp2(self.log2_gain)
 
     def stored_scales(self) -> torch.Tensor:
-        """The fp16 ``[N, n_groups]`` scales the exported layer will store."""
+        """The storable ``[N, n_groups]`` scales of the exported layer (PoT: level scales S, float32,
+        stored as ``S_top = top_scales(S)``; int: the fp16 s)."""
         raise NotImplementedError
 
     def fake_weight(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:

@@ -7,15 +7,16 @@ the logits the QAT model computed (same codes, same fp16 scales, same decode, sa
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any, Iterable, Iterator, Union
+from typing import Any, Iterable, Iterator, Optional, Union
 
 import torch
 from torch import nn
 
-from potkernels.format import IntConfig, PoTConfig, sqnr_db
+from potkernels.format import IntConfig, PoTConfig
 from potkernels.format.pot import rtn_scales
 from potkernels.format.uniform import rtn_int_params
-from potkernels.integrations.hf import LayerReport, eligible_linears, set_submodule
+from potkernels.integrations.hf import (SQNR_WARN_DB, LayerReport, eligible_linears, layer_report, set_submodule,
+                                       warn_low_sqnr)
 from potkernels.nn import IntLinear, PoTLinear, _PackedLinear, float_weight
 
 from .layers import IntQATLinear, PoTQATLinear, QATLinear
@@ -110,12 +111,13 @@ def prepare_qat(model: nn.Module, cfg: PoTConfig | IntConfig, skip: Iterable[str
 
 
 @torch.no_grad()
-def convert(model: nn.Module) -> nn.Module:
+def convert(model: nn.Module, warn_sqnr_db: Optional[float] = SQNR_WARN_DB) -> nn.Module:
     """Export every QAT layer to a packed ``PoTLinear`` / ``IntLinear``, in place.
 
-    The learned fp16 scales and the codes of the latent weights are packed; the converted model's
+    The learned scales and the codes of the latent weights are packed; the converted model's
     forward equals the QAT model's forward (bit-exact on the reference path). Sets
-    ``model.quantization_config`` and ``model.quantization_report`` like ``quantize_model``.
+    ``model.quantization_config`` and ``model.quantization_report`` like ``quantize_model``, and
+    warns like it about layers with a group below ``warn_sqnr_db`` (``None``: no warning).
     """
     layers = list(qat_layers(model))
     if not layers:
@@ -123,13 +125,13 @@ def convert(model: nn.Module) -> nn.Module:
     report: list[LayerReport] = []
     for name, layer in layers:
         packed_layer = layer.to_packed()
-        report.append(LayerReport(name, layer.out_features, layer.in_features, packed_layer.packed.bits_per_weight,
-                                  sqnr_db(layer.weight, packed_layer.dequantize(torch.float16))))
+        report.append(layer_report(name, layer.weight.detach(), packed_layer))
         set_submodule(model, name, packed_layer)
     model.quantization_config = layers[0][1].config
     model.quantization_report = report
     if hasattr(model, "qat_config"):
         del model.qat_config
+    warn_low_sqnr(report, warn_sqnr_db)
     return model
 
 

@@ -1,4 +1,4 @@
-"""The storage format (version 2): configs, packing, quantize and the reference decode.
+"""The storage format (version 3): configs, packing, quantize and the reference decode.
 
 Pure PyTorch, no Triton: everything above (kernels, ops, nn, calibration) builds on this.
 The written spec is ``potkernels/FORMAT.md``.
@@ -7,10 +7,11 @@ from .common import sqnr_db
 from .config import GROUP_SIZES, INT_BITS, POT_BITS, IntConfig, PoTConfig, QuantConfig, config_from_dict
 from .layout import Layout, layout
 from .packing import pack_codes, packed_rows, padded_k, unpack_codes
-from .pot import PoTWeight, clamp_scales, decode_pot, pot_unit_values, exponent_codes, pot_fake_quant, quantize_pot, rtn_scales, scale_range
+from .pot import (PoTWeight, clamp_scales, decode_pot, exponent_codes, level_scales, pot_fake_quant, pot_unit_values,
+                  quantize_pot, rtn_scales, scale_range, top_scales)
 from .uniform import IntWeight, clamp_int_scales, decode_int, quantize_int, rtn_int_params
 
-FORMAT_VERSION = 2  # packed layout version written by this code (v1 is read and repacked: legacy.py)
+FORMAT_VERSION = 3  # written by this code; v1 and v2 are read and upgraded (legacy.upgrade_state_dict)
 
 QuantWeight = PoTWeight | IntWeight
 

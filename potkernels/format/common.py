@@ -57,6 +57,20 @@ def sqnr_db(w: torch.Tensor, w_hat: torch.Tensor) -> float:
     return float(10 * torch.log10(w.pow(2).sum() / noise))
 
 
+def group_sqnr_db(w: torch.Tensor, w_hat: torch.Tensor, group_size: int) -> torch.Tensor:
+    """:func:`sqnr_db` of every group: float64 ``[N, n_groups]`` for ``[N, K]`` weights.
+
+    +inf where a group is exact (e.g. an all-zero group decoded to zeros), 0 dB where it decoded
+    to zeros but was not zero, −inf where it is zero but did not decode to zeros.
+    """
+    w = w.detach().double()
+    noise = grouped((w - w_hat.detach().double()).square(), group_size).sum(-1)
+    signal = grouped(w.square(), group_size).sum(-1)
+    with torch.no_grad():
+        db = 10 * torch.log10(signal / noise)
+    return torch.where(noise == 0, float("inf"), db)
+
+
 class PackedWeight:
     """What :class:`PoTWeight` and :class:`IntWeight` share: shape, sizes, device moves and the
     dtype/shape check. A subclass is a dataclass with its tensors, ``scales`` among them

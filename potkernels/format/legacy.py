@@ -1,8 +1,11 @@
-"""Format version 1 (read-only): bit-plane packing and the v1 → v2 repack of checkpoints.
+"""Formats 1 and 2 (read-only): the v1 → v2 repack and the v2 → v3 scale upgrade of checkpoints.
 
 Version 1 stored codes in bit planes (below); version 2 (``layout.py``) keeps every bit of a code
 in one word. :func:`repack_v1_tensors` turns the packed tensors of one v1 layer into v2 tensors
 with identical decoded values (tested bit for bit against a committed v1 fixture).
+Versions 1 and 2 store the PoT level scale S (normal fp16, inside v2's ``scale_range``); version 3
+stores the top level ``S_top = S·2^qmax``: :func:`upgrade_v2_scales` / :func:`upgrade_v2_state_dict`
+(pure functions, tensors in, tensors out; tested bit for bit against a committed v2 fixture).
 
 v1 layout: bit-plane packing of small unsigned codes into int32 words.
 
@@ -154,4 +157,60 @@ def repack_v1_state_dict(tensors: dict[str, torch.Tensor], layers: list[tuple[st
         except ValueError as e:
             raise ValueError(f"layer {name}: {e}") from e
         out[f"{name}.qweight"] = new["qweight"]
+    return out
+
+
+def upgrade_v2_scales(scales: torch.Tensor, bits: int) -> torch.Tensor:
+    """v1/v2 PoT scales S (fp16 ``[n_groups, N]``) → v3 top levels ``S_top = S·2^qmax`` (fp16, same shape).
+
+    Exact: v2 kept S normal with ``S·2^qmax ≤ 65504`` (its ``scale_range``), so the power-of-two
+    multiply of a normal fp16 lands on an fp16 number, and ``S_top · v`` equals v2's ``(S·2^qmax)·v``
+    bit for bit. Raises ValueError for scales outside v2's range (not a v1/v2 checkpoint's).
+    """
+    qmax = 2 ** (bits - 1) - 1
+    if scales.dtype != torch.float16:
+        raise ValueError(f"v2 PoT scales are fp16, got {scales.dtype}")
+    s = scales.float()
+    top = s * 2.0**qmax
+    if not bool(((s >= 2.0**-14) & (top <= 65504.0)).all()):
+        raise ValueError(f"PoT scales outside the v1/v2 range [2^-14, 65504 / 2^{qmax}]")
+    return top.to(torch.float16)
+
+
+def upgrade_v2_state_dict(tensors: dict[str, torch.Tensor], layers: list[tuple[str, str, int]]) -> dict[str, torch.Tensor]:
+    """A v2 (or repacked v1) checkpoint's state dict with every PoT layer's scales upgraded to v3 (a new dict).
+
+    ``layers``: ``(module name, kind, bits)`` per quantized layer; int layers are unchanged (their
+    format did not change). Raises ValueError when a listed PoT layer's scales are missing or out of range.
+    """
+    out = dict(tensors)
+    for name, kind, bits in layers:
+        if kind != "pot":
+            continue
+        key = f"{name}.scales"
+        if key not in out:
+            raise ValueError(f"v2 checkpoint lacks {key}")
+        try:
+            out[key] = upgrade_v2_scales(out[key], bits)
+        except ValueError as e:
+            raise ValueError(f"layer {name}: {e}") from e
+    return out
+
+
+def upgrade_state_dict(tensors: dict[str, torch.Tensor], version: int,
+                       layers: list[tuple[str, str, int, int]]) -> dict[str, torch.Tensor]:
+    """A version-``version`` checkpoint's state dict → the current format (v3), decoded weights
+    bit-identical: v1 is repacked to v2 (:func:`repack_v1_state_dict`), then v2 PoT scales become
+    v3 top levels (:func:`upgrade_v2_state_dict`). v3 is returned as is (a new dict).
+
+    ``layers``: ``(module name, kind, bits, in_features)`` per quantized layer. Raises ValueError for
+    an unknown version or missing / mis-shaped / out-of-range tensors.
+    """
+    if version not in (1, 2, 3):
+        raise ValueError(f"no upgrade from format version {version!r} (known: 1, 2, 3)")
+    out = dict(tensors)
+    if version == 1:
+        out = repack_v1_state_dict(out, layers)
+    if version <= 2:
+        out = upgrade_v2_state_dict(out, [(name, kind, bits) for name, kind, bits, _ in layers])
     return out

@@ -1,11 +1,11 @@
 """The power-of-two (PoT) code: quantize, pack, and the reference decode.
 
-w ≈ (-1)^p · S · 2^E with p a sign bit, E ∈ [0, qmax] an unsigned exponent code and S one fp16
-scale per group (the smallest magnitude level). Format v2 decodes the *scale-free* value
-``v = ±2^(E − qmax)`` by OR-ing a constant into an fp16 exponent field (no add), and the weight
-is ``(S·2^qmax) · v`` — a product of a normal fp16 number and a power of two, exact in fp32 and,
-inside :func:`scale_range`, exactly representable in fp16 (bf16: rounded once). Same values as
-v1's integer add of ``E << 10`` into S's bits (see FORMAT.md §5).
+w ≈ (-1)^p · S · 2^E with p a sign bit, E ∈ [0, qmax] an unsigned exponent code and S the
+group's *level scale* (its smallest magnitude level). Format v3 stores the group's **top level**
+``S_top = S·2^qmax`` as fp16 (any fp16 in [0, 65504]: subnormal and zero are legal) and decodes
+``w = S_top · v`` with the *scale-free* value ``v = ±2^(E − qmax)`` built by OR-ing a constant into
+an fp16 exponent field (no add). The fp32 product is exact; the result is rounded once to the
+output dtype (FORMAT.md §5). Calibration works with S; :func:`top_scales` is the one conversion.
 """
 from __future__ import annotations
 
@@ -18,47 +18,86 @@ from .config import PoTConfig
 from .layout import pot_value_or
 from .packing import pack_codes, packed_rows, unpack_codes
 
-FP16_MIN_NORMAL = 2.0**-14
+FP16_MAX = 65504.0
 # fp16 / bf16 mantissa widths: where the exponent field starts in the 16-bit pattern.
 MANTISSA_BITS = {torch.float16: 10, torch.bfloat16: 7}
 
 
 def scale_range(bits: int) -> tuple[float, float]:
-    """Smallest and largest fp16 scale S for which ``S · 2^qmax`` decodes by integer add.
+    """Smallest and largest *level* scale S (float) that the format stores: ``[0, 65504 / 2^qmax]``.
 
-    S must be normal (exponent field ≥ 1) and its exponent field + qmax ≤ 30 (fp16's largest
-    finite exponent field), i.e. S < 2^(16 - qmax).
+    The stored value is the top level ``S_top = S·2^qmax`` (:func:`top_scales`), any fp16 number in
+    ``[0, 65504]`` — subnormal and zero included (FORMAT.md §1, §5).
     """
+    return 0.0, FP16_MAX / 2.0 ** (2 ** (bits - 1) - 1)
+
+
+def top_scales(scales: torch.Tensor, bits: int) -> torch.Tensor:
+    """The format boundary, the one place a level scale becomes a stored one.
+
+    ``scales``: level scales S (the smallest magnitude level, what :func:`rtn_scales` and the
+    calibrators work with), float, any shape. Returns the stored fp16 top level
+    ``S_top = fp16(clamp(S · 2^qmax, 0, 65504))`` (round to nearest even; negative S and −0 give +0,
+    NaN/Inf are rejected). ``S·2^qmax`` is exact in fp32, so this rounds once.
+    """
+    if not bool(torch.isfinite(scales).all()):
+        raise ValueError("PoT scales must be finite")
     qmax = 2 ** (bits - 1) - 1
-    largest = (2.0 - 2.0**-10) * 2.0 ** (15 - qmax)
-    return FP16_MIN_NORMAL, largest
+    top = (scales.float() * 2.0**qmax).clamp(0.0, FP16_MAX) + 0.0  # + 0.0 turns −0 into +0
+    return top.to(torch.float16)
+
+
+def level_scales(stored: torch.Tensor, bits: int) -> torch.Tensor:
+    """Stored fp16 top levels ``S_top`` → float32 level scales ``S = S_top · 2^−qmax`` (exact in fp32)."""
+    return stored.float() * 2.0 ** -(2 ** (bits - 1) - 1)
 
 
 def clamp_scales(scales: torch.Tensor, bits: int) -> torch.Tensor:
-    """Round scales to fp16 inside :func:`scale_range` (NaN rejected): the stored S."""
-    if not bool(torch.isfinite(scales).all()):
-        raise ValueError("PoT scales must be finite")
-    lo, hi = scale_range(bits)
-    return scales.float().clamp(lo, hi).to(torch.float16).clamp(lo, hi)
+    """The storable level scale nearest each ``S``: float32 ``level_scales(top_scales(S))``, same shape.
+
+    Idempotent; what calibration compares and optimises against when it wants the stored values.
+    """
+    return level_scales(top_scales(scales, bits), bits)
 
 
 def rtn_scales(w: torch.Tensor, cfg: PoTConfig) -> torch.Tensor:
-    """Round-to-nearest scale: the group's largest magnitude lands on the top level S·2^qmax.
+    """Round-to-nearest level scale: the group's largest magnitude lands on the top level S·2^qmax.
 
-    Returns float32 ``[N, n_groups]`` (unclamped; :func:`clamp_scales` makes it storable).
+    Returns float32 ``[N, n_groups]`` (``max|w_group| / 2^qmax``; :func:`top_scales` stores it as
+    ``fp16(max|w_group|)``; an all-zero group gets 0).
     """
     g, _ = cfg.groups_in(w.shape[1])
     return grouped(w.float().abs(), g).amax(dim=-1) / 2.0**cfg.qmax
 
 
 def exponent_codes(w: torch.Tensor, scales: torch.Tensor, qmax: int) -> torch.Tensor:
-    """E = clamp(round(log2(|w| / S)), 0, qmax), rounding in the log domain.
+    """E = clamp(round(log2(|w| / S)), 0, qmax), rounding in the log domain, computed exactly.
 
-    Args: ``w [N, K]`` float, ``scales [N, K]`` positive (already expanded per weight).
-    Returns int32 ``[N, K]``. ``w == 0`` gives E = 0.
+    Args: ``w [N, K]`` float (used as float32), ``scales [N, K]`` level scales S ≥ 0 (already
+    expanded per weight; storable ones, see :func:`clamp_scales`, have ≤ 11 significant bits).
+    Returns int32 ``[N, K]``. ``w == 0`` or ``S == 0`` gives E = 0.
+
+    Exactness: ``q = w² / S²`` in fp64 (w² and S² exact: 48 and ≤ 22 significant bits). The
+    boundary ``|w|/S = 2^(e+½)`` is ``q = 2^(2e+1)``; no rational q equals it, and q is at least a
+    relative 2^−48 away, so fp64's one rounding of the quotient cannot cross it. With
+    ``q = m·2^x`` (``frexp``, m ∈ [½, 1)), ``round(log2(q) / 2) = floor(x / 2)``.
     """
-    ratio = w.float().abs() / scales.float()
-    return torch.round(torch.log2(ratio)).clamp(0, qmax).nan_to_num(0).to(torch.int32)
+    q = w.float().double().square() / scales.float().double().square()
+    _, x = torch.frexp(torch.where(scales > 0, q, 0.0))
+    return torch.div(x, 2, rounding_mode="floor").clamp(0, qmax).to(torch.int32)
+
+
+def pot_encode(w: torch.Tensor, scales: torch.Tensor, group_size: int, qmax: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The codes :func:`quantize_pot` stores: ``(E, sign)`` int32 ``[N, K]`` each.
+
+    ``w [N, K]`` float; ``scales [N, n_groups]`` storable level scales (:func:`clamp_scales`).
+    E from :func:`exponent_codes`, sign = ``w < 0``; a group whose scale is 0 gets code 0 (E = 0,
+    sign 0: it decodes to +0, whatever its weights).
+    """
+    s = scales.float().repeat_interleave(group_size, dim=1)[:, :w.shape[1]]
+    live = s > 0
+    e = torch.where(live, exponent_codes(w, s, qmax), 0)
+    return e, (live & (w < 0)).to(torch.int32)
 
 
 @dataclass
@@ -68,7 +107,8 @@ class PoTWeight(PackedWeight):
     Tensors (N = out_features, K = in_features):
         qweight: int32 ``[packed_rows(K, bits), N]`` codes ``E | sign << (bits − 1)`` in the v2
                  layout (``layout.py``; all bits of a code in one word, the sign its own bit)
-        scales:  fp16  ``[n_groups, N]`` the per-group S, inside :func:`scale_range`
+        scales:  fp16  ``[n_groups, N]`` the per-group top level ``S_top = S·2^qmax`` (finite, ≥ +0;
+                 subnormal and zero allowed), see :func:`top_scales`
     """
 
     qweight: torch.Tensor
@@ -92,11 +132,10 @@ class PoTWeight(PackedWeight):
     def validate(self) -> None:
         """Raise ValueError if the tensors do not fit the declared shape and config."""
         self.check_tensors()
-        b = self.config.bits
-        lo, hi = scale_range(b)
-        s = self.scales.float()
-        if not bool(((s >= lo) & (s <= hi)).all()):
-            raise ValueError(f"PoTWeight.scales outside the decodable range [{lo}, {hi}] for bits={b}")
+        s = self.scales
+        if not bool(torch.isfinite(s).all()) or bool((s.view(torch.int16) < 0).any()):
+            raise ValueError("PoTWeight.scales (top levels S_top) must be finite and ≥ +0 "
+                             "(a negative, −0, NaN or Inf scale is not a v3 value)")
 
     def codes(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Unpacked (E, sign) as int32 ``[N, K]`` each."""
@@ -119,22 +158,22 @@ def pot_unit_values(e: torch.Tensor, sign: torch.Tensor, bits: int) -> torch.Ten
 
 
 def decode_pot(e: torch.Tensor, sign: torch.Tensor, scales: torch.Tensor, group_size: int,
-               dtype: torch.dtype = torch.float16, *, bits: int = 4) -> torch.Tensor:
-    """Reference decode ``(-1)^sign · S · 2^E`` the v2 way: ``(S · 2^qmax) · v``.
+               dtype: torch.dtype = torch.float16, *, bits: int) -> torch.Tensor:
+    """Reference decode ``S_top · v``, ``v = ±2^(E − qmax)`` (format v3).
 
     Args:
         e, sign: int ``[N, K]`` exponent codes and sign bits.
-        scales: fp16 ``[n_groups, N]`` (normal, inside scale_range).
-        dtype: torch.float16 (exact: no rounding at all) or torch.bfloat16 (one RNE rounding).
-        bits: selects qmax of the scale-free split; the result is the same for any valid bits.
-    Returns ``[N, K]`` of ``dtype``; bit-identical with v1's integer-add decode
-    (``legacy.decode_pot_v1``): S·2^E is exact in fp32 and scaling commutes with rounding.
+        scales: fp16 ``[n_groups, N]`` stored top levels S_top (finite, ≥ 0).
+        dtype: torch.float16 or torch.bfloat16.
+        bits: the code width (qmax of ``v``).
+    Returns ``[N, K]`` of ``dtype``: the fp32 product (exact: ≤ 11 significant bits times a power of
+    two) rounded once, RNE. fp16 output rounds only where ``S_top·2^(E−qmax) < 2^−14`` has bits
+    below 2^−24; an all-zero group (S_top = 0) gives exact +0.
     """
     check_decode_dtype(dtype)
-    qmax = 2 ** (bits - 1) - 1
     v = pot_unit_values(e, sign, bits).float()
-    s = expand_groups(scales.float() * 2.0**qmax, group_size, e.shape[1])  # exact in fp32
-    return (s * v).to(dtype)  # fp32 product exact; fp16: representable, bf16: one RNE rounding
+    s = expand_groups(scales.float(), group_size, e.shape[1])
+    return (s * v).to(dtype)
 
 
 def quantize_pot(w: torch.Tensor, cfg: PoTConfig, scales: torch.Tensor | None = None) -> PoTWeight:
@@ -143,9 +182,10 @@ def quantize_pot(w: torch.Tensor, cfg: PoTConfig, scales: torch.Tensor | None = 
     Args:
         w: ``[out_features, in_features]`` floating, finite.
         cfg: bits and group size.
-        scales: optional ``[N, n_groups]`` per-group S (e.g. from calibration); default
-            :func:`rtn_scales`. Clamped into :func:`scale_range` and rounded to fp16; E is then
-            rounded against the stored fp16 S, so decoding reproduces exactly what was chosen.
+        scales: optional ``[N, n_groups]`` per-group *level* scales S (e.g. from calibration);
+            default :func:`rtn_scales`. Stored as ``S_top = top_scales(S)``; E is then rounded
+            against the stored value, so decoding reproduces exactly what was chosen. A group
+            whose S_top is 0 gets all codes 0 (it decodes to exact zeros).
     """
     check_weight(w)
     n, k = w.shape
@@ -154,12 +194,11 @@ def quantize_pot(w: torch.Tensor, cfg: PoTConfig, scales: torch.Tensor | None = 
         scales = rtn_scales(w, cfg)
     if tuple(scales.shape) != (n, n_groups):
         raise ValueError(f"scales must be [out_features, n_groups] = {(n, n_groups)}, got {tuple(scales.shape)}")
-    s16 = clamp_scales(scales.to(w.device), cfg.bits)  # [N, n_groups]
-    e = exponent_codes(w, s16.float().repeat_interleave(g, dim=1)[:, :k], cfg.qmax)
-    sign = (w < 0).to(torch.int32)
+    top = top_scales(scales.to(w.device), cfg.bits)  # [N, n_groups] fp16
+    e, sign = pot_encode(w, level_scales(top, cfg.bits), g, cfg.qmax)
     return PoTWeight(
         qweight=pack_codes(e | (sign << cfg.exp_bits), "pot", cfg.bits),
-        scales=s16.t().contiguous(),
+        scales=top.t().contiguous(),
         in_features=k,
         config=cfg,
     )
@@ -168,20 +207,20 @@ def quantize_pot(w: torch.Tensor, cfg: PoTConfig, scales: torch.Tensor | None = 
 def pot_fake_quant(w: torch.Tensor, scales: torch.Tensor, cfg: PoTConfig) -> torch.Tensor:
     """Differentiable PoT round trip in float: ``sign(w) · S · 2^E`` with E detached.
 
-    ``scales`` is ``[N, n_groups]`` float (already clamped/rounded by the caller if it wants
-    exactly the stored values). The gradient flows to ``scales`` (and, through the sign choice
-    being piecewise constant, not to ``w``; wrap with an STE where training ``w``). Returns
-    ``w.dtype`` ``[N, K]``; with fp16-rounded in-range scales it equals :func:`decode_pot`.
+    ``scales`` is ``[N, n_groups]`` float level scales S (passed through :func:`clamp_scales` by
+    the caller if it wants exactly the stored values). The gradient flows to ``scales`` (and,
+    through the sign choice being piecewise constant, not to ``w``; wrap with an STE where training
+    ``w``). Returns ``w.dtype`` ``[N, K]``; with storable scales it is :func:`decode_pot`'s exact
+    fp32 product before its one rounding (equal to it for fp16 ``w``).
     """
     k = w.shape[1]
     g, _ = cfg.groups_in(k)
+    e, sign = pot_encode(w.detach(), scales.detach(), g, cfg.qmax)
     s = scales.repeat_interleave(g, dim=1)[:, :k]
-    e = exponent_codes(w.detach(), s.detach(), cfg.qmax)
-    sign = torch.where(w.detach() < 0, -1.0, 1.0).to(s.dtype)
-    return (sign * s * torch.exp2(e.to(s.dtype))).to(w.dtype)
+    return ((1 - 2 * sign).to(s.dtype) * s * torch.exp2(e.to(s.dtype))).to(w.dtype)
 
 
 __all__ = [
     "PoTWeight", "quantize_pot", "decode_pot", "pot_unit_values", "pot_fake_quant", "rtn_scales", "clamp_scales",
-    "scale_range", "exponent_codes", "group_mask", "grouped",
+    "top_scales", "level_scales", "scale_range", "exponent_codes", "pot_encode", "group_mask", "grouped",
 ]

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import fnmatch
 import logging
+import warnings
 from dataclasses import asdict, dataclass
 from typing import Any, Callable, Iterable, Iterator, Optional
 
@@ -12,24 +13,61 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..format import IntConfig, PoTConfig, sqnr_db
-from ..format.common import check_weight
+from ..format.common import check_weight, group_sqnr_db
 from ..nn import _PackedLinear, float_weight, is_conv1d, linear_class_for
 
 log = logging.getLogger("potkernels")
 
 
+# A group whose SQNR is below this keeps almost none of its signal (storing zeros gives 0 dB).
+SQNR_WARN_DB = 1.0
+
+
+class LowSQNRWarning(UserWarning):
+    """Some quantized layers have a group whose weight SQNR is below the warning threshold."""
+
+
 @dataclass
 class LayerReport:
-    """One swapped layer: its name, ``[out, in]`` shape, storage and weight SQNR."""
+    """One swapped layer: its name, ``[out, in]`` shape, storage, weight SQNR and its worst group's
+    SQNR (``None`` in reports of checkpoints saved before it was recorded)."""
 
     name: str
     out_features: int
     in_features: int
     bits_per_weight: float
     sqnr_db: float
+    worst_group_sqnr_db: Optional[float] = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def layer_report(name: str, w: torch.Tensor, layer: nn.Module) -> LayerReport:
+    """The :class:`LayerReport` of packed ``layer`` (PoTLinear / IntLinear) quantized from float ``w [out, in]``,
+    both SQNRs on its fp16 reference decode."""
+    w_hat = layer.dequantize(torch.float16)
+    worst = float(group_sqnr_db(w, w_hat, layer.packed.group_size).min())
+    return LayerReport(name, layer.out_features, layer.in_features, layer.packed.bits_per_weight,
+                       sqnr_db(w, w_hat), worst)
+
+
+def warn_low_sqnr(report: list[LayerReport], threshold_db: Optional[float] = SQNR_WARN_DB) -> list[str]:
+    """Issue one :class:`LowSQNRWarning` naming every layer whose worst group is below ``threshold_db``.
+
+    ``threshold_db=None`` checks nothing. Returns the names of the layers below it (the warning
+    lists them all, worst first, with their worst-group SQNR).
+    """
+    if threshold_db is None:
+        return []
+    low = sorted((r for r in report if r.worst_group_sqnr_db is not None and r.worst_group_sqnr_db < threshold_db),
+                 key=lambda r: r.worst_group_sqnr_db)
+    if low:
+        names = ", ".join(f"{r.name} ({r.worst_group_sqnr_db:.1f} dB)" for r in low)
+        warnings.warn(f"{len(low)} quantized layer(s) have a weight group below {threshold_db} dB SQNR "
+                      f"(0 dB = no better than zeros): {names}. Calibrate them, skip them, or pass "
+                      "warn_sqnr_db=None to accept this.", LowSQNRWarning, stacklevel=2)
+    return [r.name for r in low]
 
 
 def is_skipped(name: str, skip: Iterable[str]) -> bool:
@@ -65,7 +103,8 @@ def set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
 @torch.no_grad()
 def quantize_model(model: nn.Module, cfg: PoTConfig | IntConfig, skip: Iterable[str] = ("lm_head",),
                    params: Optional[Callable[[str, nn.Module], dict[str, torch.Tensor]]] = None,
-                   verbose: bool = False, progress: Optional[bool] = None) -> nn.Module:
+                   verbose: bool = False, progress: Optional[bool] = None,
+                   warn_sqnr_db: Optional[float] = SQNR_WARN_DB) -> nn.Module:
     """Replace every eligible linear layer of ``model`` by a :class:`PoTLinear` / :class:`IntLinear`.
 
     Args:
@@ -77,12 +116,14 @@ def quantize_model(model: nn.Module, cfg: PoTConfig | IntConfig, skip: Iterable[
             parameters (``[out_features, n_groups]``) for a layer; RTN when it returns ``{}``.
         verbose: also print the report.
         progress: a tqdm bar per layer (default: when stderr is a terminal).
+        warn_sqnr_db: one :class:`LowSQNRWarning` names every layer with a group whose weight SQNR
+            is below this (default :data:`SQNR_WARN_DB` = 1 dB; ``None``: no warning).
     Every layer is checked (finite float weight, a config that fits) and quantized before any is
     swapped in: on an error, which names the layer, the model is unchanged.
 
     Returns:
         The same model, modified in place. ``model.quantization_report`` holds one
-        :class:`LayerReport` per swapped layer, ``model.quantization_config`` the config and
+        :class:`LayerReport` per swapped layer (with its worst group's SQNR), ``model.quantization_config`` the config and
         ``model.quantization_skip`` the skip list (``save_quantized`` records both).
     """
     cls = linear_class_for(cfg)
@@ -107,8 +148,7 @@ def quantize_model(model: nn.Module, cfg: PoTConfig | IntConfig, skip: Iterable[
         except (TypeError, ValueError, RuntimeError) as e:
             raise ValueError(f"layer {name!r}: {e}; no layer was quantized") from e
         layer.to(w.device)
-        report.append(LayerReport(name, layer.out_features, layer.in_features, layer.packed.bits_per_weight,
-                                  sqnr_db(w, layer.dequantize(torch.float16))))
+        report.append(layer_report(name, w, layer))
         new.append((name, layer))
     for name, layer in new:
         set_submodule(model, name, layer)
@@ -122,6 +162,7 @@ def quantize_model(model: nn.Module, cfg: PoTConfig | IntConfig, skip: Iterable[
     log.info(msg)
     if verbose:
         print(msg)
+    warn_low_sqnr(report, warn_sqnr_db)
     return model
 
 
@@ -169,5 +210,7 @@ def summarize_report(report: list[LayerReport]) -> str:
     sq = [r.sqnr_db for r in report]
     n_w = sum(r.out_features * r.in_features for r in report)
     bpw = sum(r.bits_per_weight * r.out_features * r.in_features for r in report) / n_w
+    worst = [r.worst_group_sqnr_db for r in report if r.worst_group_sqnr_db is not None]
     return (f"quantized {len(report)} layers ({n_w / 1e6:.1f} M weights), {bpw:.3f} bits/weight, "
-            f"weight SQNR {min(sq):.2f} … {max(sq):.2f} dB (mean {sum(sq) / len(sq):.2f})")
+            f"weight SQNR {min(sq):.2f} … {max(sq):.2f} dB (mean {sum(sq) / len(sq):.2f})"
+            + (f", worst group {min(worst):.2f} dB" if worst else ""))

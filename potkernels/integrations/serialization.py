@@ -35,12 +35,12 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ..format import FORMAT_VERSION, config_from_dict
-from ..format.legacy import repack_v1_state_dict
+from ..format.legacy import upgrade_state_dict
 from ..nn import IntLinear, PoTLinear, _PackedLinear, float_weight, is_conv1d
 from .hf import LayerReport, set_submodule
 
 FORMAT_NAME = "potkernels"
-READ_VERSIONS = (1, FORMAT_VERSION)  # version 1 (bit planes) is repacked to v2 on load
+READ_VERSIONS = (1, 2, FORMAT_VERSION)  # older versions are upgraded on load (format/legacy.py)
 WEIGHTS_FILE = "model.safetensors"
 QUANT_FILE = "quantization_config.json"
 CONFIG_FILE = "config.json"
@@ -273,16 +273,16 @@ def _load_strict(model: nn.Module, tensors: dict[str, torch.Tensor], tied: dict[
         setattr(owner, attr, getattr(model.get_submodule(t_owner), t_attr))
 
 
-def _repack_v1(tensors: dict[str, torch.Tensor], layers: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-    """Version-1 packed tensors → version 2 (same decoded weights), before the strict load."""
+def _upgrade(tensors: dict[str, torch.Tensor], version: int, layers: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+    """Older-version packed tensors → the current version (same decoded weights), before the strict load."""
     specs = []
     for rec in layers:
         cfg = config_from_dict(rec["config"])
         specs.append((rec["name"], cfg.kind, cfg.bits, rec["in_features"]))
     try:
-        return repack_v1_state_dict(tensors, specs)
+        return upgrade_state_dict(tensors, version, specs)
     except ValueError as e:
-        raise CheckpointError(f"cannot repack the version-1 checkpoint: {e}") from e
+        raise CheckpointError(f"cannot upgrade the version-{version} checkpoint: {e}") from e
 
 
 def load_quantized(path: str | os.PathLike, device: str | torch.device = "cpu",
@@ -300,8 +300,8 @@ def load_quantized(path: str | os.PathLike, device: str | torch.device = "cpu",
     folder = Path(path)
     meta = _read_meta(folder)
     tensors = _read_tensors(folder, meta)
-    if meta["format_version"] == 1:
-        tensors = _repack_v1(tensors, meta["layers"])
+    if meta["format_version"] != FORMAT_VERSION:
+        tensors = _upgrade(tensors, meta["format_version"], meta["layers"])
     model = _build_model(folder, meta, dtype)
     _swap_layers(model, meta["layers"])
     _load_strict(model, tensors, meta["tied"], meta.get("buffer_dtypes", {}))

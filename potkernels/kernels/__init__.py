@@ -1,7 +1,7 @@
 """Triton kernels for packed PoT / uniform-int weights, one file per regime (gemlite-style).
 
-* ``decode.py``      @triton.jit helpers: unpack bit planes, PoT decode (integer add into the
-                     scale's exponent bits), bit-exact int decode;
+* ``decode.py``      @triton.jit helpers: gather codes, PoT decode (±2^(E − qmax) by OR, times the
+                     stored top level S_top), bit-exact int decode;
 * ``dequant.py``     packed → ``[N, K]`` fp16/bf16 (bit-exact);
 * ``gemv.py``        M = 1, split-K matvec with fp32 accumulation;
 * ``small_batch.py`` M = 2 … 64, split-K ``tl.dot``;

@@ -5,7 +5,7 @@ Two families, one packed copy:
 * **Pair decoders** (the fast path): a packed word (or 3-word unit) → fp16x2 registers held as
   int32, two codes per register, by one rotate + one LOP3 per pair (one extra "prep" word per
   4-bit word / 3-bit word). PoT lanes are the scale-free ``±2^(E − qmax)`` (weight = lane ·
-  S·2^qmax); int lanes are ``(q − z)·2^−bits`` after one fused multiply-add (Marlin's magic number:
+  S_top, the stored top level); int lanes are ``(q − z)·2^−bits`` after one fused multiply-add (Marlin's magic number:
   ``(q_bits & mask) | 0x6400`` is the fp16 ``1024 + q·2^o``). ``pot4_pairs``, ``pot2_pairs``,
   ``pot3_pairs``, ``int_pairs_*`` return the pairs in k order: pair ``p`` holds codes
   ``(2p, 2p + 1)`` of the unit in (low, high) lane. Pure Triton (interpreter-testable); the GEMV
@@ -210,18 +210,18 @@ def int_decode16(q, z, s, IS_BF16: tl.constexpr):
 
 @triton.jit
 def pot_decode_codes(c, s, BITS: tl.constexpr, IS_BF16: tl.constexpr):
-    """PoT codes ``c = E | sign << (BITS−1)`` and their fp16 scales → weights, the v2 way:
-    v = ±2^(E − qmax) by OR, times S·2^qmax (fp16: exact multiply; bf16: fp32 product, one RNE)."""
+    """PoT codes ``c = E | sign << (BITS−1)`` and their fp16 top levels S_top → weights (format v3):
+    v = ±2^(E − qmax) by OR, times S_top — the exact product rounded once (fp16: one fp16 multiply,
+    IEEE with subnormals; bf16: fp32 product, one RNE)."""
     QMAX: tl.constexpr = 2 ** (BITS - 1) - 1
     e = c & QMAX
     sgn = c >> (BITS - 1)
     vbits = (sgn << 15) | ((15 - QMAX) << 10) | (e << 10)
     v = vbits.to(tl.int16).to(tl.float16, bitcast=True)
-    s_big = s.to(tl.float32) * (2.0 ** QMAX)  # exact; ≤ 65504 inside the scale range
     if IS_BF16:
-        w = to_bf16_rne(v.to(tl.float32) * s_big)
+        w = to_bf16_rne(v.to(tl.float32) * s.to(tl.float32))
     else:
-        w = v * s_big.to(tl.float16)
+        w = v * s.to(tl.float16)
     return w
 
 

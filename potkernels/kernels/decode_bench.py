@@ -28,8 +28,7 @@ def decode_reduce_kernel(x_ptr, q_ptr, sc_ptr, z_ptr, out_ptr, N, K, KP, G, reps
     run0 = tl.program_id(1) * RUNS
     UNITS_PER_RUN: tl.constexpr = 1 if BITS == 3 else BITS
     s = tl.load(sc_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)
-    if IS_POT:
-        s = s * (2.0 ** (2 ** (BITS - 1) - 1))  # lanes are ±2^(E − qmax)
+    if IS_POT:  # lanes are ±2^(E − qmax): S_top multiplies them as stored
         zcs = (s,)
     else:
         s = s * (2.0 ** BITS)  # lanes are (q − z)·2^−bits

@@ -4,7 +4,7 @@ Compute bound once M is in the hundreds. Each program owns a ``[BLOCK_M, BLOCK_N
 (``BLOCK_M = 128``: two consumer warpgroups of 64 rows with ``num_warps = 8``) and per K step
 decodes its ``[BLOCK_N, BLOCK_K]`` weight tile once (:func:`mma_tile.tile_nk`, every packed word
 read once, 128-bit shared stores), which wgmma then reads from shared memory for all BLOCK_M rows.
-The group scale is folded into each weight here (an integer add for PoT): a per-step multiply of
+The group scale is folded into each weight here (one multiply by S_top for PoT): a per-step multiply of
 the accumulator would cost BLOCK_M·BLOCK_N / threads multiplies against BLOCK_N·BLOCK_K / threads
 decoded weights, more than it saves. Program ids are swizzled in groups of ``GROUP_M`` row tiles
 so neighbouring programs share weight tiles in L2 (each W tile is decoded ``M / BLOCK_M`` times
@@ -45,7 +45,7 @@ def gemm_kernel(x_ptr, q_ptr, lut_ptr, sc_ptr, z_ptr, b_ptr, y_ptr,
             w = w.to(tl.float32)
             xt = xt.to(tl.float32)
         if SCALE_FREE:
-            acc += tl.dot(xt, tl.trans(w)) * tile_scale(sc_ptr, k0, offs_n, mask_n, N, G, IS_POT, BITS)[None, :]
+            acc += tl.dot(xt, tl.trans(w)) * tile_scale(sc_ptr, k0, offs_n, mask_n, N, G)[None, :]
         else:
             acc = tl.dot(xt, tl.trans(w), acc)
     if HAS_BIAS:

@@ -8,7 +8,7 @@ matching pair of x (x is read as int32 fp16x2 pairs, once per run, shared by all
 columns):
 
 * **fp16 activations**: ``acc2 = fma.rn.f16x2(x2, v2, acc2)`` over the run's 16 pairs (16 terms per
-  lane), then ``acc += (lo + hi) · s`` in fp32, ``s`` = the group's S·2^qmax (PoT) or s·2^bits
+  lane), then ``acc += (lo + hi) · s`` in fp32, ``s`` = the group's stored S_top (PoT) or s·2^bits
   (int). PoT lanes are ±2^(E − qmax) — exact; int lanes ``(q − z)·2^−bits`` (one HFMA2 from the
   Marlin magic ``1024 + q·2^o``) — exact. |lane| ≤ 1, so a run's lane sum is ≤ Σ|x| over 16
   elements: no overflow while max|x| < 4096 (FORMAT.md §6 states the error bound; larger
@@ -288,7 +288,6 @@ def gemv_kernel(x_ptr, q_ptr, sc_ptr, z_ptr, b_ptr, y_ptr, part_ptr, cnt_ptr,
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     mask_n = offs_n < N
     UNITS_PER_RUN: tl.constexpr = 1 if BITS == 3 else BITS
-    QMAX: tl.constexpr = 2 ** (BITS - 1) - 1
     n_runs = KP // 32
     r_lo = pid_k * runs_per_split
     r_hi = tl.minimum(r_lo + runs_per_split, n_runs)
@@ -296,8 +295,7 @@ def gemv_kernel(x_ptr, q_ptr, sc_ptr, z_ptr, b_ptr, y_ptr, part_ptr, cnt_ptr,
     for g0 in range(r_lo, r_hi, runs_per_group):  # splits hold whole groups (host side)
         grp = (g0 * 32) // G
         s = tl.load(sc_ptr + grp * N + offs_n, mask=mask_n, other=0.0).to(tl.float32)
-        if IS_POT:
-            s = s * (2.0 ** QMAX)  # lanes are ±2^(E − qmax)
+        if IS_POT:  # lanes are ±2^(E − qmax): the stored S_top is the multiplier as it is
             zcs = (s,)  # unused
         else:
             s = s * (2.0 ** BITS)  # lanes are (q − z)·2^−bits

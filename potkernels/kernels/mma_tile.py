@@ -16,10 +16,10 @@ which is what the interpreter pays for; a test checks both give identical bits.
 
 ``SCALE_FREE``: the tile holds the scale-free values — PoT ``±2^(E − qmax)`` (the v2 OR decode),
 int ``q − z`` — both exact in fp16 and bf16, and the caller multiplies the fp32 MMA result of the
-tile by :func:`tile_scale` (``S·2^qmax`` / ``s``): one multiply per output per K step instead of
+tile by :func:`tile_scale` (the stored ``S_top`` / ``s``): one multiply per output per K step instead of
 one per weight. It needs the K tile inside one group (``G % BLOCK_K == 0`` or per-channel).
-Otherwise each weight is scaled: PoT ``v · (S·2^qmax)`` (exact), int ``(q − z)·s`` rounded once —
-bit-exact with the reference decode.
+Otherwise each weight is scaled: PoT ``v · S_top``, int ``(q − z)·s``, each the exact product
+rounded once — bit-exact with the reference decode.
 
 Rows ``k ≥ K`` decode to finite values (zero codes or masked words): callers mask x there.
 """
@@ -186,11 +186,11 @@ def tile_nk(q_ptr, lut_ptr, sc_ptr, z_ptr, k0, offs_n, mask_n, N, K, KP, G,
                 w = v
         else:
             s = tl.load(sc_ptr + ((offs_r * 32) // G)[None, :] * N + offs_n[:, None], mask=mask_nr, other=1.0)
-            s_big = s.to(tl.float32)[:, :, None, None] * (2.0 ** QMAX)  # exact, ≤ 65504 (scale range)
+            s = s[:, :, None, None]  # S_top
             if IS_BF16:
-                w = to_bf16_rne(v.to(tl.float32) * s_big)
+                w = to_bf16_rne(v.to(tl.float32) * s.to(tl.float32))
             else:
-                w = v * s_big.to(tl.float16)  # exact: S·2^E is an fp16 number
+                w = v * s.to(tl.float16)  # the exact product rounded once (only subnormal results round)
     else:
         if SCALE_FREE:
             z = tl.load(z_ptr + (k0 // G) * N + offs_n, mask=mask_n, other=0)[:, None, None, None]
@@ -213,10 +213,7 @@ def tile_nk(q_ptr, lut_ptr, sc_ptr, z_ptr, k0, offs_n, mask_n, N, K, KP, G,
 
 
 @triton.jit
-def tile_scale(sc_ptr, k0, offs_n, mask_n, N, G, IS_POT: tl.constexpr, BITS: tl.constexpr):
+def tile_scale(sc_ptr, k0, offs_n, mask_n, N, G):
     """fp32 multiplier ``[BN]`` of a scale-free tile starting at ``k0`` (one group per tile):
-    PoT ``S·2^qmax``, int ``s``."""
-    s = tl.load(sc_ptr + (k0 // G) * N + offs_n, mask=mask_n, other=0.0).to(tl.float32)
-    if IS_POT:
-        s = s * (2.0 ** (2 ** (BITS - 1) - 1))
-    return s
+    PoT the stored top level ``S_top``, int ``s`` — both as stored."""
+    return tl.load(sc_ptr + (k0 // G) * N + offs_n, mask=mask_n, other=0.0).to(tl.float32)

@@ -20,7 +20,8 @@ def layout_lut(kind: str, bits: int, device: torch.device) -> torch.Tensor:
 
 
 class Packed:
-    """v2 ``qweight`` words, fp16 scales and (int) uint8 zero points of one ``[N, K]`` weight."""
+    """v2-layout ``qweight`` words, fp16 scales (PoT: the v3 top levels S_top; int: s) and (int)
+    uint8 zero points of one ``[N, K]`` weight."""
 
     def __init__(self, kind: str, q: torch.Tensor, scales: torch.Tensor, zeros: Optional[torch.Tensor],
                  bits: int, group_size: int, in_features: int):

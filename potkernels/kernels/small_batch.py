@@ -9,7 +9,7 @@ registers; x arrives as ``[BLOCK_K, BLOCK_M]`` tiles by wide loads along K.
 Per K step a program loads each packed word of its tile once (:func:`mma_tile.tile_nk`). When
 the K tile lies in one group (``SCALE_FREE``), the tile holds the scale-free values ``±2^E`` /
 ``q − z`` and the group scale multiplies the fp32 MMA result, one multiply per output per step
-instead of one integer add per weight. Splitting K keeps every SM streaming weights when
+instead of one per weight. Splitting K keeps every SM streaming weights when
 ``N / BLOCK_N`` alone is too few programs; partial sums go to an fp32 ``[n_split, M, N]``
 buffer reduced in split order (:func:`gemv.splitk_finish`, deterministic).
 """
@@ -47,7 +47,7 @@ def small_batch_kernel(x_ptr, q_ptr, lut_ptr, sc_ptr, z_ptr, b_ptr, y_ptr, part_
             w = w.to(tl.float32)
             xt = xt.to(tl.float32)
         if SCALE_FREE:
-            acc += tl.dot(w, xt) * tile_scale(sc_ptr, k0, offs_n, mask_n, N, G, IS_POT, BITS)[:, None]
+            acc += tl.dot(w, xt) * tile_scale(sc_ptr, k0, offs_n, mask_n, N, G)[:, None]
         else:
             acc = tl.dot(w, xt, acc)
     mask = mask_n[:, None] & mask_m[None, :]
