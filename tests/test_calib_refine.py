@@ -7,7 +7,7 @@ from calibration.data import get_calibration_ids, random_windows
 from calibration.eval import perplexity
 from calibration.refine import FakeQuantLinear, capture_block_inputs, find_blocks, refine_block
 from potkernels import IntConfig, IntLinear, PoTConfig, PoTLinear, quantize_model
-from potkernels.format.pot import clamp_scales, quantize_pot
+from potkernels.format.pot import clamp_scales, level_scales, quantize_pot
 from tiny_models import VOCAB, tiny_gpt2, tiny_llama
 
 MODELS = {"gpt2": tiny_gpt2, "llama": tiny_llama}
@@ -81,7 +81,7 @@ def test_two_step_pipeline(arch):
     assert torch.isfinite(torch.tensor(q["ppl"])) and q["tokens"] == ref["tokens"]
     # The swapped model computes what step 2 optimised: per-layer scales equal the stored ones.
     w0 = swapped[0].packed
-    again = quantize_pot(swapped[0].dequantize().float(), w0.config, scales=w0.scales.float().t())
+    again = quantize_pot(swapped[0].dequantize().float(), w0.config, scales=level_scales(w0.scales, w0.config.bits).t())
     assert torch.equal(again.qweight, w0.qweight)
 
 

@@ -13,7 +13,7 @@ from calibration.qat.fake_quant import pot_codes
 from calibration.train import RandomWindows, train_lm
 from potkernels import IntConfig, IntLinear, PoTConfig, PoTLinear, quantize_model
 from potkernels.format import quantize_int, quantize_pot
-from potkernels.format.pot import clamp_scales, pot_fake_quant, rtn_scales
+from potkernels.format.pot import clamp_scales, level_scales, pot_fake_quant, rtn_scales
 from potkernels.format.uniform import clamp_int_scales, rtn_int_params
 
 VOCAB = 97
@@ -155,7 +155,7 @@ def test_rtn_qat_at_init_equals_quantize_model_and_mapping_init():
     with torch.no_grad():
         assert torch.equal(qat(x).logits, rtn(x).logits)
     # scales from another quantized model (e.g. the two-step calibrator) seed QAT
-    mult = {n: m.scales.t().float() * 1.5 for n, m in rtn.named_modules() if isinstance(m, PoTLinear)}
+    mult = {n: level_scales(m.scales, 3).t() * 1.5 for n, m in rtn.named_modules() if isinstance(m, PoTLinear)}
     start = quantize_model(copy.deepcopy(base), cfg, params=lambda n, m: {"scales": mult[n]})
     seeded = prepare_qat(copy.deepcopy(base), cfg, init=scales_from_quantized(start)).eval()
     with torch.no_grad():
@@ -290,8 +290,8 @@ def test_clear_errors():
         train_qat(model, [ids()], steps=1, lr=1e-3, kd_weight=0.5)
     with pytest.raises(ValueError, match="already holds packed"):
         prepare_qat(quantize_model(tiny_gpt2(), PoTConfig(3, 32)), PoTConfig(3, 32))
-    with pytest.raises(ValueError, match="positive"):
-        PoTQATLinear(torch.randn(4, 32), None, PoTConfig(3, 32), torch.zeros(4, 1))
+    with pytest.raises(ValueError, match="non-negative"):
+        PoTQATLinear(torch.randn(4, 32), None, PoTConfig(3, 32), -torch.ones(4, 1))
     with pytest.raises(TypeError, match="needs a PoTConfig"):
         PoTQATLinear(torch.randn(4, 32), None, IntConfig(3, 32), torch.ones(4, 1))
     with pytest.raises(ValueError, match="exhausted"):

@@ -49,7 +49,7 @@ class QATLinear(nn.Module):
         weight: ``[out_features, in_features]`` float latent weight (copied into a Parameter).
         bias: ``[out_features]`` or None (copied into a Parameter).
         config: the code.
-        scales: ``[out_features, n_groups]`` initial per-group scale S0 (float, positive).
+        scales: ``[out_features, n_groups]`` initial per-group scale S0 (float, ≥ 0; PoT: level scales).
     """
 
     config_cls: ClassVar[type]
@@ -65,8 +65,8 @@ class QATLinear(nn.Module):
         _, n_groups = config.groups_in(k)
         if tuple(scales.shape) != (n, n_groups):
             raise ValueError(f"scales must be [out_features, n_groups] = {(n, n_groups)}, got {tuple(scales.shape)}")
-        if not bool((scales > 0).all()) or not bool(torch.isfinite(scales).all()):
-            raise ValueError("initial scales must be finite and positive")
+        if not bool((scales >= 0).all()) or not bool(torch.isfinite(scales).all()):
+            raise ValueError("initial scales must be finite and non-negative (0: an all-zero group, kept at 0)")
         self.config = config
         self.in_features, self.out_features = k, n
         self.group_size = config.groups_in(k)[0]

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from potkernels.format import IntConfig, PoTConfig
-from potkernels.format.pot import rtn_scales
+from potkernels.format.pot import level_scales, rtn_scales
 from potkernels.format.uniform import rtn_int_params
 from potkernels.integrations.hf import (SQNR_WARN_DB, LayerReport, eligible_linears, layer_report, set_submodule,
                                        warn_low_sqnr)
@@ -136,7 +136,7 @@ def convert(model: nn.Module, warn_sqnr_db: Optional[float] = SQNR_WARN_DB) -> n
 
 
 def scales_from_quantized(model: nn.Module) -> dict[str, Any]:
-    """``{layer name: scales [N, n_groups] fp32}`` (int: ``(scales, zeros)``) of a packed model.
+    """``{layer name: scales [N, n_groups] fp32}`` (PoT: level scales S; int: ``(scales, zeros)``) of a packed model.
 
     Lets QAT start from calibrated scales, e.g. those of ``calibrate_model(..., method="two-step")``:
     ``prepare_qat(float_model, cfg, init=scales_from_quantized(calibrated_model))``.
@@ -144,7 +144,7 @@ def scales_from_quantized(model: nn.Module) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for name, m in model.named_modules():
         if isinstance(m, PoTLinear):
-            out[name] = m.scales.t().float()
+            out[name] = level_scales(m.scales, m.config.bits).t()  # stored top levels → level scales S
         elif isinstance(m, IntLinear):
             out[name] = (m.scales.t().float(), m.zeros.t().float())
     if not out:
