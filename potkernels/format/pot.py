@@ -77,7 +77,7 @@ def exponent_codes(w: torch.Tensor, scales: torch.Tensor, qmax: int) -> torch.Te
     expanded per weight; storable ones, see :func:`clamp_scales`, have ≤ 11 significant bits).
     Returns int32 ``[N, K]``. ``w == 0`` or ``S == 0`` gives E = 0.
 
-    Exactness: ``q = w² / S²`` in fp64 (w² and S² exact: 48 and ≤ 22 significant bits). The
+    Exactness: ``q = w² / S²`` in fp64 (w² and S² exact: ≤ 48 significant bits each). The
     boundary ``|w|/S = 2^(e+½)`` is ``q = 2^(2e+1)``; no rational q equals it, and q is at least a
     relative 2^−48 away, so fp64's one rounding of the quotient cannot cross it. With
     ``q = m·2^x`` (``frexp``, m ∈ [½, 1)), ``round(log2(q) / 2) = floor(x / 2)``.
