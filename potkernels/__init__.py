@@ -7,6 +7,7 @@ Layers, bottom up: ``format`` (codes, packing, reference decode; spec in FORMAT.
 from .format import (
     IntConfig,
     IntWeight,
+    LowSQNRWarning,
     PoTConfig,
     PoTWeight,
     QuantConfig,
@@ -29,7 +30,7 @@ def __getattr__(name: str):
 
 
 __all__ = [
-    "CheckpointError", "IntConfig", "IntLinear", "IntWeight", "LayerReport", "PoTConfig", "PoTQuantizationConfig", "PoTLinear", "PoTWeight",
+    "CheckpointError", "IntConfig", "IntLinear", "IntWeight", "LayerReport", "LowSQNRWarning", "PoTConfig", "PoTQuantizationConfig", "PoTLinear", "PoTWeight",
     "QuantConfig", "dequantize", "int_matmul", "load_quantized", "pot_matmul", "quantize_model",
     "quantize_weight", "save_quantized", "sqnr_db",
 ]

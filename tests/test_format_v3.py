@@ -12,12 +12,12 @@ import torch
 from hypothesis import HealthCheck, given, settings, strategies as st
 from torch import nn
 
-from potkernels import IntConfig, PoTConfig, load_quantized, quantize_model, save_quantized, sqnr_db
+from potkernels import IntConfig, LowSQNRWarning, PoTConfig, load_quantized, quantize_model, save_quantized, sqnr_db
 from potkernels.format import FORMAT_VERSION, level_scales, quantize_weight, top_scales
 from potkernels.format.common import group_sqnr_db
 from potkernels.format.legacy import upgrade_state_dict, upgrade_v2_scales
 from potkernels.format.pot import exponent_codes
-from potkernels.integrations.hf import SQNR_WARN_DB, LowSQNRWarning, warn_low_sqnr
+from potkernels.integrations.hf import SQNR_WARN_DB, warn_low_sqnr
 from potkernels.kernels import int_dequantize_triton, int_matmul_triton, pot_dequantize_triton, pot_matmul_triton
 from potkernels.nn import PoTLinear
 from tiny_models import tiny_llama
@@ -174,7 +174,7 @@ def test_low_sqnr_layer_is_named_once():
         model[1].weight[3] = 0.0  # an all-zero row is exact: no warning for it
     with pytest.warns(LowSQNRWarning) as rec:
         quantize_model(model, PoTConfig(4, 32), skip=())
-    assert len(rec) == 1 and "1 quantized layer(s)" in str(rec[0].message) and "'0'" not in str(rec[0].message)
+    assert len(rec) == 1 and "1 quantized weight(s)" in str(rec[0].message) and "'0'" not in str(rec[0].message)
     assert str(rec[0].message).count(" dB)") == 1 and "0 (0.0 dB)" in str(rec[0].message)
     report = {r.name: r for r in model.quantization_report}
     assert report["0"].worst_group_sqnr_db == 0.0 < SQNR_WARN_DB
@@ -192,6 +192,17 @@ def test_low_sqnr_layer_is_named_once():
         with torch.no_grad():
             tiny[0].weight.mul_(1e-9)
         quantize_model(tiny, PoTConfig(4, 32), skip=(), warn_sqnr_db=None)
+
+
+def test_quantize_weight_names_its_worst_group():
+    w = torch.randn(4, 96)
+    w[1, 32:64] *= 1e-9  # below fp16's resolution: this group decodes to zeros (0 dB)
+    with pytest.warns(LowSQNRWarning, match=r"row 1, group 1\] \(0\.0 dB\)"):
+        quantize_weight(w, PoTConfig(4, 32))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        quantize_weight(w, PoTConfig(4, 32), warn_sqnr_db=None)
+        quantize_weight(torch.randn(4, 96), PoTConfig(4, 32))
 
 
 def test_report_survives_save_and_load(tmp_path):

@@ -2,9 +2,12 @@
 from __future__ import annotations
 
 import dataclasses
+import warnings
 
 import torch
 
+# A group whose SQNR is below this keeps almost none of its signal (storing zeros gives 0 dB).
+SQNR_WARN_DB = 1.0
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 DECODE_DTYPES = (torch.float16, torch.bfloat16)
 
@@ -69,6 +72,24 @@ def group_sqnr_db(w: torch.Tensor, w_hat: torch.Tensor, group_size: int) -> torc
     with torch.no_grad():
         db = 10 * torch.log10(signal / noise)
     return torch.where(noise == 0, float("inf"), db)
+
+
+class LowSQNRWarning(UserWarning):
+    """A quantized weight (or layer) has a group whose SQNR is below the warning threshold."""
+
+
+def warn_low_sqnr(names_db: list[tuple[str, float]], threshold_db: float | None, stacklevel: int = 3) -> list[str]:
+    """One :class:`LowSQNRWarning` naming every ``(name, worst-group SQNR)`` below ``threshold_db``
+    (``None``: no check), worst first. Returns the names."""
+    if threshold_db is None:
+        return []
+    low = sorted(((n, db) for n, db in names_db if db is not None and db < threshold_db), key=lambda t: t[1])
+    if low:
+        listed = ", ".join(f"{n} ({db:.1f} dB)" for n, db in low)
+        warnings.warn(f"{len(low)} quantized weight(s) have a group below {threshold_db} dB SQNR "
+                      f"(0 dB = no better than zeros): {listed}. Calibrate them, skip them, or pass "
+                      "warn_sqnr_db=None to accept this.", LowSQNRWarning, stacklevel=stacklevel)
+    return [n for n, _ in low]
 
 
 class PackedWeight:

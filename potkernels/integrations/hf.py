@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import fnmatch
 import logging
-import warnings
 from dataclasses import asdict, dataclass
 from typing import Any, Callable, Iterable, Iterator, Optional
 
@@ -13,18 +12,11 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..format import IntConfig, PoTConfig, sqnr_db
-from ..format.common import check_weight, group_sqnr_db
+from ..format.common import SQNR_WARN_DB, check_weight, group_sqnr_db
+from ..format.common import warn_low_sqnr as _warn_low
 from ..nn import _PackedLinear, float_weight, is_conv1d, linear_class_for
 
 log = logging.getLogger("potkernels")
-
-
-# A group whose SQNR is below this keeps almost none of its signal (storing zeros gives 0 dB).
-SQNR_WARN_DB = 1.0
-
-
-class LowSQNRWarning(UserWarning):
-    """Some quantized layers have a group whose weight SQNR is below the warning threshold."""
 
 
 @dataclass
@@ -53,21 +45,12 @@ def layer_report(name: str, w: torch.Tensor, layer: nn.Module) -> LayerReport:
 
 
 def warn_low_sqnr(report: list[LayerReport], threshold_db: Optional[float] = SQNR_WARN_DB) -> list[str]:
-    """Issue one :class:`LowSQNRWarning` naming every layer whose worst group is below ``threshold_db``.
+    """Issue one :class:`~potkernels.format.common.LowSQNRWarning` naming every layer whose worst group is below ``threshold_db``.
 
     ``threshold_db=None`` checks nothing. Returns the names of the layers below it (the warning
     lists them all, worst first, with their worst-group SQNR).
     """
-    if threshold_db is None:
-        return []
-    low = sorted((r for r in report if r.worst_group_sqnr_db is not None and r.worst_group_sqnr_db < threshold_db),
-                 key=lambda r: r.worst_group_sqnr_db)
-    if low:
-        names = ", ".join(f"{r.name} ({r.worst_group_sqnr_db:.1f} dB)" for r in low)
-        warnings.warn(f"{len(low)} quantized layer(s) have a weight group below {threshold_db} dB SQNR "
-                      f"(0 dB = no better than zeros): {names}. Calibrate them, skip them, or pass "
-                      "warn_sqnr_db=None to accept this.", LowSQNRWarning, stacklevel=2)
-    return [r.name for r in low]
+    return _warn_low([(r.name, r.worst_group_sqnr_db) for r in report], threshold_db)
 
 
 def is_skipped(name: str, skip: Iterable[str]) -> bool:
@@ -116,7 +99,7 @@ def quantize_model(model: nn.Module, cfg: PoTConfig | IntConfig, skip: Iterable[
             parameters (``[out_features, n_groups]``) for a layer; RTN when it returns ``{}``.
         verbose: also print the report.
         progress: a tqdm bar per layer (default: when stderr is a terminal).
-        warn_sqnr_db: one :class:`LowSQNRWarning` names every layer with a group whose weight SQNR
+        warn_sqnr_db: one :class:`~potkernels.LowSQNRWarning` names every layer with a group whose weight SQNR
             is below this (default :data:`SQNR_WARN_DB` = 1 dB; ``None``: no warning).
     Every layer is checked (finite float weight, a config that fits) and quantized before any is
     swapped in: on an error, which names the layer, the model is unchanged.
