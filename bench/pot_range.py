@@ -61,7 +61,8 @@ def main() -> None:
     p.add_argument("--label", required=True, help="key of this run in the JSON (e.g. before / after)")
     p.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "pot_range.json")
     a = p.parse_args()
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
+                            text=True).stdout.strip()
     results = json.loads(a.out.read_text()) if a.out.exists() else {}
     results[a.label] = {"format_version": FORMAT_VERSION, "commit": commit, **sweep()}
     a.out.parent.mkdir(parents=True, exist_ok=True)

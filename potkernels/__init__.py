@@ -30,7 +30,8 @@ def __getattr__(name: str):
 
 
 __all__ = [
-    "CheckpointError", "IntConfig", "IntLinear", "IntWeight", "LayerReport", "LowSQNRWarning", "PoTConfig", "PoTQuantizationConfig", "PoTLinear", "PoTWeight",
+    "CheckpointError", "IntConfig", "IntLinear", "IntWeight", "LayerReport", "LowSQNRWarning",
+    "PoTConfig", "PoTQuantizationConfig", "PoTLinear", "PoTWeight",
     "QuantConfig", "dequantize", "int_matmul", "load_quantized", "pot_matmul", "quantize_model",
     "quantize_weight", "save_quantized", "sqnr_db",
 ]

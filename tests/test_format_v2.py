@@ -120,7 +120,8 @@ def test_old_fixture_loads_losslessly(name, tmp_path):
     digests = json.loads((path / "reference_decode.json").read_text())
     _check_decodes(model, digests)
     save_quantized(model, tmp_path / "resaved")
-    assert json.loads((tmp_path / "resaved" / "quantization_config.json").read_text())["format_version"] == FORMAT_VERSION
+    resaved_meta = json.loads((tmp_path / "resaved" / "quantization_config.json").read_text())
+    assert resaved_meta["format_version"] == FORMAT_VERSION
     _check_decodes(load_quantized(tmp_path / "resaved"), digests)
     ref = load_file(str(path / "reference_logits.safetensors"))
     with torch.no_grad():

@@ -3,8 +3,8 @@
 Forward: the scale is the storable ``clamp_scales(S)`` (PoT, stored as ``S_top = top_scales(S)``) /
 ``clamp_int_scales(s)`` (int), the codes are computed exactly as :func:`potkernels.format.quantize_pot`
 / ``quantize_int`` compute them, and the weight is built by the reference decoders (``decode_pot``:
-``S_top · ±2^(E − qmax)`` rounded once; ``decode_int``) in the decode dtype the ops use (bf16 for bf16 activations, fp16
-otherwise), then cast to the activation dtype. So a QAT layer's output is bit-identical to the
+``S_top · ±2^(E − qmax)`` rounded once; ``decode_int``) in the decode dtype the ops use (bf16 for
+bf16 activations, fp16 otherwise), then cast to the activation dtype. So a QAT layer's output is bit-identical to the
 exported :class:`~potkernels.nn.PoTLinear` / ``IntLinear`` on the reference path.
 
 Backward (straight-through estimators, one ``autograd.Function`` each, so nothing of the

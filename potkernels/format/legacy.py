@@ -177,7 +177,8 @@ def upgrade_v2_scales(scales: torch.Tensor, bits: int) -> torch.Tensor:
     return top.to(torch.float16)
 
 
-def upgrade_v2_state_dict(tensors: dict[str, torch.Tensor], layers: list[tuple[str, str, int]]) -> dict[str, torch.Tensor]:
+def upgrade_v2_state_dict(tensors: dict[str, torch.Tensor],
+                          layers: list[tuple[str, str, int]]) -> dict[str, torch.Tensor]:
     """A v2 (or repacked v1) checkpoint's state dict with every PoT layer's scales upgraded to v3 (a new dict).
 
     ``layers``: ``(module name, kind, bits)`` per quantized layer; int layers are unchanged (their

@@ -45,7 +45,7 @@ def layer_report(name: str, w: torch.Tensor, layer: nn.Module) -> LayerReport:
 
 
 def warn_low_sqnr(report: list[LayerReport], threshold_db: Optional[float] = SQNR_WARN_DB) -> list[str]:
-    """Issue one :class:`~potkernels.format.common.LowSQNRWarning` naming every layer whose worst group is below ``threshold_db``.
+    """One :class:`~potkernels.LowSQNRWarning` naming every layer whose worst group is below ``threshold_db``.
 
     ``threshold_db=None`` checks nothing. Returns the names of the layers below it (the warning
     lists them all, worst first, with their worst-group SQNR).
@@ -106,8 +106,8 @@ def quantize_model(model: nn.Module, cfg: PoTConfig | IntConfig, skip: Iterable[
 
     Returns:
         The same model, modified in place. ``model.quantization_report`` holds one
-        :class:`LayerReport` per swapped layer (with its worst group's SQNR), ``model.quantization_config`` the config and
-        ``model.quantization_skip`` the skip list (``save_quantized`` records both).
+        :class:`LayerReport` per swapped layer (with its worst group's SQNR), ``model.quantization_config``
+        the config and ``model.quantization_skip`` the skip list (``save_quantized`` records both).
     """
     cls = linear_class_for(cfg)
     targets = list(eligible_linears(model, skip))

@@ -4,9 +4,9 @@ Two families, one packed copy:
 
 * **Pair decoders** (the fast path): a packed word (or 3-word unit) → fp16x2 registers held as
   int32, two codes per register, by one rotate + one LOP3 per pair (one extra "prep" word per
-  4-bit word / 3-bit word). PoT lanes are the scale-free ``±2^(E − qmax)`` (weight = lane ·
-  S_top, the stored top level); int lanes are ``(q − z)·2^−bits`` after one fused multiply-add (Marlin's magic number:
-  ``(q_bits & mask) | 0x6400`` is the fp16 ``1024 + q·2^o``). ``pot4_pairs``, ``pot2_pairs``,
+  4-bit word / 3-bit word). PoT lanes are the scale-free ``±2^(E − qmax)`` (weight = lane · S_top,
+  the stored top level); int lanes are ``(q − z)·2^−bits`` after one fused multiply-add (Marlin's
+  magic number: ``(q_bits & mask) | 0x6400`` is the fp16 ``1024 + q·2^o``). ``pot4_pairs``, ``pot2_pairs``,
   ``pot3_pairs``, ``int_pairs_*`` return the pairs in k order: pair ``p`` holds codes
   ``(2p, 2p + 1)`` of the unit in (low, high) lane. Pure Triton (interpreter-testable); the GEMV
   has an inline-PTX twin of the same bit operations (``gemv.py``).
