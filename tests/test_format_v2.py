@@ -126,7 +126,9 @@ def test_old_fixture_loads_losslessly(name, tmp_path):
     ref = load_file(str(path / "reference_logits.safetensors"))
     with torch.no_grad():
         logits = model(ref["tokens"]).logits.float()
-    assert torch.equal(logits, ref["logits"])
+    # The weights are checked bit for bit above; the fp16 forward around them is transformers' and may
+    # move by an ulp between its releases (v1 fixtures: 2^-11 at |logit| ~ 1 with transformers 5.24).
+    torch.testing.assert_close(logits, ref["logits"], rtol=0, atol=2**-9)
 
 
 def test_unknown_layout_is_refused():
