@@ -8,8 +8,9 @@ Their results feed decisions (GPTQ's rounding, which scale-fit candidate wins, w
 scales are kept), so a one-ulp difference changed most of a checkpoint's codes. The first two run
 under :func:`serial` (one thread: they are small next to the matmuls around them); the last is
 fixed by MKL's strict conditional numerical reproducibility, ``MKL_CBWR=AUTO,STRICT``, which MKL
-reads when it first runs: :data:`MKL_CBWR` is set (unless the user set it) when ``calibration`` is
-imported, i.e. before any matmul of ``python -m calibration``.
+reads when it first runs: ``python -m calibration`` sets it (unless the user did) before any matmul; a
+program calling :func:`calibrate_model` directly sets it itself (``MKL_CBWR=AUTO,STRICT python …``),
+since it changes the bits of every matmul in the process.
 """
 from __future__ import annotations
 
