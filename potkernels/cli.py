@@ -130,8 +130,9 @@ def calibration_hint(model: str, cfg: QuantConfig) -> list[str]:
     if known:
         rtn, cal, what = known
         lines.append(f"  measured (WikiText-2 test perplexity, 16 windows, calibrated on WikiText-2 valid, 1 thread; "
-                     f"bench/results/ladder.md): round-to-nearest {rtn:.2f} → {what} {cal:.2f}, FP 20.82; "
-                     f"~10 min on 2 CPU threads")
+                     f"bench/results/ladder.md): round-to-nearest {rtn:.2f} → {what} {cal:.2f}, FP 20.82")
+        lines.append("  cost: the PoT3 default took 606 s on 2 idle CPU threads "
+                     "(bench/results/calibrate_smollm2_pot3_gptq_default.json)")
     return lines
 
 
