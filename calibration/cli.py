@@ -1,14 +1,15 @@
 """Command line: ``python -m calibration quantize …`` and ``python -m calibration eval …``.
 
 Both print progress on stderr and, with ``--json``, one machine-readable object as the last
-line of stdout (results, seconds, peak RSS, and peak CUDA memory when on a GPU). Errors end
-with one ``error: …`` line (exit 1), Ctrl-C with one line (exit 130); a checkpoint is only
-ever renamed into place complete.
+line of stdout (results, seconds, peak RSS, threads, and peak CUDA memory when on a GPU). A bad
+input ends with one ``error: …`` line before any model loads (exit 2), Ctrl-C with one line (exit 130;
+the convention of potkernels/cli_help.py); a checkpoint is only ever renamed into place complete.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import sys
 import time
@@ -18,7 +19,8 @@ from typing import Any, Optional, Sequence
 import torch
 
 from potkernels.format.config import INT_BITS, POT_BITS, IntConfig, PoTConfig
-from potkernels.cli_help import HelpFormatter
+from potkernels._startup import INTERRUPTED
+from potkernels.cli_help import EXIT_INTERRUPTED, EXIT_USAGE, ArgumentParser, CliError, HelpFormatter
 
 from .calibrate import (DATA_METHODS, DEFAULT_BATCH, DEFAULT_EPOCHS, DEFAULT_LAM, DEFAULT_LR, METHODS, calibrate_model,
                         check_method)
@@ -39,10 +41,6 @@ def model_context(model) -> Optional[int]:
     cfg = getattr(model, "config", None)
     n = getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", None)
     return int(n) if n else None
-
-
-class CliError(Exception):
-    """A user-facing error: printed as ``error: …`` with exit status 1, no traceback."""
 
 
 def memory_stats() -> dict[str, Optional[float]]:
@@ -85,15 +83,40 @@ def check_calib_source(source: str) -> None:
 
 
 # ---------------------------------------------------------------- input checks (before any model loads)
-def check_text_file(path: str, flag: str) -> None:
+# Above this share of control characters (other than tab, newline, CR, form feed) a file is not text.
+MAX_CONTROL_SHARE = 0.01
+
+
+def check_text_file(path: str, flag: str) -> str:
+    """The file's text, or a :class:`CliError` when it is missing, empty, not UTF-8 or not text."""
     p = Path(path)
     if not p.is_file():
         raise CliError(f"{flag} {path!r}: no such file" if not p.exists() else f"{flag} {path!r} is not a file")
     try:
-        if not read_text(p).strip():
-            raise CliError(f"{flag} file {path} is empty")
+        text = read_text(p)
     except UnicodeDecodeError as e:
         raise CliError(f"{flag} file {path} is not UTF-8 text ({e})") from None
+    if "\0" in text:
+        raise CliError(f"{flag} file {path} is not text: it holds NUL bytes")
+    if not text.strip():
+        raise CliError(f"{flag} file {path} is empty")
+    control = sum(1 for ch in text if ord(ch) < 32 and ch not in "\t\n\r\f")
+    if control > MAX_CONTROL_SHARE * len(text):
+        raise CliError(f"{flag} file {path} is not text: {control} of its {len(text)} characters are control "
+                       f"characters")
+    return text
+
+
+def too_short(flag: str, path: str, tokens: int, window: int, unit: str = "tokens") -> CliError:
+    return CliError(f"{flag} {path} has {tokens} {unit}, fewer than one window of {window} tokens; give a "
+                    f"longer text or a smaller --window")
+
+
+def check_text_length(text: str, path: str, flag: str, window: Optional[int]) -> None:
+    """Before the tokenizer is known: a text of fewer characters than a window (minus 2 special tokens)
+    has fewer tokens than one window with any tokenizer that gives at most one token per character."""
+    if window is not None and len(text) + 2 < window:
+        raise too_short(flag, path, len(text), window, "characters")
 
 
 def check_model(spec: str, allow_quantized: bool) -> Optional[int]:
@@ -109,6 +132,8 @@ def check_model(spec: str, allow_quantized: bool) -> Optional[int]:
 
 
 def check_window(window: Optional[int], context: Optional[int]) -> None:
+    if window is not None and window < 2:
+        raise CliError(f"--window must be ≥ 2, got {window}")
     if window is not None and context is not None and window > context:
         raise CliError(f"--window {window} is longer than the model's context of {context} tokens")
 
@@ -162,12 +187,24 @@ def load_any(spec: str, device: str):
     return load_base(spec, device, allow_quantized=True)
 
 
-def evaluate_text(model, tokenizer, text_path: str, window: Optional[int], max_windows: Optional[int],
-                  batch_size: int = 1) -> dict[str, Any]:
+def eval_ids(model, tokenizer, text_path: str, window: Optional[int], flag: str) -> tuple[torch.Tensor, int]:
+    """The evaluation text's token ids and the window, checked to hold at least one window (right after the
+    model loads: before any calibration or evaluation work)."""
     check_window(window, default_window(model, cap=10**9))
     window = window or default_window(model)
     try:
         ids = tokenize_text(read_text(text_path), tokenizer)
+    except ValueError as e:
+        raise CliError(f"{flag} {text_path}: {e}") from None
+    if ids.numel() < window:
+        raise too_short(flag, text_path, ids.numel(), window)
+    return ids, window
+
+
+def evaluate_text(model, tokenizer, text_path: str, window: Optional[int], max_windows: Optional[int],
+                  batch_size: int = 1, flag: str = "--eval-text") -> dict[str, Any]:
+    ids, window = eval_ids(model, tokenizer, text_path, window, flag)
+    try:
         t0 = time.perf_counter()
         r = perplexity(model, ids, window, max_windows=max_windows, batch_size=batch_size, progress=True)
     except (FileNotFoundError, ValueError) as e:
@@ -176,15 +213,39 @@ def evaluate_text(model, tokenizer, text_path: str, window: Optional[int], max_w
             "tokens": r["tokens"], "eval_seconds": time.perf_counter() - t0}
 
 
+def known_window(window: Optional[int], context: Optional[int]) -> Optional[int]:
+    """The evaluation window when it is known before the model loads (given, or the model's context capped
+    like :func:`default_window`)."""
+    return window or (min(context, default_window(None)) if context else None)  # default_window(None): its cap
+
+
 def validate_quantize_inputs(args: argparse.Namespace) -> None:
     """Every input of ``quantize`` that can be checked without the model (the general checks)."""
-    if args.eval_text:
-        check_text_file(args.eval_text, "--eval-text")
+    text = check_text_file(args.eval_text, "--eval-text") if args.eval_text else None
     check_out(args.out, args.overwrite)
     check_report_path(args.report)
     context = check_model(args.model, allow_quantized=False)
-    if args.eval_text:
+    if text is not None:
         check_window(args.window, context)
+        check_text_length(text, args.eval_text, "--eval-text", known_window(args.window, context))
+
+
+def check_numbers(args: argparse.Namespace) -> None:
+    """Ranges of the numeric options of ``quantize`` (argparse checks only their type)."""
+    import math
+
+    if args.seq_len is not None and args.seq_len < 2:
+        raise CliError(f"--seq-len must be ≥ 2, got {args.seq_len}")
+    if args.epochs < 0:
+        raise CliError(f"--epochs must be ≥ 0, got {args.epochs}")
+    if not (math.isfinite(args.damp) and 0 <= args.damp < 1):
+        raise CliError(f"--damp is a fraction of the mean of diag(H): 0 ≤ damp < 1, got {args.damp}")
+    if not (math.isfinite(args.lr) and args.lr > 0):
+        raise CliError(f"--lr must be a positive number, got {args.lr}")
+    if not (math.isfinite(args.lam) and args.lam >= 0):
+        raise CliError(f"--lam must be ≥ 0, got {args.lam}")
+    if args.scale_fits is not None and args.scale_fits < 0:
+        raise CliError(f"--scale-fits must be ≥ 0, got {args.scale_fits}")
 
 
 def gptq_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -197,6 +258,7 @@ def gptq_options(args: argparse.Namespace) -> dict[str, Any]:
 
 def cmd_quantize(args: argparse.Namespace) -> dict[str, Any]:
     cfg = build_config(args.kind, args.bits, args.group_size)
+    check_numbers(args)
     try:
         check_method(cfg, args.method)
     except ValueError as e:
@@ -209,8 +271,6 @@ def cmd_quantize(args: argparse.Namespace) -> dict[str, Any]:
         raise CliError("--act-weighted weights the PoT step-1 search; int GPTQ uses min/max scales")
     gptq_only = [flag for flag, on in (("--true-sequential", args.true_sequential),
                                        ("--scale-fits", args.scale_fits is not None)) if on]
-    if args.scale_fits is not None and args.scale_fits < 0:
-        raise CliError(f"--scale-fits must be ≥ 0, got {args.scale_fits}")
     if gptq_only and args.method != "gptq":
         raise CliError(f"{', '.join(gptq_only)}: GPTQ settings, need --method gptq")
     if args.refine and args.method != "gptq":
@@ -229,8 +289,8 @@ def cmd_quantize(args: argparse.Namespace) -> dict[str, Any]:
     validate_quantize_inputs(args)
     t_start = time.perf_counter()
     model, tok = load_base(args.model, args.device)
-    if args.eval_text:
-        check_window(args.window, default_window(model, cap=10**9))  # smollm2 / hub: known only now
+    if args.eval_text:  # smollm2 / hub: window and tokens known only now, still before any work
+        eval_ids(model, tok, args.eval_text, args.window, "--eval-text")
     ids = None
     context = model_context(model)
     if needs_data and context is not None and args.seq_len > context:
@@ -265,7 +325,7 @@ def cmd_quantize(args: argparse.Namespace) -> dict[str, Any]:
         "calib": args.calib if ids is not None else None,
         "samples": None if ids is None else ids.shape[0], "seq_len": None if ids is None else ids.shape[1],
         "epochs": report.get("epochs"), "lr": args.lr, "lam": args.lam,
-        "device": str(args.device), "threads": torch.get_num_threads(),
+        "device": str(args.device), "threads": torch.get_num_threads(), "mkl_cbwr": os.environ.get("MKL_CBWR"),
         "calibration_seconds": calib_seconds, "summary": report["summary"],
     }
     if args.report:
@@ -285,13 +345,15 @@ def cmd_quantize(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_eval(args: argparse.Namespace) -> dict[str, Any]:
-    check_text_file(args.text, "--text")
-    check_window(args.window, check_model(args.model, allow_quantized=True))
+    text = check_text_file(args.text, "--text")
+    context = check_model(args.model, allow_quantized=True)
+    check_window(args.window, context)
+    check_text_length(text, args.text, "--text", known_window(args.window, context))
     t_start = time.perf_counter()
     model, tok = load_any(args.model, args.device)
     result = {"command": "eval", "model": args.model, "text": args.text, "device": str(args.device),
               "quantization": getattr(getattr(model, "quantization_config", None), "to_dict", lambda: None)()}
-    result.update(evaluate_text(model, tok, args.text, args.window, args.max_windows, args.batch_size))
+    result.update(evaluate_text(model, tok, args.text, args.window, args.max_windows, args.batch_size, "--text"))
     result["seconds"] = time.perf_counter() - t_start
     return result
 
@@ -308,14 +370,14 @@ def positive_int(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m calibration", description=__doc__, formatter_class=HelpFormatter)
+    p = ArgumentParser(prog="python -m calibration", description=__doc__, formatter_class=HelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
 
     def common(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                         help="where to run: cpu, cuda or cuda:N.")
         sp.add_argument("--threads", type=positive_int, default=None,
-                        help="torch CPU threads (default: torch's own choice).")
+                        help="torch CPU threads (default: torch's own choice); results do not depend on it.")
         sp.add_argument("--window", type=int, default=None,
                         help="perplexity window in tokens; must not exceed the model's context "
                              "(default: the model's context, at most 2048).")
@@ -399,27 +461,25 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run the command line; returns the exit status (potkernels/cli_help.py)."""
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
     if args.command == "quantize":  # said on the command line (a data-free method then notes it is unused)
         args.calib_given = any(a == "--calib" or a.startswith("--calib=") for a in argv)
-    if (getattr(args, "seq_len", None) or 2) < 2 or getattr(args, "epochs", 0) < 0:
-        parser.error("--seq-len must be ≥ 2 and --epochs ≥ 0")
-    if args.window is not None and args.window < 2:
-        parser.error("--window must be ≥ 2")
     if str(args.device).startswith("cuda") and not torch.cuda.is_available():
         parser.error(f"--device {args.device}: CUDA is not available here")
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
+        check_window(args.window, None)
         result = cmd_quantize(args) if args.command == "quantize" else cmd_eval(args)
     except CliError as e:
         print(f"error: {e}", file=sys.stderr)
-        return 1
+        return EXIT_USAGE
     except KeyboardInterrupt:
-        print("interrupted: nothing was written", file=sys.stderr)
-        return 130
+        print(INTERRUPTED, file=sys.stderr)
+        return EXIT_INTERRUPTED
     result.update(memory_stats())
     if args.json:
         print(json.dumps(result))

@@ -58,6 +58,7 @@ from potkernels.nn import float_weight, linear_class_for
 
 from .init import init_scales
 from .refine import _run, block_linears, block_stream, fit_gammas, input_channel_weights
+from .threads import serial
 
 log = logging.getLogger("potkernels.calibration")
 
@@ -225,6 +226,11 @@ def prepare_hessian(h: torch.Tensor, damp: float) -> tuple[torch.Tensor, torch.T
 
 def _upper_inverse_cholesky(h: torch.Tensor, damp: float) -> torch.Tensor:
     """Upper Cholesky factor of ``H⁻¹`` (GPTQ's form of the inverse), more damping if H is not PD."""
+    with serial():  # LAPACK's result depends on the thread count
+        return _upper_inverse_cholesky_serial(h, damp)
+
+
+def _upper_inverse_cholesky_serial(h: torch.Tensor, damp: float) -> torch.Tensor:
     extra = 0.0
     for attempt in range(DAMP_RETRIES + 1):
         hh = h if extra == 0.0 else h + extra * torch.diagonal(h).mean() * torch.eye(h.shape[0], dtype=h.dtype,
@@ -245,8 +251,10 @@ def relative_output_error(w: torch.Tensor, q: torch.Tensor, h: torch.Tensor) -> 
     """``‖(W − Q) X‖² / ‖W X‖²`` from ``H = X Xᵀ`` (no activations needed)."""
     h = h.double()
     d = (w - q).double()
-    den = float(((w.double() @ h) * w.double()).sum())
-    return float(((d @ h) * d).sum()) / max(den, 1e-300)
+    wh, dh = w.double() @ h, d @ h
+    with serial():  # whole-tensor sums: one reduction order at any thread count
+        den = float((wh * w.double()).sum())
+        return float((dh * d).sum()) / max(den, 1e-300)
 
 
 @torch.no_grad()
@@ -344,7 +352,8 @@ def fit_scales(w: torch.Tensor, unit: torch.Tensor, h: torch.Tensor, group_size:
         # A[r, g, h] = Σ_ab U[r,g,a] H[g,a,h,b] U[r,h,b], contracted one side at a time (N·K² work)
         uh = torch.einsum("rga,gahb->rhbg", ug, hg)
         a_mat = torch.einsum("rhbg,rhb->rgh", uh, ug)
-        fits.append(torch.linalg.solve_ex(a_mat, b.unsqueeze(-1)))
+        with serial():
+            fits.append(torch.linalg.solve_ex(a_mat, b.unsqueeze(-1)))
     s = torch.cat([f[0] for f in fits]).squeeze(-1).float()
     info = torch.cat([f[1] for f in fits])
     ok = (info == 0)[:, None] & torch.isfinite(s) & (s > 0) & (old_scales > 0)

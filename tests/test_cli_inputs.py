@@ -63,12 +63,12 @@ def test_out_refused_before_loading(capsys, tmp_path, tiny_model_dir, no_model_l
     (full / "notes.txt").write_text("unrelated")
     before = _listing(full)
     code, _, err = run(capsys, calib_cli.main, *_quantize(tiny_model_dir, "--out", full))
-    assert code == 1 and "not empty" in err and "--overwrite" in err and "Traceback" not in err
+    assert code == 2 and "not empty" in err and "--overwrite" in err and "Traceback" not in err
     assert _listing(full) == before
     a_file = tmp_path / "file"
     a_file.write_text("x")
     code, _, err = run(capsys, calib_cli.main, *_quantize(tiny_model_dir, "--out", a_file))
-    assert code == 1 and "not a folder" in err and a_file.read_text() == "x"
+    assert code == 2 and "not a folder" in err and a_file.read_text() == "x"
 
 
 @pytest.mark.parametrize("argv,message", [
@@ -80,20 +80,20 @@ def test_out_refused_before_loading(capsys, tmp_path, tiny_model_dir, no_model_l
 def test_quantize_inputs_checked_before_loading(capsys, tiny_model_dir, text_file, no_model_load, argv, message):
     argv = [str(text_file) if a == "TEXT" else a for a in argv]
     code, _, err = run(capsys, calib_cli.main, *_quantize(tiny_model_dir, *argv))
-    assert code == 1 and message in err and "Traceback" not in err
+    assert code == 2 and message in err and "Traceback" not in err
 
 
 def test_eval_inputs_checked_before_loading(capsys, tiny_model_dir, text_file, no_model_load):
     code, _, err = run(capsys, calib_cli.main, "eval", tiny_model_dir, "--text", text_file, "--window", "100000")
-    assert code == 1 and "longer than the model's context of 64" in err
+    assert code == 2 and "longer than the model's context of 64" in err
     code, _, err = run(capsys, calib_cli.main, "eval", tiny_model_dir, "--text", "nope.txt")
-    assert code == 1 and "no such file" in err
+    assert code == 2 and "no such file" in err
 
 
 @pytest.mark.parametrize("spec", ["./missing-model", "/nonexistent/model", "out/a/b"])
 def test_path_like_missing_model_fails_at_once(capsys, spec, text_file, no_model_load):
     code, _, err = run(capsys, calib_cli.main, "eval", spec, "--text", text_file)
-    assert code == 1 and "does not exist" in err
+    assert code == 2 and "does not exist" in err
     assert demo_cli.main(["demo", "--model", spec]) == 2
     assert "does not exist" in capsys.readouterr().err
 
@@ -101,9 +101,9 @@ def test_path_like_missing_model_fails_at_once(capsys, spec, text_file, no_model
 def test_offline_hub_id_fails_fast_naming_alternatives(capsys, monkeypatch, text_file, no_model_load):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     code, _, err = run(capsys, calib_cli.main, "eval", "someone/some-model", "--text", text_file)
-    assert code == 1 and "unreachable" in err and "'smollm2'" in err and "local model folder" in err
+    assert code == 2 and "unreachable" in err and "'smollm2'" in err and "local model folder" in err
     code, _, err = run(capsys, calib_cli.main, "quantize", "--calib", "wikitext2", "--model", "x/y")
-    assert code == 1 and "--calib builtin" in err
+    assert code == 2 and "--calib builtin" in err
 
 
 def test_builtin_calibration_text_offline(shared_data):
@@ -169,10 +169,10 @@ def test_checkpoints_detected_and_damaged_ones_refused(capsys, tmp_path, tiny_mo
     assert demo_cli.main(["demo", "--model", str(out)]) == 2
     assert "already a quantized potkernels checkpoint" in capsys.readouterr().err
     code, _, err = run(capsys, calib_cli.main, *_quantize(out))
-    assert code == 1 and "already a quantized potkernels checkpoint" in err
+    assert code == 2 and "already a quantized potkernels checkpoint" in err
     os.remove(out / "quantization_config.json")  # config-less: must not load as a float model
     code, _, err = run(capsys, calib_cli.main, "eval", out, "--text", text_file)
-    assert code == 1 and "without its quantization_config.json" in err
+    assert code == 2 and "without its quantization_config.json" in err
     assert demo_cli.main(["demo", "--model", str(out)]) == 2
     assert "without its quantization_config.json" in capsys.readouterr().err
     cfg = out / "config.json"  # no quantization fields either: the packed tensors still give it away
@@ -181,7 +181,7 @@ def test_checkpoints_detected_and_damaged_ones_refused(capsys, tmp_path, tiny_mo
     del d["quantization_config"], d["transformers_weights"]
     cfg.write_text(json.dumps(d))
     code, _, err = run(capsys, calib_cli.main, "eval", out, "--text", text_file)
-    assert code == 1 and "packed potkernels tensors" in err
+    assert code == 2 and "packed potkernels tensors" in err
 
 
 @pytest.mark.parametrize("parser", [calib_cli.build_parser, demo_cli.build_parser])

@@ -32,7 +32,9 @@ def test_demo_end_to_end(tiny_folder, tmp_path, capsys):
     assert rc == 0, text
     assert "logits identical to the quantized model: True" in text
     assert "logits identical to the packed model: True" in text
-    assert "lowest-SQNR layers" in text and "pot3 g32" in text
+    assert "lowest-SQNR layers" in text and "pot3 g32, round-to-nearest" in text
+    assert "timed after a warm-up generation" in text  # the float model does not pay the first-call costs
+    assert f"python -m calibration quantize --model {tiny_folder} --bits 3 --group-size 32" in text
     assert (out / "model.safetensors").is_file() and (out / "tokenizer.json").is_file()
 
 

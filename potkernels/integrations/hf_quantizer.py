@@ -36,8 +36,12 @@ QUANT_METHOD = "potkernels"
 # Written as config.json's ``transformers_weights``: transformers without potkernels raises
 # "The transformers file in the config seems to be incorrect: …: <this text>" instead of loading
 # random weights (it must not end in .safetensors, or transformers would try to open it).
-WEIGHTS_GUARD = ("potkernels checkpoint: run `import potkernels` before from_pretrained "
-                 "(pip install potkernels); plain transformers cannot read its packed weights")
+WEIGHTS_GUARD = ("potkernels checkpoint: run `import potkernels` before from_pretrained (potkernels is not on "
+                 "PyPI: `pip install -e .` in a clone of its repository); plain transformers cannot read its packed "
+                 "weights")
+# The guard text of earlier checkpoints (it named a PyPI package that does not exist); still recognised.
+LEGACY_WEIGHTS_GUARDS = ("potkernels checkpoint: run `import potkernels` before from_pretrained "
+                         "(pip install potkernels); plain transformers cannot read its packed weights",)
 
 
 class PoTQuantizationConfig(QuantizationConfigMixin):
@@ -98,7 +102,7 @@ class PoTHfQuantizer(HfQuantizer):
         # Runs before transformers resolves the checkpoint files: swap the guard for the real file.
         from .serialization import WEIGHTS_FILE
 
-        if getattr(config, "transformers_weights", None) == WEIGHTS_GUARD:
+        if getattr(config, "transformers_weights", None) in (WEIGHTS_GUARD, *LEGACY_WEIGHTS_GUARDS):
             config.transformers_weights = WEIGHTS_FILE
         return config
 
