@@ -31,7 +31,7 @@ TEST_SPLITS=(
   "matmul_int|$K -k 'matmul_vs_reference and int'"
   "kernels_misc|$K -k 'not test_dequant and not matmul_vs_reference and not gpu_'"
   "large_fp16|$K -k 'gpu_large and fp16'"
-  "large_bf16|$K -k 'gpu_large and bf16 or gpu_bf16 or decode_bench'"
+  "large_bf16|$K -k 'gpu_large and bf16 or gpu_bf16'"
   "tc_pot|$T -k pot"
   "tc_rest|$T -k 'not pot'"
   "ops|tests/test_ops.py tests/test_format_v2.py"

@@ -12,18 +12,23 @@ read as one warp's instruction stream. One launch then costs (all terms below ar
   instructions (``sass_report.PIPES["alu"]``) at half that rate.
 * **mio**: one SM's shared-memory / L1 path moves 128 bytes per clock (``LDS``/``STS``/``LDSM``/
   ``LDG``/``LDGSTS`` cost their warp-wide bytes / 128, at least one clock).
-* **tensor**: ``HMMA``/``HGMMA`` FLOPs over the SM's dense fp16 rate.
-* one iteration of an SM = max(chain, issue, mio, tensor) with the CTAs the occupancy (registers,
+* narrow global loads (``LDG.U16``/32-bit: x, scales, small arrays that are re-read) take
+  ``cache_latency`` instead of ``dram_latency``;
+* **tensor**: ``HMMA``/``HGMMA`` FLOPs over the SM's share of the *measured* dense matmul rate
+  (cuBLAS 8192³; the datasheet rate is not reached by cuBLAS either).
+* one iteration of an SM = the ``overlap_p``-norm of (chain, issue, mio, tensor) (p = inf: the max; the
+  fitted p says the terms overlap imperfectly) with the CTAs the occupancy (registers,
   shared memory, threads) lets it hold; **waves**: the grid's CTAs in rounds of SMs × occupancy, each
-  round as long as its busiest SM, plus one ``dram_latency`` to fill it;
+  round as long as its busiest SM (plus one ``dram_latency`` to fill a cp.async pipeline);
 * **bytes**: the launch cannot beat packed weights + scales + zeros + x + y + split-K partials over
   the copy bandwidth;
-* **split-K tail**: the last CTA of a tile waits for the atomic and reads ``n_split`` partials,
-  four loads in flight (``(2 + n_split / 4) · dram_latency``); **launch**: ``launch_us`` per launch.
+* **split-K tail**: store + atomic, then the last CTA of a tile reads ``n_split`` partial tiles with
+  128-bit loads, ``REDUCE_INFLIGHT`` in flight, each a ``cache_latency``; **launch**: ``launch_us``.
 
-Two parameters are fitted, each ONE number for every case: ``dram_latency_ns`` and ``launch_us``
-(grid search on the version-1 H100 measurement, ``validate``); the rest come from ``GPUS`` with a
-source per figure. fp16 cuBLAS is modelled from its measured rows: achieved fraction of
+Four parameters are fitted, each ONE number for every case (``Params``: ``dram_latency_ns``,
+``cache_latency_ns``, ``launch_us``, ``overlap_p``; grid search + coordinate descent on the version-1 H100
+measurement, ``validate``); the GPU figures come from ``GPUS`` with a source per figure, the few
+cycle counts in ``SMEM_LAT``... are assumed. fp16 cuBLAS is modelled from its measured rows: achieved fraction of
 max(bytes / bandwidth, FLOPs / peak) per M on the H100, applied to the other GPU's ceilings.
 
     python bench/speed_model.py validate [--json]            # v1 kernels vs the H100 measurement
@@ -69,6 +74,7 @@ GPUS: dict[str, dict[str, Any]] = {
         schedulers=4,  # four SM sub-partitions, one warp-instruction per clock each (Hopper whitepaper)
         mio_bytes_per_clk=128,  # shared memory / L1 bytes per clock per SM (Hopper whitepaper: 33 TB/s at 132 SMs)
         fp16_flops=989.4e12,  # dense fp16 tensor rate, H100 SXM datasheet
+        mma_flops=723e12,  # measured: fp16 torch.matmul 8192³ on the measured card (bench/NOTES.md, ceilings)
     ),
     "h200": dict(
         name="NVIDIA H200",
@@ -79,6 +85,7 @@ GPUS: dict[str, dict[str, Any]] = {
         smem_per_sm=233472, regs_per_sm=65536, max_threads=2048, max_ctas=32,  # CUDA guide, cc 9.0
         schedulers=4, mio_bytes_per_clk=128,  # same SM as the H100 (H200.md: "the same Hopper processor")
         fp16_flops=989.4e12,  # H200.md: the H100's arithmetic rates (datasheet)
+        mma_flops=788e12,  # KINDS.md: bf16 8192³ through PyTorch, 769-798 TFLOP/s on random data (middle)
     ),
 }
 SMEM_LAT, ALU_LAT, MMA_LAT, BAR_LAT = 30, 4, 32, 20  # cycles; assumed, not fitted (order of published microbenchmarks)
@@ -137,7 +144,8 @@ def compile_v1(jobs: list[dict[str, Any]], src: Path) -> list[dict[str, Any]]:
     CACHE.mkdir(parents=True, exist_ok=True)
     jobs = [dict(j) for j in jobs]
     for j in jobs:
-        j["out"] = str(CACHE / f"v1-{_key(j['fn'], j['consts'], j['warps'], j['stages'], triton.__version__)}.json")
+        j["out"] = str(CACHE / f"v1-{_key(j['fn'], j['consts'], j['warps'], j['stages'], triton.__version__)}"
+                       f"-{source_digest(src / 'potkernels')}.json")
     todo = [j for j in jobs if not Path(j["out"]).exists()]
     if todo:
         if not (src / "potkernels" / "kernels" / "gemv.py").exists():
@@ -151,10 +159,20 @@ def compile_v1(jobs: list[dict[str, Any]], src: Path) -> list[dict[str, Any]]:
     return [json.loads(Path(j["out"]).read_text()) for j in jobs]
 
 
+def source_digest(root: Path) -> str:
+    """Hash of every .py under ``root`` (a kernel edit anywhere in the package invalidates the cache)."""
+    h = hashlib.sha1()
+    for f in sorted(root.rglob("*.py")):
+        h.update(f.relative_to(root).as_posix().encode() + f.read_bytes())
+    return h.hexdigest()[:12]
+
+
 def compile_current(b: sr.Build, tag: Any) -> dict[str, Any]:
-    """Compile one of this checkout's kernels (cached by ``tag`` + triton version)."""
+    """Compile one of this checkout's kernels (cached by ``tag``, triton version and kernel sources)."""
+    import potkernels
+
     CACHE.mkdir(parents=True, exist_ok=True)
-    path = CACHE / f"v2-{_key(tag, triton.__version__)}.json"
+    path = CACHE / f"v2-{_key(tag, triton.__version__, source_digest(Path(potkernels.__file__).parent))}.json"
     if not path.exists():
         path.write_text(json.dumps(_record(sr.compile_build(b, 90))))
     return json.loads(path.read_text())
@@ -289,7 +307,7 @@ def predict_launch(ln: Launch, gpu: dict[str, Any], p: Params) -> dict[str, Any]
         t = {"latency": chain,
              "issue": wps * max(ln.loop.instr, 2 * ln.loop.alu),
              "smem": r * ln.warps * ln.loop.mio_bytes / gpu["mio_bytes_per_clk"],
-             "tensor": r * ln.warps * ln.loop.mma_flops / (gpu["fp16_flops"] / gpu["sms"] / clk)}
+             "tensor": r * ln.warps * ln.loop.mma_flops / (gpu["mma_flops"] / gpu["sms"] / clk)}
         bound = max(t, key=t.get)
         terms[bound] += 1
         it = t[bound] if math.isinf(p.overlap_p) else sum(v ** p.overlap_p for v in t.values()) ** (1 / p.overlap_p)
@@ -555,14 +573,17 @@ def fitted_params() -> Params:
     return Params(**json.loads(path.read_text())["fitted"])
 
 
-def predictions(gpu_key: str, p: Params, ms: list[int] = PREDICT_M) -> list[dict[str, Any]]:
+def predictions(gpu_key: str, p: Params, ms: list[int] = PREDICT_M,
+                codes: list[tuple[str, int]] = CODES) -> list[dict[str, Any]]:
+    """Per code × M: modelled µs of today's kernels summed over ``LLAMA3_8B``, the modelled fp16 µs, the
+    speed-up and the term that bounds most of the time."""
     gpu = GPUS[gpu_key]
     if not sr.SPECS:
         sr._kernel_specs()
     specs = {s.name: s for s in sr.SPECS}
     eff = fp16_efficiency(measured_rows())
     out = []
-    for kind, bits in CODES:
+    for kind, bits in codes:
         for m in ms:
             tot, ref, bounds, regime = 0.0, 0.0, collections.Counter(), ""
             for k, n in LLAMA3_8B:
