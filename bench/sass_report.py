@@ -384,7 +384,8 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"{spec.name:13s} {kind}{bits} M={spec.M:<4d} {rec['instr_per_weight']:6.2f} instr/w "
                           f"(alu {p.get('alu', 0):.2f} fma {p.get('fma', 0):.2f} mem {p.get('mem', 0):.2f}) "
                           f"regs {rec['registers']:3d} spill {rec['spill_bytes']} smem {rec['smem_bytes']} "
-                          f"ldg {rec['ldg_bits']} model {rec.get('model_us', '–')} us ({rec.get('model_bound', '–')}) "
+                          f"ldg {rec['ldg_bits']} model {rec.get('model_us', '–')} us "
+                          f"({rec.get('model_bound', '–')}) "
                           f"[{rec['compile_s']} s]", flush=True)
                 records.append(rec)
     val_path = Path(__file__).resolve().parent / "results" / "sm90-static" / "validation.json"

@@ -28,10 +28,13 @@ read as one warp's instruction stream. One launch then costs (all terms below ar
 Four parameters are fitted, each ONE number for every case (``Params``: ``dram_latency_ns``,
 ``cache_latency_ns``, ``launch_us``, ``overlap_p``; grid search + coordinate descent on the version-1 H100
 measurement, ``validate``); the GPU figures come from ``GPUS`` with a source per figure, the few
-cycle counts in ``SMEM_LAT``... are assumed. fp16 cuBLAS is modelled from its measured rows: achieved fraction of
-max(bytes / bandwidth, FLOPs / peak) per M on the H100, applied to the other GPU's ceilings.
+cycle counts (``SMEM_LAT``, ``ALU_LAT``, ``MMA_LAT``, ``BAR_LAT``) are assumed. fp16 cuBLAS is modelled
+from its measured rows: achieved fraction of max(bytes / bandwidth, FLOPs / peak) per M on the H100,
+applied to the other GPU's ceilings. ``predict``/``compare`` read the fitted values from
+``bench/results/sm90-static/validation.json``.
 
-    python bench/speed_model.py validate [--json]            # v1 kernels vs the H100 measurement
+    git worktree add ../v1src bddbd22                         # the kernels the H100 run measured
+    python bench/speed_model.py validate [--json] [--out bench/results/sm90-static]
     python bench/speed_model.py predict --gpu h200 [--json]  # today's kernels, Llama-3-8B shapes
     python bench/speed_model.py compare --measured matmul.json [--gpu h200]
 """
@@ -200,8 +203,7 @@ def _mem_bytes(op: str, mods: str) -> float:
 
 def _mma_flops(op: str, mods: str) -> float:
     """FLOPs of one warp's share of an HMMA (m16n8k16 / m16n8k8) or HGMMA (64xNx16 per warpgroup)."""
-    if op == "HMMA":
-        m = re.search(r"\.(\d+)(\d)(\d+)", mods)  # .16816 -> 16 8 16
+    if op == "HMMA":  # .16816: m16 n8 k16; .1688: k8
         return 2 * 16 * 8 * (16 if "16816" in mods else 8)
     m = re.search(r"\.64x(\d+)x(\d+)", mods)
     return 2 * 64 * int(m.group(1)) * int(m.group(2)) / 4 if m else 0.0
@@ -431,8 +433,8 @@ def errors(cases: list[dict[str, Any]], p: Params) -> list[float]:
 
 def fit(cases: list[dict[str, Any]]) -> Params:
     """One value per parameter for all cases: the full coarse grid (every 4th point of ``FIT_GRID``, p on
-    its whole list), then coordinate descent on the fine grid from its four best points. Score: max(median |error|, max |error| / 2.33),
-    i.e. both sides of the bar (15 % / 35 %) weighted alike."""
+    its whole list), then coordinate descent on the fine grid from its four best points. Score:
+    max(median |error|, max |error| / 2.33), i.e. both sides of the bar (15 % / 35 %) weighted alike."""
     def score(p: Params) -> float:
         e = [abs(x) for x in errors(cases, p)]
         return max(statistics.median(e), max(e) / 2.33)
@@ -473,7 +475,8 @@ def cmd_validate(args) -> int:
     summary = {"cases": len(errs), "median_rel_err": round(statistics.median(ae), 4), "max_rel_err": round(max(ae), 4),
                "mean_signed_err": round(statistics.mean(errs), 4),
                "within_15pct": sum(x <= 0.15 for x in ae), "within_35pct": sum(x <= 0.35 for x in ae),
-               "fitted": dataclasses.asdict(p), "fit": "grid search, one value each for all cases",
+               "fitted": dataclasses.asdict(p),
+               "fit": "coarse grid + coordinate descent (speed_model.fit), one value each for all cases",
                "v1_commit": args.v1_commit, "triton": triton.__version__, "gpu": GPUS["h100"]["name"],
                "measured": str((H100_RUN / "matmul.json").relative_to(REPO)),
                "worst": [w for _, w in sorted(worst, reverse=True)[:8]],
@@ -657,11 +660,12 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
     v = sub.add_parser("validate", help="predict the measured H100 rows of the version-1 kernels")
-    v.add_argument("--v1-src", type=Path, default=Path("/work/v1src"),
-                   help="checkout of the measured commit (git worktree add DIR bddbd22)")
+    v.add_argument("--v1-src", type=Path, default=REPO.parent / "v1src",
+                   help="checkout of the measured commit, outside this repo (git worktree add ../v1src bddbd22)")
     v.add_argument("--v1-commit", default="bddbd22", help="recorded in the output")
     v.add_argument("--no-fit", action="store_true", help="use the committed fitted parameters")
-    v.add_argument("--out", type=Path, default=None, help="write validation.{md,json} here (e.g. bench/results/sm90-static)")
+    v.add_argument("--out", type=Path, default=None,
+                   help="write validation.{md,json} here (e.g. bench/results/sm90-static)")
     v.add_argument("--json", action="store_true")
     pr = sub.add_parser("predict", help="today's kernels on Llama-3-8B shapes, every code × M")
     pr.add_argument("--gpu", choices=sorted(GPUS), default="h200")
