@@ -33,7 +33,7 @@ from its measured rows: achieved fraction of max(bytes / bandwidth, FLOPs / peak
 applied to the other GPU's ceilings. ``predict``/``compare`` read the fitted values from
 ``bench/results/sm90-static/validation.json``.
 
-    git worktree add ../v1src bddbd22                         # the kernels the H100 run measured
+    git worktree add ../v1src bddbd22   # the kernels the H100 run measured (only to fill a cold SASS cache)
     python bench/speed_model.py validate [--json] [--out bench/results/sm90-static]
     python bench/speed_model.py predict --gpu h200 [--json]  # today's kernels, Llama-3-8B shapes
     python bench/speed_model.py compare --measured matmul.json [--gpu h200]
@@ -142,17 +142,18 @@ for job in json.load(open(jobs)):
 """
 
 
-def compile_v1(jobs: list[dict[str, Any]], src: Path) -> list[dict[str, Any]]:
-    """Compile version-1 kernels from the source tree ``src`` (one subprocess for all misses)."""
+def compile_v1(jobs: list[dict[str, Any]], src: Path, commit: str) -> list[dict[str, Any]]:
+    """Compile version-1 kernels from ``src``, a checkout of ``commit`` (one subprocess for all cache misses;
+    the cache is keyed by the commit, so a warm cache needs no checkout)."""
     CACHE.mkdir(parents=True, exist_ok=True)
     jobs = [dict(j) for j in jobs]
     for j in jobs:
         j["out"] = str(CACHE / f"v1-{_key(j['fn'], j['consts'], j['warps'], j['stages'], triton.__version__)}"
-                       f"-{source_digest(src / 'potkernels')}.json")
+                       f"-{commit}.json")
     todo = [j for j in jobs if not Path(j["out"]).exists()]
     if todo:
         if not (src / "potkernels" / "kernels" / "gemv.py").exists():
-            raise SystemExit(f"{src} is not a version-1 checkout (git worktree add {src} <commit>)")
+            raise SystemExit(f"{src} is not a version-1 checkout (git worktree add {src} {commit})")
         jf = CACHE / "jobs.json"
         jf.write_text(json.dumps(todo))
         print(f"compiling {len(todo)} version-1 kernels for sm_90 (~5 s each) ...", flush=True)
@@ -350,9 +351,15 @@ def _cdiv(a: int, b: int) -> int:
 
 
 # ------------------------------------------------------------------ version 1 (validation)
-def v1_config(src: Path, regime: str, kind: str, bits: int, m: int, n: int, k: int) -> dict[str, Any]:
-    """The launch config the measured run used: that tree's table, H100 entry (same lookup rules)."""
-    table = json.loads((src / "potkernels" / "kernels" / "configs" / "default.json").read_text())
+def v1_table(commit: str) -> dict[str, Any]:
+    """The config table of the measured commit (read from git: no checkout needed)."""
+    out = subprocess.run(["git", "-C", str(REPO), "show", f"{commit}:potkernels/kernels/configs/default.json"],
+                         capture_output=True, text=True, check=True).stdout
+    return json.loads(out)
+
+
+def v1_config(table: dict[str, Any], regime: str, kind: str, bits: int, m: int, n: int, k: int) -> dict[str, Any]:
+    """The launch config the measured run used: that table's H100 entry (same lookup rules as today)."""
     from potkernels.kernels import configs as cur  # key/size-class rules unchanged since v1
 
     key = f"{kind}{bits}:m{min(1 << max(m - 1, 0).bit_length(), 1024)}:{cur.size_class(n, k)}"
@@ -408,17 +415,18 @@ def measured_rows(path: Path = H100_RUN / "matmul.json") -> list[dict[str, Any]]
     return json.loads(path.read_text())["rows"]
 
 
-def validation_cases(src: Path) -> list[dict[str, Any]]:
+def validation_cases(src: Path, commit: str) -> list[dict[str, Any]]:
     """Every measured fused-kernel row (gemv, small_batch) with its compiled version-1 loop."""
     rows = [r for r in measured_rows() if r["regime"] in ("gemv", "small_batch")]
+    table = v1_table(commit)
     cases, jobs = [], []
     for r in rows:
         kind, bits = r["impl"][:3], int(r["impl"][3:])
-        cfg = v1_config(src, r["regime"], kind, bits, r["M"], r["N"], r["K"])
+        cfg = v1_config(table, r["regime"], kind, bits, r["M"], r["N"], r["K"])
         cases.append(dict(row=r, kind=kind, bits=bits, cfg=cfg))
         jobs.append(v1_job(r["regime"], kind, bits, cfg))
     uniq = {json.dumps(j, sort_keys=True): j for j in jobs}
-    recs = dict(zip(uniq, compile_v1(list(uniq.values()), src)))
+    recs = dict(zip(uniq, compile_v1(list(uniq.values()), src, commit)))
     loops = {key: Loop.from_record(rec) for key, rec in recs.items()}
     for c, j in zip(cases, jobs):
         r = c["row"]
@@ -454,7 +462,7 @@ def fit(cases: list[dict[str, Any]]) -> Params:
 
 
 def cmd_validate(args) -> int:
-    cases = validation_cases(args.v1_src)
+    cases = validation_cases(args.v1_src, args.v1_commit)
     p = fitted_params() if args.no_fit else fit(cases)
     lines = ["| K×N | M | code | regime | config | measured µs | predicted µs | error | bound | regs | occ | "
              "CTAs | split | iters | chain cyc |", "|" + "---|" * 15]
@@ -662,7 +670,7 @@ def main(argv: list[str] | None = None) -> int:
     v = sub.add_parser("validate", help="predict the measured H100 rows of the version-1 kernels")
     v.add_argument("--v1-src", type=Path, default=REPO.parent / "v1src",
                    help="checkout of the measured commit, outside this repo (git worktree add ../v1src bddbd22)")
-    v.add_argument("--v1-commit", default="bddbd22", help="recorded in the output")
+    v.add_argument("--v1-commit", default="bddbd22", help="the commit the H100 run measured (its configs, cache key)")
     v.add_argument("--no-fit", action="store_true", help="use the committed fitted parameters")
     v.add_argument("--out", type=Path, default=None,
                    help="write validation.{md,json} here (e.g. bench/results/sm90-static)")
