@@ -80,7 +80,6 @@ class Build:
     weights_per_iter: float  # weights one thread decodes per iteration of the steady-state loop
     num_warps: int
     num_stages: int
-    # total warp-instructions scale: loop iterations × programs are implied by N·K·m_tiles weights
 
 
 @dataclasses.dataclass
