@@ -9,13 +9,12 @@ K loop. Each record of ``DIR/report.json`` (a JSON list) holds:
     kernel, kind, bits, group_size, M, config, instr_per_weight (all SASS instructions of the loop
     body / weights one thread handles per iteration), pipes (per-pipe instructions per weight),
     opcodes (per-opcode counts per weight), registers, spill_bytes, smem_bytes, ldg_bits (widest
-    global load in the loop), weights_per_iter (per thread), predicted_us (sum over the four
-    Llama-3-8B layer shapes), predicted_us_by_shape, bound ("bytes" | "issue" | "alu")
-
-``predicted_us`` = max(bytes / 3.0 TB/s, warp instructions / issue rate, ALU warp instructions /
-ALU rate) per shape: issue rate = 132 SMs × 4 warp-instructions/clk × 1.755 GHz; the integer ALU
-pipe (LOP3, SHF, IADD3, PRMT, ...) issues at half that rate on sm_90. Bytes = packed weights +
-scales (+ zero points) + x + y (+ the fp16 output for dequant). A model, not a measurement.
+    global load in the loop), weights_per_iter (per thread), and for the matmul regimes the speed
+    model's prediction (``bench/speed_model.py``: latency chain, issue, shared memory, occupancy,
+    waves, split-K tail, launch; validated on the v1 H100 run, ``sm90-static/validation.json``):
+    model_us (the dispatcher's choice at that M, summed over the Llama-3-8B layer shapes
+    ``speed_model.LLAMA3_8B``), model_fp16_us, model_speedup_vs_fp16, model_bound. Predictions, not
+    measurements.
 
     python bench/sass_report.py --out bench/results/sm90-static/after [--kernels gemv,dequant]
 
@@ -52,11 +51,8 @@ from potkernels.kernels import configs  # noqa: E402
 SMEM_LIMIT = {80: 166912, 86: 101376, 89: 101376, 90: 232448, 100: 232448, 120: 101376}
 # Integer args known to be multiples of 16 at the real shapes (Triton specializes on this).
 DIV16 = {"N", "K", "KP", "G", "stride_xm", "MN", "k_per_split"}  # k_per_split: a multiple of BLOCK_K
-LLAMA8B = [(4096, 4096), (4096, 14336), (14336, 4096), (4096, 1024)]  # (K, N) per layer type
 COMPILE_SHAPE = (4096, 14336)  # (K, N) used for the config lookup (size class "l")
-HBM_BYTES_PER_S = 3.0e12
-MMA_FLOPS = 989.4e12  # H100 SXM dense fp16/bf16 tensor rate (spec sheet; H200 the same chip)
-SMS, CLOCK_HZ, ISSUE_PER_CLK, ALU_PER_CLK = 132, 1.755e9, 4, 2
+MODEL_GPU = {"NVIDIA H100 80GB HBM3": "h100", "NVIDIA H200": "h200"}  # config table entry -> speed_model GPU
 
 PIPES = {
     "alu": ("LOP3", "SHF", "IADD3", "ISETP", "SEL", "PRMT", "LEA", "BMSK", "SGXT", "VIADD", "IABS", "IMNMX",
@@ -84,12 +80,6 @@ class Build:
     weights_per_iter: float  # weights one thread decodes per iteration of the steady-state loop
     num_warps: int
     num_stages: int
-    # total warp-instructions scale: loop iterations × programs are implied by N·K·m_tiles weights
-    m_tiles: Callable[[int], int] = lambda m: 1
-    extra_bytes_per_weight: float = 0.0  # e.g. the dequant kernel's fp16 output
-    # tensor-core kernels: rows the MMA computes for batch m (padded to the M tile); adds the
-    # tensor-pipe bound 2·rows·N·K / dense fp16 rate to the prediction
-    mma_rows: Callable[[int], int] | None = None
 
 
 @dataclasses.dataclass
@@ -148,7 +138,7 @@ def _kernel_specs() -> None:
         consts = dict(_code(kind, bits), W0=0, W1=0, IS_BF16=False, EXPAND=cfg.get("LOADER", "expand") == "expand",
                       SCALE_PER_TILE=True, BLOCK_K=cfg["BLOCK_K"], BLOCK_N=cfg["BLOCK_N"])
         return Build(dequant_kernel, _only_params(dequant_kernel, consts), {"out_ptr": "fp16"},
-                     cfg["BLOCK_K"] * cfg["BLOCK_N"] / (32 * w), w, s, extra_bytes_per_weight=2.0)
+                     cfg["BLOCK_K"] * cfg["BLOCK_N"] / (32 * w), w, s)
 
     def build_dot(kernel_name):
         def build(kind, bits, g, cfg):
@@ -161,10 +151,8 @@ def _kernel_specs() -> None:
             consts = dict(_code(kind, bits), IS_BF16=False, HAS_BIAS=False, SPLIT=True, FUSED_REDUCE=True,
                           SCALE_FREE=scale == "acc" and g % bk == 0, DOT_F32=False, JOIN_TREE=True,
                           BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], BLOCK_K=bk, GROUP_M=cfg.get("GROUP_M", 8))
-            bm = cfg["BLOCK_M"]
             return Build(fn, _only_params(fn, consts), {"x_ptr": "fp16", "y_ptr": "fp16"},
-                         bk * cfg["BLOCK_N"] / (32 * w), w, s, m_tiles=lambda m: -(-m // bm),
-                         mma_rows=lambda m: -(-m // bm) * bm)
+                         bk * cfg["BLOCK_N"] / (32 * w), w, s)
         return build
 
     def build_decode_bound(kind, bits, g, cfg):
@@ -270,27 +258,20 @@ def ldg_width(mods: str) -> int:
     return 32
 
 
-def packed_bytes_per_weight(kind: str, bits: int, group: int) -> float:
-    return bits / 8 + (2 if kind == "pot" else 3) / group
+def model_prediction(spec: KernelSpec, kind: str, bits: int, gpu: str) -> dict[str, Any]:
+    """The speed model's numbers for this kernel's regime at ``spec.M`` (empty when the dispatcher
+    picks another regime there, for the non-matmul kernels, or before ``speed_model validate`` ran)."""
+    import speed_model  # the model builds on this module: imported late
 
-
-def predict(rec: dict, b: Build, warp_instr_per_weight: float, alu_per_weight: float) -> dict[str, float]:
-    out = {}
-    issue = SMS * ISSUE_PER_CLK * CLOCK_HZ
-    alu_rate = SMS * ALU_PER_CLK * CLOCK_HZ
-    for k, n in LLAMA8B:
-        m = rec["M"]
-        nk = n * k
-        byts = nk * (packed_bytes_per_weight(rec["kind"], rec["bits"], rec["group_size"]) + b.extra_bytes_per_weight)
-        byts += 2 * m * (k + n)
-        weights = nk * b.m_tiles(m)
-        t = {"bytes": byts / HBM_BYTES_PER_S, "issue": weights * warp_instr_per_weight / issue,
-             "alu": weights * alu_per_weight / alu_rate}
-        if b.mma_rows is not None:
-            t["tensor"] = 2 * b.mma_rows(m) * nk / MMA_FLOPS
-        bound = max(t, key=t.get)
-        out[f"{k}x{n}"] = (t[bound] * 1e6, bound)
-    return out
+    key = MODEL_GPU.get(gpu)
+    if key is None or spec.name not in ("gemv", "small_batch", "gemm") or \
+            not (speed_model.STATIC_DIR / "validation.json").exists():
+        return {}
+    row = speed_model.predictions(key, speed_model.fitted_params(), [spec.M], [(kind, bits)])[0]
+    if row["regime"] != spec.regime:
+        return {}
+    return {"model_us": row["us"], "model_fp16_us": row["fp16_us"], "model_speedup_vs_fp16": row["speedup"],
+            "model_bound": row["bound"]}
 
 
 def run_spec(spec: KernelSpec, kind: str, bits: int, group: int, gpu: str, arch: int) -> dict:
@@ -328,41 +309,37 @@ def run_spec(spec: KernelSpec, kind: str, bits: int, group: int, gpu: str, arch:
         "mma_opcodes": mma_ops,
         "compile_s": round(time.time() - t0, 1),
     }
-    pred = predict(rec, b, len(body) / wpi / 32, pipes["alu"] / wpi / 32)
-    rec["predicted_us"] = round(sum(v for v, _ in pred.values()), 2)
-    rec["predicted_us_by_shape"] = {s: round(v, 2) for s, (v, _) in pred.items()}
-    rec["bound"] = collections.Counter(bd for _, bd in pred.values()).most_common(1)[0][0]
     rec["smem_over_limit"] = kern.metadata.shared > SMEM_LIMIT.get(arch, 232448)
-    if b.mma_rows is not None:  # vs fp16 cuBLAS modelled the same way: max(bytes, tensor) per shape
-        fp16 = sum(max((2 * n * k + 2 * spec.M * (k + n)) / HBM_BYTES_PER_S, 2 * spec.M * n * k / MMA_FLOPS)
-                   for k, n in LLAMA8B) * 1e6
-        rec["predicted_fp16_us"] = round(fp16, 2)
-        rec["predicted_speedup_vs_fp16"] = round(fp16 / rec["predicted_us"], 2)
+    rec.update(model_prediction(spec, kind, bits, gpu))
     return rec
 
 
 def write_markdown(records: list[dict], path: Path, meta: dict) -> None:
+    val = meta.get("validation") or {}
+    err = (f"validated on the v1 H100 run: median |error| {100 * val['median_rel_err']:.0f} %, max "
+           f"{100 * val['max_rel_err']:.0f} % over {val['cases']} cases" if val else "model not fitted yet")
     lines = [f"# Static SASS report ({meta['arch']}, config table entry \"{meta['gpu']}\")", "",
              f"triton {meta['triton']}, compiled {meta['date']}. Steady-state loop body, per weight one thread "
-             "handles; all SASS instructions. predicted µs: sum over the four Llama-3-8B layer shapes of "
-             "max(bytes / 3.0 TB/s, instructions / issue rate, ALU instructions / ALU rate) — a model, not a "
-             "measurement.", "",
+             "handles; all SASS instructions. model µs / × fp16: `bench/speed_model.py` for the dispatcher's choice "
+             f"at that M, summed over the Llama-3-8B layer shapes {{qkv, o, gate/up, down}} ({err}) — "
+             "predictions, not measurements.", "",
              "| kernel | code | M | instr/w | alu/w | fma/w | mem/w | conv/w | regs | spill B | smem B | ldg bits | "
-             "pred µs | bound | top opcodes /w | wgmma | smem stores/w | pred × fp16 |",
+             "top opcodes /w | wgmma | smem stores/w | model µs | model bound | model × fp16 |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in records:
         if "error" in r:
             lines.append(f"| {r['kernel']} | {r['kind']}{r['bits']} | {r['M']} | COMPILE ERROR: "
-                         f"{r['error'][:120]} |||||||||||||")
+                         f"{r['error'][:120]} |||||||||||||||")
             continue
         p = r["pipes"]
         top = ", ".join(f"{o} {c:.2f}" for o, c in list(r["opcodes"].items())[:5])
+        model = (f"{r['model_us']:.1f} | {r['model_bound']} | {r['model_speedup_vs_fp16']:.2f}" if "model_us" in r
+                 else "– | – | –")
         lines.append(f"| {r['kernel']} | {r['kind']}{r['bits']} | {r['M']} | {r['instr_per_weight']:.2f} | "
                      f"{p.get('alu', 0):.2f} | {p.get('fma', 0):.2f} | {p.get('mem', 0):.2f} | {p.get('conv', 0):.2f} | "
                      f"{r['registers']} | {r['spill_bytes']} | {r['smem_bytes']} | {r['ldg_bits']} | "
-                     f"{r['predicted_us']:.1f} | {r['bound']} | {top} | {'yes' if r.get('wgmma') else 'no'} | "
-                     f"{r.get('smem_stores_per_weight', 0):.2f} | "
-                     f"{r['predicted_speedup_vs_fp16'] if 'predicted_speedup_vs_fp16' in r else '–'} |")
+                     f"{top} | {'yes' if r.get('wgmma') else 'no'} | {r.get('smem_stores_per_weight', 0):.2f} | "
+                     f"{model} |")
     path.write_text("\n".join(lines) + "\n")
 
 
@@ -406,11 +383,14 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"{spec.name:13s} {kind}{bits} M={spec.M:<4d} {rec['instr_per_weight']:6.2f} instr/w "
                           f"(alu {p.get('alu', 0):.2f} fma {p.get('fma', 0):.2f} mem {p.get('mem', 0):.2f}) "
                           f"regs {rec['registers']:3d} spill {rec['spill_bytes']} smem {rec['smem_bytes']} "
-                          f"ldg {rec['ldg_bits']} pred {rec['predicted_us']:.1f} us ({rec['bound']}) "
+                          f"ldg {rec['ldg_bits']} model {rec.get('model_us', '–')} us "
+                          f"({rec.get('model_bound', '–')}) "
                           f"[{rec['compile_s']} s]", flush=True)
                 records.append(rec)
+    val_path = Path(__file__).resolve().parent / "results" / "sm90-static" / "validation.json"
     meta = {"arch": f"sm_{args.arch}", "gpu": args.gpu, "triton": triton.__version__,
-            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+            "validation": json.loads(val_path.read_text()) if val_path.exists() else None}
     (args.out / "report.json").write_text(json.dumps(records, indent=1) + "\n")
     write_markdown(records, args.out / "report.md", meta)
     print(f"wrote {args.out / 'report.json'} and report.md ({len(records)} kernels, {bad} with errors/spills/smem)")
