@@ -76,7 +76,10 @@ def layer_weight(rec: dict[str, Any], tensors: dict[str, torch.Tensor], version:
         cfg = config_from_dict(rec["config"])
         k = rec["in_features"]
         if version == 1:
-            tensors = repack_v1_tensors(cfg.kind, cfg.bits, k, tensors)
+            try:
+                tensors = repack_v1_tensors(cfg.kind, cfg.bits, k, tensors)
+            except (KeyError, ValueError) as e:
+                raise CheckpointError(f"layer {name}: cannot repack the version-1 checkpoint: {e}") from e
         w = cls(**{t: tensors[t] for t in cls.expected_for(cfg, k, rec["out_features"])}, in_features=k, config=cfg)
         w.validate()
     except (KeyError, TypeError, ValueError) as e:

@@ -98,7 +98,10 @@ def _load_strict(model: nn.Module, tensors: dict[str, torch.Tensor], tied: dict[
 
 
 def _upgrade_layers(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> dict[str, torch.Tensor]:
-    """Every packed layer's stored tensors → the current format (:func:`.checkpoint.layer_weight`)."""
+    """Every packed layer's stored tensors → the current format (:func:`.checkpoint.layer_weight`); a
+    current-version checkpoint is left to the strict load's checks, which name every mismatch."""
+    if meta["format_version"] == FORMAT_VERSION:
+        return tensors
     out = dict(tensors)
     for rec in meta["layers"]:
         prefix = rec["name"] + "."
@@ -121,9 +124,10 @@ def load_quantized(path: str | os.PathLike, device: str | torch.device = "cpu",
     """
     folder = Path(path)
     meta = read_meta(folder)
-    tensors = _upgrade_layers(read_tensors(folder, meta), meta)
+    tensors = read_tensors(folder, meta)
     model = _build_model(folder, meta, dtype)
     _swap_layers(model, meta["layers"])
+    tensors = _upgrade_layers(tensors, meta)
     _load_strict(model, tensors, meta["tied"], meta.get("buffer_dtypes", {}))
     model.to(device).eval()
     bind_save_pretrained(model)
