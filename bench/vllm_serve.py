@@ -4,6 +4,7 @@ Two steps, in two environments (vLLM pins transformers < 5.20, see tests/vllm_en
 
     python bench/vllm_serve.py prepare --out /tmp/vllm-bench          # main env: float + RTN checkpoints (g128)
     .venv-vllm/bin/python bench/vllm_serve.py run --ckpts /tmp/vllm-bench [--tp 1]   # vLLM env: timings
+    .venv-vllm/bin/python bench/vllm_serve.py check out/smollm2-pot3-g128 --tp 1 3      # vLLM env: tokens vs HF
 
 ``run`` starts one vLLM engine per checkpoint in its own process (fp32, eager, greedy, ``ignore_eos``),
 generates once to warm up, then times ``--new-tokens`` tokens for a batch of 1 and of 16 prompts.
@@ -76,6 +77,55 @@ def _engine(path: str, tp: int, new_tokens: int) -> None:
     print("RESULT " + json.dumps(rows), flush=True)
 
 
+def _tokens(path: str, tp: int, new_tokens: int) -> None:
+    """Child process: greedy tokens of PROMPTS[0] through vLLM at ``tp``; prints one JSON line."""
+    from vllm import LLM, SamplingParams
+
+    llm = LLM(model=path, tensor_parallel_size=tp, dtype="float32", max_model_len=256, enforce_eager=True,
+              gpu_memory_utilization=0.2, max_num_seqs=4, seed=0)
+    out = llm.generate(PROMPTS[:1], SamplingParams(max_tokens=new_tokens, temperature=0, ignore_eos=True),
+                       use_tqdm=False)
+    print("RESULT " + json.dumps(list(out[0].outputs[0].token_ids)), flush=True)
+
+
+def check(path: Path, tps: list[int], new_tokens: int, timeout: int) -> dict:
+    """Greedy tokens of transformers' ``from_pretrained`` (potkernels quantizer) vs vLLM at each TP."""
+    import potkernels
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    potkernels.integrations.cache_decoded_weights(model)
+    ids = tok(PROMPTS[0], return_tensors="pt").input_ids
+    hf = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens, do_sample=False,
+                        eos_token_id=None, pad_token_id=tok.eos_token_id)[0, ids.shape[1]:].tolist()
+    del model
+    result = {"checkpoint": str(path), "prompt": PROMPTS[0], "transformers": hf, "vllm": {}}
+    for tp in tps:
+        run = subprocess.run([sys.executable, __file__, "_tokens", str(path), str(tp), str(new_tokens)],
+                             env=_engine_env(tp), capture_output=True, text=True, timeout=timeout,
+                             stdin=subprocess.DEVNULL)
+        lines = [l for l in run.stdout.splitlines() if l.startswith("RESULT ")]
+        if run.returncode != 0 or not lines:
+            raise SystemExit(f"TP = {tp}: vLLM failed\n{run.stderr[-3000:]}")
+        result["vllm"][str(tp)] = json.loads(lines[-1][len("RESULT "):])
+        print(f"TP = {tp}: equal to transformers: {result['vllm'][str(tp)] == hf}", flush=True)
+    result["text"] = tok.decode(hf)
+    return result
+
+
+def _engine_env(tp: int) -> dict[str, str]:
+    """vLLM CPU settings: 1 GiB KV cache, ranks bound to cores (shared when there are fewer cores than ranks)."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    cores = os.cpu_count() or 1
+    env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    env.setdefault("OMP_NUM_THREADS", str(max(1, cores // tp)))
+    env.setdefault("VLLM_CPU_OMP_THREADS_BIND", "|".join(
+        f"{r * (cores // tp)}-{(r + 1) * (cores // tp) - 1}" if cores >= tp else str(r % cores) for r in range(tp)))
+    return env
+
+
 def _peak_rss(proc: subprocess.Popen, stop: threading.Event, peak: list[int]) -> None:
     import psutil
 
@@ -94,11 +144,7 @@ def _dir_bytes(folder: Path) -> int:
 
 
 def run(ckpts: Path, tp: int, new_tokens: int, timeout: int) -> dict:
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    cores = os.cpu_count() or 1
-    env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
-    env.setdefault("VLLM_CPU_OMP_THREADS_BIND", "|".join(
-        f"{r * (cores // tp)}-{(r + 1) * (cores // tp) - 1}" if cores >= tp else str(r % cores) for r in range(tp)))
+    env = _engine_env(tp)
     rows = {}
     for name in CONFIGS:
         folder = ckpts / name
@@ -146,8 +192,8 @@ def plot(result: dict, png: Path) -> None:
 
 
 def main() -> None:
-    if len(sys.argv) > 1 and sys.argv[1] == "_engine":
-        _engine(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))
+    if len(sys.argv) > 1 and sys.argv[1] in ("_engine", "_tokens"):
+        (_engine if sys.argv[1] == "_engine" else _tokens)(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))
         return
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -159,11 +205,23 @@ def main() -> None:
     r.add_argument("--new-tokens", type=int, default=64)
     r.add_argument("--timeout", type=int, default=900, help="seconds per engine process")
     r.add_argument("--results", type=Path, default=REPO / "bench" / "results" / "cpu-x86-64-x2")
+    c = sub.add_parser("check", help="greedy tokens: transformers vs vLLM at each TP (vLLM environment)")
+    c.add_argument("checkpoint", type=Path)
+    c.add_argument("--tp", type=int, nargs="+", default=[1])
+    c.add_argument("--new-tokens", type=int, default=16)
+    c.add_argument("--timeout", type=int, default=900)
+    c.add_argument("--results", type=Path, default=REPO / "bench" / "results" / "cpu-x86-64-x2")
     g = sub.add_parser("plot", help="draw the PNG from a results JSON (main environment)")
     g.add_argument("json", type=Path)
     args = ap.parse_args()
     if args.cmd == "prepare":
         prepare(args.out)
+    elif args.cmd == "check":
+        result = check(args.checkpoint, args.tp, args.new_tokens, args.timeout)
+        result["loadavg"] = open("/proc/loadavg").read().split()[0]
+        out = args.results / f"vllm_check_{args.checkpoint.name}.json"
+        out.write_text(json.dumps(result, indent=1) + "\n")
+        print(out)
     elif args.cmd == "plot":
         plot(json.loads(args.json.read_text()), args.json.with_suffix(".png"))
     else:
