@@ -103,10 +103,7 @@ def test_vllm_without_the_plugin_refuses_the_checkpoint(pot3_checkpoint):
     run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300,
                          stdin=subprocess.DEVNULL)
     assert run.returncode != 0 and "Unknown quantization method: potkernels" in run.stderr, run.stderr[-3000:]
-    # ... and with the plugin the same call passes
-    run = subprocess.run([sys.executable, "-c", code], env=engine_env(1), capture_output=True, text=True,
-                         timeout=300, stdin=subprocess.DEVNULL)
-    assert run.returncode == 0, run.stderr[-3000:]
+    # (with the plugin, the same checkpoint serves: the generation tests above)
 
 
 def test_unservable_layers_are_refused_by_name():
