@@ -5,7 +5,6 @@ checkpoint, and layers vLLM cannot serve are refused by name.
 Each engine runs in its own process (vLLM starts worker processes; a fresh interpreter tears them down).
 """
 import json
-import os
 import socket
 import subprocess
 import sys
