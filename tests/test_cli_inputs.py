@@ -140,7 +140,7 @@ def test_ctrl_c_during_work(capsys, monkeypatch, tmp_path, tiny_model_dir):
 
 
 def test_ctrl_c_during_save_leaves_nothing(capsys, monkeypatch, tmp_path, tiny_model_dir):
-    import potkernels.integrations.serialization as ser
+    import potkernels.integrations.hf as ser  # save_quantized writes the safetensors file
 
     real = ser.save_file
 

@@ -1,20 +1,32 @@
-"""Swap the linear layers of a Hugging Face model (GPT-2 ``Conv1D``, Llama ``nn.Linear``) in place."""
+"""Module swapping: the linear layers of a Hugging Face model (GPT-2 ``Conv1D``, Llama ``nn.Linear``) ↔
+packed layers, in place, and writing such a model as a checkpoint (:func:`save_quantized`, also behind
+``model.save_pretrained``). Builds on :mod:`.checkpoint` (the files); loading is in :mod:`.serialization`."""
 from __future__ import annotations
 
+import copy
 import fnmatch
+import json
 import logging
+import os
+import tempfile
+from collections import Counter
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Optional
 
 import torch
+from safetensors.torch import save_file
 from torch import nn
 
 from tqdm.auto import tqdm
 
-from ..format import IntConfig, PoTConfig, sqnr_db
+from ..format import FORMAT_VERSION, IntConfig, PoTConfig, sqnr_db
 from ..format.common import SQNR_WARN_DB, check_weight, group_sqnr_db
 from ..format.common import warn_low_sqnr as _warn_low
-from ..nn import _PackedLinear, float_weight, is_conv1d, linear_class_for
+from ..nn import IntLinear, PoTLinear, _PackedLinear, float_weight, is_conv1d, linear_class_for
+from .checkpoint import CONFIG_FILE, FORMAT_NAME, QUANT_FILE, WEIGHTS_FILE, sha256, strip_engine_fields, write_engine_fields
+
+LAYER_CLASSES = {"PoTLinear": PoTLinear, "IntLinear": IntLinear}
 
 log = logging.getLogger("potkernels")
 
@@ -138,8 +150,6 @@ def quantize_model(model: nn.Module, cfg: PoTConfig | IntConfig, skip: Iterable[
     model.quantization_report = report
     model.quantization_config = cfg
     model.quantization_skip = list(skip)
-    from .serialization import bind_save_pretrained  # lazy: serialization builds on this module
-
     bind_save_pretrained(model)
     msg = summarize_report(report)
     log.info(msg)
@@ -197,3 +207,166 @@ def summarize_report(report: list[LayerReport]) -> str:
     return (f"quantized {len(report)} layers ({n_w / 1e6:.1f} M weights), {bpw:.3f} bits/weight, "
             f"weight SQNR {min(sq):.2f} … {max(sq):.2f} dB (mean {sum(sq) / len(sq):.2f})"
             + (f", worst group {min(worst):.2f} dB" if worst else ""))
+
+
+# ---------------------------------------------------------------- saving
+def _dedup_state_dict(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """State dict with tensors that share storage (tied embeddings) kept once.
+
+    Returns (tensors to store, ``{alias name: stored name}``).
+    """
+    tensors: dict[str, torch.Tensor] = {}
+    aliases: dict[str, str] = {}
+    seen: dict[tuple, str] = {}
+    for name, t in model.state_dict(keep_vars=False).items():
+        key = (t.device, t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.dtype)
+        if t.numel() and key in seen:
+            aliases[name] = seen[key]
+            continue
+        seen[key] = name
+        tensors[name] = t.detach().to("cpu").contiguous()
+    return tensors, aliases
+
+
+def quantized_layers(model: nn.Module) -> list[dict[str, Any]]:
+    """One record per packed layer of ``model``: name, class, shape, bias and its code."""
+    return [
+        {"name": name, "class": type(m).__name__, "out_features": m.out_features,
+         "in_features": m.in_features, "bias": m.bias is not None, "config": m.config.to_dict()}
+        for name, m in model.named_modules() if isinstance(m, _PackedLinear)
+    ]
+
+
+def _float_dtype(tensors: dict[str, torch.Tensor], packed_names: set[str]) -> str:
+    """The dtype most float parameters have (the model is rebuilt in it)."""
+    counts = Counter(str(t.dtype) for n, t in tensors.items() if t.is_floating_point() and n not in packed_names)
+    return counts.most_common(1)[0][0].removeprefix("torch.") if counts else "float32"
+
+
+def _nonpersistent_dtypes(model: nn.Module) -> dict[str, str]:
+    """Dtypes of buffers not in the state dict (e.g. rotary ``inv_freq``): ``model.half()`` casts
+    them, a model built in fp16 keeps them fp32, so the loader restores the saved model's choice."""
+    saved = set(model.state_dict())
+    return {n: str(b.dtype).removeprefix("torch.") for n, b in model.named_buffers()
+            if n not in saved and b.is_floating_point()}
+
+
+def _plain_config(config: Any, model_class: Optional[str] = None) -> Any:
+    """The model config without a ``quantization_config`` it was loaded with (e.g. the GGUF the
+    float model came from, or this checkpoint's own) and without the transformers guard: the
+    checkpoint's quantization is described by quantization_config.json (and re-added to config.json
+    by :func:`.checkpoint.write_engine_fields`)."""
+    config = copy.deepcopy(config)
+    strip_engine_fields(config)
+    if not getattr(config, "architectures", None) and model_class:
+        config.architectures = [model_class]  # as transformers' save_pretrained writes (vLLM picks the model by it)
+    return config
+
+
+def save_quantized(model: nn.Module, path: str | os.PathLike, tokenizer: Any = None,
+                   skip: Optional[list[str]] = None) -> Path:
+    """Write a quantized model (after :func:`quantize_model`) to the directory ``path``.
+
+    Args:
+        model: a Hugging Face model (``model.config``) with at least one PoTLinear/IntLinear.
+        path: target directory (created if missing; files of the same names are replaced).
+        tokenizer: optional; its files are saved alongside so ``AutoTokenizer.from_pretrained(path)`` works.
+        skip: the skip list used when quantizing, recorded for information (default: the one
+            ``quantize_model`` stored on the model; the layer list is what loading uses).
+    Returns the directory path.
+    """
+    layers = quantized_layers(model)
+    if not layers:
+        raise ValueError("save_quantized: the model has no PoTLinear/IntLinear layer; run quantize_model first")
+    if not hasattr(model, "config") or not hasattr(model.config, "save_pretrained"):
+        raise TypeError("save_quantized needs a Hugging Face model (with a .config); got "
+                        f"{type(model).__name__}")
+    out = Path(path)
+    out.mkdir(parents=True, exist_ok=True)
+    tensors, aliases = _dedup_state_dict(model)
+    packed_names = {f"{l['name']}.{b}" for l in layers for b in LAYER_CLASSES[l["class"]].tensor_names}
+    cfg = getattr(model, "quantization_config", None)
+    top = cfg.to_dict() if hasattr(cfg, "to_dict") else layers[0]["config"]
+    report = getattr(model, "quantization_report", None) or []
+
+    with tempfile.TemporaryDirectory(dir=out, prefix=".tmp-save-") as tmp_dir:
+        tmp = Path(tmp_dir)
+        save_file(tensors, str(tmp / WEIGHTS_FILE), metadata={"format": "pt", "potkernels_format": str(FORMAT_VERSION)})
+        os.chmod(tmp / WEIGHTS_FILE, 0o644)  # safetensors creates it owner-only
+        _plain_config(model.config, type(model).__name__).save_pretrained(tmp)
+        gen = getattr(model, "generation_config", None)
+        if gen is not None and hasattr(gen, "save_pretrained"):
+            gen.save_pretrained(tmp)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        meta = {
+            "format": FORMAT_NAME,
+            "format_version": FORMAT_VERSION,
+            **{k: top[k] for k in ("kind", "bits", "group_size")},
+            "model_class": type(model).__name__,
+            "dtype": _float_dtype(tensors, packed_names),
+            "layers": layers,
+            "skip": list(skip if skip is not None else getattr(model, "quantization_skip", [])),
+            "tied": aliases,
+            "buffer_dtypes": _nonpersistent_dtypes(model),
+            "report": [r.to_dict() for r in report],
+            "weights_file": WEIGHTS_FILE,
+            "sha256": sha256(tmp / WEIGHTS_FILE),
+        }
+        write_engine_fields(tmp / CONFIG_FILE, meta)
+        (tmp / QUANT_FILE).write_text(json.dumps(meta, indent=1))
+        # Rename into place, the JSON last: a crash midway leaves a checksum that does not match.
+        names = sorted(p.name for p in tmp.iterdir() if p.name != QUANT_FILE) + [QUANT_FILE]
+        for name in names:
+            os.replace(tmp / name, out / name)
+    return out
+
+
+def restore_buffer_dtypes(model: nn.Module, buffer_dtypes: dict[str, str]) -> None:
+    """Give non-persistent float buffers (rotary ``inv_freq``) the dtypes the saved model had."""
+    for name, dt in buffer_dtypes.items():
+        owner_name, _, attr = name.rpartition(".")
+        try:
+            owner = model.get_submodule(owner_name) if owner_name else model
+        except AttributeError:
+            continue
+        buf = owner._buffers.get(attr)
+        dtype = getattr(torch, dt, None)
+        if buf is not None and isinstance(dtype, torch.dtype) and buf.dtype != dtype:
+            owner._buffers[attr] = buf.to(dtype)
+
+
+def bind_save_pretrained(model: nn.Module) -> None:
+    """Make ``model.save_pretrained(dir)`` write the potkernels checkpoint format (:func:`save_quantized`).
+
+    transformers' own ``save_pretrained`` would write a config without the quantization fields and
+    split or rename tensors; this instance method keeps one format whichever way a model is saved.
+    A model with no packed layer left (e.g. after ``model.dequantize()``) saves the transformers way.
+    """
+    if hasattr(model, "config"):
+        model.save_pretrained = _PoTSavePretrained(model)
+
+
+class _PoTSavePretrained:
+    """``model.save_pretrained`` for packed models; an object (not a bound method) so that the model
+    still pickles and deep-copies (the copy's method then saves the copy)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+
+    def __call__(self, save_directory: str | os.PathLike, *args: Any, **kwargs: Any) -> None:
+        return _save_pretrained(self.model, save_directory, *args, **kwargs)
+
+
+def _save_pretrained(self, save_directory: str | os.PathLike, is_main_process: bool = True,
+                     push_to_hub: bool = False, **kwargs: Any) -> None:
+    if not any(isinstance(m, _PackedLinear) for m in self.modules()):
+        return type(self).save_pretrained(self, save_directory, is_main_process=is_main_process,
+                                          push_to_hub=push_to_hub, **kwargs)
+    if push_to_hub:
+        raise NotImplementedError("push_to_hub is not supported for potkernels models: save_pretrained to a "
+                                  "folder, then upload it with `huggingface-cli upload`")
+    if kwargs.get("state_dict") is not None:
+        raise NotImplementedError("save_pretrained(state_dict=...) is not supported for potkernels models")
+    if is_main_process:
+        save_quantized(self, save_directory)

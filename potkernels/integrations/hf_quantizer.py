@@ -22,26 +22,20 @@ import logging
 from pathlib import Path
 from typing import Any, Optional
 
-import torch
 from transformers.quantizers.auto import (AUTO_QUANTIZATION_CONFIG_MAPPING, AUTO_QUANTIZER_MAPPING,
                                           register_quantization_config, register_quantizer)
 from transformers.quantizers.base import HfQuantizer
 from transformers.utils.quantization_config import QuantizationConfigMixin
 
-from ..format import IntConfig, PoTConfig, config_from_dict
+from ..format import FORMAT_VERSION, IntConfig, PoTConfig, config_from_dict
+from ..nn import _PackedLinear
+from .checkpoint import (IN_PLACE_VERSIONS, LEGACY_WEIGHTS_GUARDS, QUANT_FILE, QUANT_METHOD, WEIGHTS_FILE,
+                         WEIGHTS_GUARD, CheckpointError,
+                         check_format_version, layer_weight, quantization_config_dict, read_checkpoint_meta)
+from .hf import LayerReport, dequantize_model, quantize_model
+from .serialization import _swap_layers, bind_save_pretrained, check_checkpoint_tensors, restore_buffer_dtypes
 
 log = logging.getLogger("potkernels")
-
-QUANT_METHOD = "potkernels"
-# Written as config.json's ``transformers_weights``: transformers without potkernels raises
-# "The transformers file in the config seems to be incorrect: …: <this text>" instead of loading
-# random weights (it must not end in .safetensors, or transformers would try to open it).
-WEIGHTS_GUARD = ("potkernels checkpoint: run `import potkernels` before from_pretrained (potkernels is not on "
-                 "PyPI: `pip install -e .` in a clone of its repository); plain transformers cannot read its packed "
-                 "weights")
-# The guard text of earlier checkpoints (it named a PyPI package that does not exist); still recognised.
-LEGACY_WEIGHTS_GUARDS = ("potkernels checkpoint: run `import potkernels` before from_pretrained "
-                         "(pip install potkernels); plain transformers cannot read its packed weights",)
 
 
 class PoTQuantizationConfig(QuantizationConfigMixin):
@@ -59,8 +53,6 @@ class PoTQuantizationConfig(QuantizationConfigMixin):
     def __init__(self, bits: int = 4, group_size: Optional[int] = 128, kind: str = "pot",
                  modules_to_not_convert: Optional[list[str]] = None, format_version: Optional[int] = None,
                  **kwargs: Any) -> None:
-        from .serialization import FORMAT_VERSION
-
         self.quant_method = QUANT_METHOD
         self.kind, self.bits, self.group_size = kind, bits, group_size
         self.modules_to_not_convert = list(modules_to_not_convert) if modules_to_not_convert is not None else ["lm_head"]
@@ -81,8 +73,8 @@ class PoTQuantizationConfig(QuantizationConfigMixin):
                    format_version=format_version)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"quant_method": QUANT_METHOD, "kind": self.kind, "bits": self.bits, "group_size": self.group_size,
-                "format_version": self.format_version, "modules_to_not_convert": list(self.modules_to_not_convert)}
+        return quantization_config_dict(self.kind, self.bits, self.group_size, self.format_version,
+                                        self.modules_to_not_convert)
 
 
 class PoTHfQuantizer(HfQuantizer):
@@ -100,8 +92,6 @@ class PoTHfQuantizer(HfQuantizer):
 
     def update_attn_implementation(self, config):
         # Runs before transformers resolves the checkpoint files: swap the guard for the real file.
-        from .serialization import WEIGHTS_FILE
-
         if getattr(config, "transformers_weights", None) in (WEIGHTS_GUARD, *LEGACY_WEIGHTS_GUARDS):
             config.transformers_weights = WEIGHTS_FILE
         return config
@@ -109,20 +99,17 @@ class PoTHfQuantizer(HfQuantizer):
     def _process_model_before_weight_loading(self, model, checkpoint_files=None, **kwargs: Any):
         if not self.pre_quantized:
             return model  # quantize on load: the float weights load first, see below
-        from .serialization import (FORMAT_VERSION, CheckpointError, _swap_layers, check_checkpoint_tensors,
-                                    read_checkpoint_meta)
-
         files = [Path(f) for f in checkpoint_files or []]
         if len(files) != 1:
             raise CheckpointError(f"a potkernels checkpoint has one weights file, transformers found {files}")
         folder = files[0].parent
         _fetch_quant_file(folder, getattr(model.config, "name_or_path", None))
-        meta = read_checkpoint_meta(folder, verify_checksum=True)
-        if meta.get("format_version") != FORMAT_VERSION:
-            # Older formats are repacked by load_quantized; transformers loads buffers as stored.
-            raise CheckpointError(
-                f"{folder} uses checkpoint format version {meta.get('format_version')}; from_pretrained reads "
-                f"version {FORMAT_VERSION}: convert it once with potkernels.load_quantized(dir).save_pretrained(new_dir)")
+        meta = read_checkpoint_meta(folder, verify=True)
+        # transformers loads buffers as stored: only versions with the current tensor names (older ones
+        # are repacked by load_quantized; convert once with load_quantized(dir).save_pretrained(new_dir)).
+        check_format_version(meta.get("format_version"), str(folder), IN_PLACE_VERSIONS,
+                             reader="from_pretrained (convert older ones with potkernels.load_quantized(dir)"
+                                    ".save_pretrained(new_dir))")
         want = self.quantization_config.quant_config()
         have = config_from_dict(meta)
         if want != have:
@@ -134,12 +121,10 @@ class PoTHfQuantizer(HfQuantizer):
         return model
 
     def _process_model_after_weight_loading(self, model, **kwargs: Any):
-        from .hf import LayerReport, quantize_model
-        from .serialization import bind_save_pretrained, restore_buffer_dtypes
-
         if self.pre_quantized:
             _unguard_init_weights(model)
             meta = self._meta or {}
+            _upgrade_in_place(model, meta)
             restore_buffer_dtypes(model, meta.get("buffer_dtypes", {}))
             model.quantization_config = self.quantization_config.quant_config()
             model.quantization_report = [LayerReport(**r) for r in meta.get("report", [])]
@@ -151,8 +136,6 @@ class PoTHfQuantizer(HfQuantizer):
         return model
 
     def _dequantize(self, model, dtype=None):
-        from .hf import dequantize_model
-
         return dequantize_model(model, dtype)
 
     def is_serializable(self) -> bool:
@@ -163,11 +146,21 @@ class PoTHfQuantizer(HfQuantizer):
         return False
 
 
+def _upgrade_in_place(model, meta: dict[str, Any]) -> None:
+    """Each loaded packed layer through :func:`.checkpoint.layer_weight` (the checks and format upgrades
+    every reader shares); a layer whose tensors come back unchanged is left as it is."""
+    version = meta.get("format_version", FORMAT_VERSION)
+    for rec in meta.get("layers", []):
+        m = model.get_submodule(rec["name"])
+        stored = {n: getattr(m, n) for n in m.tensor_names}
+        w = layer_weight(rec, stored, version)
+        if any(t is not stored[n] for n, t in w.tensors().items()):
+            m.load_packed(w)
+
+
 def _fetch_quant_file(folder: Path, name_or_path: Optional[str]) -> None:
     """A hub checkpoint: transformers fetched config.json and the weights; fetch quantization_config.json
     into the same snapshot folder (a local folder must already hold it)."""
-    from .serialization import QUANT_FILE
-
     if (folder / QUANT_FILE).is_file() or not name_or_path or Path(name_or_path).exists():
         return
     from transformers.utils import cached_file
@@ -183,8 +176,6 @@ def _guard_init_weights(model) -> None:
     does not hold (non-persistent buffers): some models' init reads ``module.c_proj.weight`` directly
     (GPT-2), which a packed layer does not have. Every packed tensor was checked to be in the file."""
     from transformers import PreTrainedModel
-
-    from ..nn import _PackedLinear
 
     for sub in [m for m in model.modules() if isinstance(m, PreTrainedModel)]:
         original = sub._init_weights
