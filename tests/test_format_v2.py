@@ -131,6 +131,16 @@ def test_old_fixture_loads_losslessly(name, tmp_path):
     torch.testing.assert_close(logits, ref["logits"], rtol=0, atol=2**-9)
 
 
+def test_v2_fixture_through_from_pretrained():
+    """transformers (and vLLM) fill the stored v2 tensors in place; checkpoint.layer_weight upgrades each
+    layer, so the decoded weights are the v2 code's, bit for bit."""
+    import potkernels  # noqa: F401  (registers the quantization method)
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(FIXTURES / "v2_tiny_pot4")
+    _check_decodes(model, json.loads((FIXTURES / "v2_tiny_pot4" / "reference_decode.json").read_text()))
+
+
 def test_unknown_layout_is_refused():
     with pytest.raises(ValueError, match="no v2 layout"):
         layout("pot", 8)
