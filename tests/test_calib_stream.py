@@ -151,3 +151,88 @@ def test_resume_needs_a_work_dir_and_a_block_method(llama_dir):
         calibrate_model(model, PoTConfig(3, 32), _calib(), resume=True, **GPTQ)
     with pytest.raises(ValueError, match="data-free"):
         calibrate_model(model, PoTConfig(3, 32), method="rtn", work_dir="x")
+
+
+# ---------------------------------------------------------------- the CLI: --offload, and --resume after a SIGINT
+_SLOW_AFTER_BLOCK = """
+import pathlib, sys, time
+from calibration.cli import main
+from calibration.stream import BlockLoop
+
+leave = BlockLoop.leave
+
+
+def leave_then_wait(self, idx, *args, **kwargs):
+    out = leave(self, idx, *args, **kwargs)
+    if idx == 1:  # block 1 is saved: tell the test, then wait for its SIGINT
+        pathlib.Path(sys.argv[1]).write_text("ready")
+        time.sleep(120)
+    return out
+
+
+BlockLoop.leave = leave_then_wait
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+@pytest.fixture
+def gpt2_dir(tmp_path, shared_data):
+    """A tiny random 3-block GPT-2 with the real GPT-2 tokenizer, saved as a local safetensors folder."""
+    from transformers import GPT2TokenizerFast
+
+    tok = GPT2TokenizerFast.from_pretrained(shared_data / "gpt2-tokenizer")
+    torch.manual_seed(0)
+    model = tiny_gpt2(vocab=len(tok))
+    model.config.n_layer = 3
+    model = type(model)(model.config).eval()
+    out = tmp_path / "gpt2"
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+@pytest.mark.slow
+def test_cli_resume_after_sigint(gpt2_dir, tmp_path, shared_data):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from calibration import cli
+
+    calib = tmp_path / "calib.txt"
+    calib.write_text((shared_data / "tinyshakespeare.txt").read_text()[:20000])
+    args = ["quantize", "--model", str(gpt2_dir), "--bits", "3", "--group-size", "32", "--calib", str(calib),
+            "--samples", "4", "--seq-len", "32", "--epochs", "1", "--offload", "--threads", "1"]
+    ref, out = tmp_path / "ref", tmp_path / "out"
+    assert cli.main(args + ["--out", str(ref)]) == 0
+    flag = tmp_path / "ready"
+    script = tmp_path / "slow.py"
+    script.write_text(_SLOW_AFTER_BLOCK)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([os.getcwd(), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.Popen([sys.executable, str(script), str(flag), *args, "--out", str(out)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 300
+        while not flag.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert flag.exists(), proc.communicate()[1][-2000:]
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err[-2000:]
+    assert "interrupted" in err and not out.exists()
+    work = tmp_path / ".out.partial"
+    assert json.loads((work / "progress.json").read_text())["next_block"] == 2
+    assert cli.main(args + ["--out", str(out), "--resume"]) == 0
+    assert not work.exists()
+    _assert_same_tensors(load_file(str(ref / WEIGHTS_FILE)), load_file(str(out / WEIGHTS_FILE)))
+
+
+def test_cli_resume_needs_out(capsys):
+    from calibration import cli
+
+    assert cli.main(["quantize", "--resume"]) == 1
+    assert "--resume continues the run saved next to --out" in capsys.readouterr().err
