@@ -564,9 +564,8 @@ def gptq_model(model: nn.Module, cfg: PoTConfig | IntConfig, calib_ids: torch.Te
         t0 = time.perf_counter()
         block = loop.enter(blocks[idx])
         prefix, names = block_linears(model, block, skip)
-        if not names:  # nothing to quantize: the float block feeds the next one
-            with torch.no_grad():
-                xs = loop.leave(idx, block, [_run(block, x, extras, dtype).to(act_dtype) for x in xs], None, [])
+        if not names:
+            xs = loop.pass_through(idx, block, xs, extras, dtype, act_dtype)
             continue
         originals = {n: block.get_submodule(n) for n in names}
         weights = {n: float_weight(m).float() for n, m in originals.items()}

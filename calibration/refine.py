@@ -339,9 +339,8 @@ def refine_model(model: nn.Module, cfg: PoTConfig, calib_ids: torch.Tensor, epoc
         t0 = time.perf_counter()
         block = loop.enter(blocks[idx])
         prefix, names = block_linears(model, block, skip)
-        if not names:  # nothing to quantize: the float block feeds the next one
-            with torch.no_grad():
-                xs = loop.leave(idx, block, [_run(block, x, extras, dtype).to(act_dtype) for x in xs], None, [])
+        if not names:
+            xs = loop.pass_through(idx, block, xs, extras, dtype, act_dtype)
             continue
         weights = {n: float_weight(block.get_submodule(n)).float() for n in names}
         res = refine_block(block, names, xs, extras, cfg, epochs, lr, lam, seed + idx, act_weighted)

@@ -38,7 +38,7 @@ from potkernels.format import config_from_dict
 from potkernels.integrations.hf import LayerReport, set_submodule
 from potkernels.integrations.serialization import LAYER_CLASSES, quantized_layers
 
-from .refine import _cast_tree, _qualified_name
+from .refine import _cast_tree, _qualified_name, _run
 
 PROGRESS_FILE = "progress.json"
 
@@ -155,8 +155,10 @@ class BlockLoop:
         start = 0 if self.state is None else self.state.next_block
         if start:
             for idx in range(start):
-                self.state.restore_block(idx, blocks[idx])
+                self.state.restore_block(idx, blocks[idx])  # on the CPU
                 self._materialize(blocks[idx])  # non-persistent buffers of a lazy model
+                if not self.offload:
+                    blocks[idx].to(self.device)
             xs = self.state.inputs()
             self.reports = [report_cls(**r) for r in self.state.saved["reports"]]
             self.layers = [LayerReport(**r) for r in self.state.saved["layers"]]
@@ -172,6 +174,12 @@ class BlockLoop:
         """The block with its float weights read (lazy model) and on the calibration device."""
         self._materialize(block)
         return block.to(self.device)
+
+    @torch.no_grad()
+    def pass_through(self, idx: int, block: nn.Module, xs: list[torch.Tensor], extras: dict[int, tuple],
+                     dtype: torch.dtype, act_dtype: torch.dtype) -> list[torch.Tensor]:
+        """A block with nothing to quantize (all skipped): left in float, its outputs feed the next block."""
+        return self.leave(idx, block, [_run(block, x, extras, dtype).to(act_dtype) for x in xs], None, [])
 
     def leave(self, idx: int, block: nn.Module, xs: list[torch.Tensor], report: Any,
               layers: list[LayerReport]) -> list[torch.Tensor]:

@@ -73,15 +73,17 @@ def test_streamed_codes_equal_in_memory(llama_dir, kind):
 
 
 def test_two_step_offload_in_memory_model():
+    """Two-step with a whole block skipped (kept float, its outputs feed the next block)."""
     torch.manual_seed(0)
     model = tiny_gpt2()
     twin = tiny_gpt2()
     twin.load_state_dict(model.state_dict())
     ids = torch.randint(0, VOCAB, (4, 12), generator=torch.Generator().manual_seed(2))
-    kw = dict(method="two-step", epochs=1, batch_size=2, progress=False)
+    kw = dict(method="two-step", epochs=1, batch_size=2, progress=False, skip=("lm_head", "transformer.h.0"))
     calibrate_model(model, PoTConfig(3, 32), ids, **kw)
     calibrate_model(twin, PoTConfig(3, 32), ids, offload=True, **kw)
     _assert_same_tensors(_state(model), _state(twin))
+    assert type(model.transformer.h[0].attn.c_attn).__name__ == "Conv1D"
 
 
 def test_lazy_model_needs_offload(llama_dir):
