@@ -72,7 +72,8 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
         torch.cuda.reset_peak_memory_stats(device)
     t0 = time.perf_counter()
     cls, bits, group = KINDS[spec["kind"]]
-    calibrate_model(model, getattr(fmt, cls)(bits, group), ids, device=device, offload=streamed, progress=False, **CALIB)
+    calibrate_model(model, getattr(fmt, cls)(bits, group), ids, device=device, offload=streamed, progress=False,
+                    **CALIB)
     out["calibrate_seconds"] = time.perf_counter() - t0
     out["peak_rss_mib"] = vm_hwm_mib()
     out["ru_maxrss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -138,24 +139,33 @@ def main() -> None:
                 r = {"model": name, "mode": mode, **run_child(spec)}
                 runs.append(r)
                 print(json.dumps(r), flush=True)
+                write_results(runs, device, a)
+    print(json.dumps(write_results(runs, device, a)["summary"], indent=1))
+
+
+def write_results(runs: list[dict[str, Any]], device: torch.device, a: argparse.Namespace) -> dict[str, Any]:
+    """The JSON for the runs so far (rewritten after each run, so a cut-short bench keeps what it measured)."""
     by = {(r["model"], r["mode"]): r for r in runs}
-    summary = {}
-    for name in {r["model"] for r in runs}:
-        same = by[(name, "in-memory")]["state_sha256"] == by[(name, "streamed")]["state_sha256"]
-        summary[name] = {"codes_equal": same,
-                         "peak_rss_in_memory_mib": by[(name, "in-memory")]["peak_rss_mib"],
-                         "peak_rss_streamed_mib": by[(name, "streamed")]["peak_rss_mib"]}
+    summary: dict[str, Any] = {}
+    for name in dict.fromkeys(r["model"] for r in runs):
+        if (name, "in-memory") in by and (name, "streamed") in by:
+            mem, st = by[(name, "in-memory")], by[(name, "streamed")]
+            summary[name] = {"codes_equal": mem["state_sha256"] == st["state_sha256"],
+                             "peak_rss_in_memory_mib": mem["peak_rss_mib"], "peak_rss_streamed_mib": st["peak_rss_mib"]}
     shallow, deep = (f"llama-h{SYNTH['hidden_size']}-L{n}" for n in a.layers)
     for mode in ("in-memory", "streamed"):
-        summary[f"deep_over_shallow_{mode}"] = by[(deep, mode)]["peak_rss_mib"] / by[(shallow, mode)]["peak_rss_mib"]
+        if (deep, mode) in by and (shallow, mode) in by:
+            ratio = by[(deep, mode)]["peak_rss_mib"] / by[(shallow, mode)]["peak_rss_mib"]
+            summary[f"deep_over_shallow_{mode}"] = ratio
     result = {"meta": {**metadata(device), "loadavg": Path("/proc/loadavg").read_text().split()[:3],
-                       "calibration": {**CALIB, "config": f"{a.kind}3 g128", "samples": a.samples, "seq_len": a.seq_len,
-                                       "threads": 1}, "synthetic": SYNTH, "layers": list(a.layers)},
+                       "calibration": {**CALIB, "config": f"{a.kind}3 g128", "samples": a.samples,
+                                       "seq_len": a.seq_len, "threads": 1},
+                       "synthetic": SYNTH, "layers": list(a.layers)},
               "summary": summary, "runs": runs}
     path = results_dir(device) / f"calib_memory_{a.kind}.json"
     path.write_text(json.dumps(result, indent=1))
-    print(json.dumps(summary, indent=1))
-    print(f"wrote {path}")
+    print(f"wrote {path}", file=sys.stderr)
+    return result
 
 
 if __name__ == "__main__":

@@ -110,8 +110,9 @@ class ResumeState:
         """Put block ``idx`` back as it was saved: packed layers swapped in, every tensor loaded."""
         assert self.saved is not None
         for rec in self.saved["blocks"].get(str(idx), []):
-            layer = LAYER_CLASSES[rec["class"]](rec["in_features"], rec["out_features"], config_from_dict(rec["config"]),
-                                                bias=rec["bias"], device="meta")
+            cfg = config_from_dict(rec["config"])
+            layer = LAYER_CLASSES[rec["class"]](rec["in_features"], rec["out_features"], cfg, bias=rec["bias"],
+                                                device="meta")
             set_submodule(block, rec["name"], layer)
         block.load_state_dict(load_file(str(self._block_file(idx))), strict=True, assign=True)
 
