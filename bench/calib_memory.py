@@ -9,7 +9,8 @@ Llamas of one width, one 4x deeper, and SmolLM2-135M (its GGUF dequantized once 
 safetensors to a temporary folder). On a CUDA device the runs also report
 ``torch.cuda.max_memory_allocated``. Run from the repository root:
 
-    python bench/calib_memory.py [--kind int|pot]   # writes bench/results/<device>/calib_memory_<kind>.json
+    python bench/calib_memory.py [--kind int|pot] [--method gptq|init] [--models synthetic smollm2]
+    # writes bench/results/<device>/calib_memory_<kind>_<method>_<models>.json
 """
 from __future__ import annotations
 
@@ -72,8 +73,9 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
         torch.cuda.reset_peak_memory_stats(device)
     t0 = time.perf_counter()
     cls, bits, group = KINDS[spec["kind"]]
+    calib = CALIB if spec["method"] == "gptq" else {"method": "init", "act_weighted": True}
     calibrate_model(model, getattr(fmt, cls)(bits, group), ids, device=device, offload=streamed, progress=False,
-                    **CALIB)
+                    **calib)
     out["calibrate_seconds"] = time.perf_counter() - t0
     out["peak_rss_mib"] = vm_hwm_mib()
     out["ru_maxrss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -118,24 +120,31 @@ def main() -> None:
     p.add_argument("--layers", type=int, nargs=2, default=(2, 8), help="depths of the two synthetic Llamas")
     p.add_argument("--samples", type=int, default=8, help="calibration windows")
     p.add_argument("--seq-len", type=int, default=256, help="tokens per window")
-    p.add_argument("--no-smollm2", action="store_true", help="skip SmolLM2-135M")
-    p.add_argument("--kind", choices=sorted(KINDS), default="int", help="code of the GPTQ run (3-bit, g128)")
+    p.add_argument("--models", nargs="+", choices=("synthetic", "smollm2"), default=("synthetic", "smollm2"),
+                   help="the two synthetic Llamas, SmolLM2-135M, or both")
+    p.add_argument("--kind", choices=sorted(KINDS), default="int", help="code (3-bit, g128)")
+    p.add_argument("--method", choices=("gptq", "init"), default="gptq",
+                   help="gptq (settings in CALIB), or init: activation-weighted PoT step 1, block by block "
+                        "(the same block loop, minutes less per block on a CPU; needs --kind pot)")
     a = p.parse_args()
     if a.child:
         print(json.dumps(child(json.loads(a.child))))
         return
     device = pick_device(a.device)
+    if a.method == "init" and a.kind != "pot":
+        p.error("--method init is PoT's step 1: use --kind pot")
     runs = []
     with tempfile.TemporaryDirectory(prefix="calib-memory-") as tmp:
-        models = [(f"llama-h{SYNTH['hidden_size']}-L{n}", lambda f, n=n: save_synthetic(f, n)) for n in a.layers]
-        if not a.no_smollm2:
+        models = [(f"llama-h{SYNTH['hidden_size']}-L{n}", lambda f, n=n: save_synthetic(f, n)) for n in a.layers
+                  if "synthetic" in a.models]
+        if "smollm2" in a.models:
             models.append(("smollm2-135m", save_smollm2))
         for name, save in models:
             folder = Path(tmp) / name
             save(folder)
             for mode in ("in-memory", "streamed"):
                 spec = {"folder": str(folder), "mode": mode, "device": str(device), "samples": a.samples,
-                        "seq_len": a.seq_len, "kind": a.kind}
+                        "seq_len": a.seq_len, "kind": a.kind, "method": a.method}
                 r = {"model": name, "mode": mode, **run_child(spec)}
                 runs.append(r)
                 print(json.dumps(r), flush=True)
@@ -158,11 +167,12 @@ def write_results(runs: list[dict[str, Any]], device: torch.device, a: argparse.
             ratio = by[(deep, mode)]["peak_rss_mib"] / by[(shallow, mode)]["peak_rss_mib"]
             summary[f"deep_over_shallow_{mode}"] = ratio
     result = {"meta": {**metadata(device), "loadavg": Path("/proc/loadavg").read_text().split()[:3],
-                       "calibration": {**CALIB, "config": f"{a.kind}3 g128", "samples": a.samples,
+                       "calibration": {**(CALIB if a.method == "gptq" else {"method": "init", "act_weighted": True}),
+                                       "config": f"{a.kind}3 g128", "samples": a.samples,
                                        "seq_len": a.seq_len, "threads": 1},
                        "synthetic": SYNTH, "layers": list(a.layers)},
               "summary": summary, "runs": runs}
-    path = results_dir(device) / f"calib_memory_{a.kind}.json"
+    path = results_dir(device) / f"calib_memory_{a.kind}_{a.method}_{'_'.join(a.models)}.json"
     path.write_text(json.dumps(result, indent=1))
     print(f"wrote {path}", file=sys.stderr)
     return result

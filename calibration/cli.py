@@ -211,6 +211,9 @@ def stream_options(args: argparse.Namespace) -> dict[str, Any]:
     work = Path(args.out).parent / f".{Path(args.out).name}.partial" if args.out and block_wise else None
     if work is not None:
         saved = (work / "progress.json").is_file()
+        if saved and not args.resume:  # never throw away finished blocks of a long run silently
+            raise CliError(f"{work} holds the finished blocks of an interrupted run: add --resume to continue it, "
+                           "or delete that folder to start over")
         if args.resume and not saved:
             print(f"note: --resume: no saved run in {work}; starting at block 0", file=sys.stderr)
         print(f"note: finished blocks are saved in {work}; after a crash or Ctrl-C rerun with --resume",
