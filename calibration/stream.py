@@ -22,6 +22,8 @@ uninterrupted run's, bit for bit.
 """
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import hashlib
 import json
 import os
@@ -41,6 +43,20 @@ from potkernels.integrations.serialization import LAYER_CLASSES, quantized_layer
 from .refine import _cast_tree, _qualified_name, _run
 
 PROGRESS_FILE = "progress.json"
+
+
+def release_freed_memory() -> None:
+    """Hand freed heap pages back to the OS (glibc ``malloc_trim``; a no-op elsewhere).
+
+    glibc raises its mmap threshold after large frees, so a freed float block's tensors stay in the
+    heap and the next block's reads land beside them: the resident set would creep up block by block."""
+    name = ctypes.util.find_library("c")
+    try:
+        trim = getattr(ctypes.CDLL(name), "malloc_trim", None) if name else None
+    except OSError:
+        trim = None
+    if trim is not None:
+        trim(0)
 
 
 def fingerprint(model: nn.Module, calib_ids: torch.Tensor, settings: dict[str, Any]) -> dict[str, Any]:
@@ -192,6 +208,7 @@ class BlockLoop:
         xs = [x.to(self.act_device) for x in xs]
         if self.offload:
             block.to("cpu")
+            release_freed_memory()
         if self.state is not None:
             self.state.save(idx, block, xs, [r.to_dict() for r in self.reports], [r.to_dict() for r in self.layers])
         return xs

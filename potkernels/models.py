@@ -261,8 +261,10 @@ class LazyWeights:
         for file, items in by_file.items():
             with safe_open(str(file), framework="pt") as f:
                 for name, key in items:
+                    # A copy, never a view of the mapping: a surviving view (a block's norm) would keep the
+                    # whole mapping, and every page of it that was read, resident for the rest of the run.
                     t = f.get_tensor(key)
-                    _set_tensor(module, name, t.to(self.dtype) if t.is_floating_point() else t)
+                    _set_tensor(module, name, t.to(self.dtype if t.is_floating_point() else t.dtype, copy=True))
 
     def tie(self, model: torch.nn.Module) -> None:
         """Point every tied alias (``lm_head.weight``) at its loaded target, as ``from_pretrained`` does."""
