@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Iterable, Literal, Optional
 
 import torch
@@ -14,6 +15,7 @@ from potkernels.nn import float_weight
 from .gptq import DEFAULT_BLOCK_SIZE, DEFAULT_DAMP, DEFAULT_SCALE_FITS, gptq_model
 from .init import init_scales
 from .refine import refine_model
+from .stream import BlockLoop, ResumeState, fingerprint
 
 Method = Literal["rtn", "init", "two-step", "gptq"]
 METHODS = ("rtn", "init", "two-step", "gptq")
@@ -46,7 +48,8 @@ def calibrate_model(model: nn.Module, cfg: PoTConfig | IntConfig, calib_ids: Opt
                     act_dtype: Optional[torch.dtype] = None, progress: bool = True, seed: int = 0,
                     act_weighted: Optional[bool] = None, refine: bool = False, damp: float = DEFAULT_DAMP,
                     act_order: bool = True, true_sequential: bool = False, scale_fits: int = DEFAULT_SCALE_FITS,
-                    gptq_block_size: int = DEFAULT_BLOCK_SIZE, hessian_batch: int = 8,
+                    gptq_block_size: int = DEFAULT_BLOCK_SIZE, hessian_batch: int = 8, offload: bool = False,
+                    work_dir: Optional[str | Path] = None, resume: bool = False,
                     warn_sqnr_db: Optional[float] = SQNR_WARN_DB) -> nn.Module:
     """Quantize ``model`` in place with calibrated scales.
 
@@ -65,8 +68,16 @@ def calibrate_model(model: nn.Module, cfg: PoTConfig | IntConfig, calib_ids: Opt
         damp, act_order, true_sequential, gptq_block_size, hessian_batch: ``"gptq"`` settings
             (damping fraction of mean diag H, column order by decreasing diag H, groups of linears
             quantized in call order inside a block, lazy-batch width, samples per Hessian forward).
-        device: where to run (the model is moved there and stays there); default: its device.
-        warn_sqnr_db: one :class:`~potkernels.integrations.hf.LowSQNRWarning` at the end names every
+        device: where to run (without ``offload`` the model is moved there and stays there); default: its device.
+        offload: block by block (data methods): the model stays on the CPU (or on the meta device, loaded with
+            :func:`potkernels.models.load_lazy`), each block is read, moved to ``device``, calibrated, packed
+            and moved back; activations between blocks stay on the CPU (:mod:`calibration.stream`). Same codes
+            as without. A lazily loaded model needs it; the model is returned on the CPU.
+        work_dir: data methods: save each finished block (packed) and the next block's inputs here, so that
+            ``resume`` can continue after a crash or Ctrl-C; without ``resume`` an old run there is cleared.
+        resume: continue the run saved in ``work_dir`` (same settings, data and model, else ValueError
+            before any work) from its first unfinished block; the result equals an uninterrupted run's.
+        warn_sqnr_db: one :class:`~potkernels.LowSQNRWarning` at the end names every
             layer with a weight group whose SQNR is below this (``None``: no warning); see
             :func:`potkernels.quantize_model`.
         skip: layers left in float (see :func:`potkernels.quantize_model`).
@@ -95,7 +106,18 @@ def calibrate_model(model: nn.Module, cfg: PoTConfig | IntConfig, calib_ids: Opt
                          "(use method 'two-step' for step 2)")
     if act_weighted and calib_ids is None:
         raise ValueError("act_weighted needs calibration data (calib_ids [n_samples, seq_len])")
-    if device is not None:
+    block_wise = method in DATA_METHODS or (method == "init" and act_weighted)
+    if resume and work_dir is None:
+        raise ValueError("resume continues the run saved in work_dir; give work_dir")
+    if (resume or work_dir is not None) and not block_wise:
+        raise ValueError(f"work_dir / resume save finished blocks of a block-wise calibration; method {method!r} "
+                         "(data-free) has none")
+    lazy = getattr(model, "lazy_weights", None)
+    if lazy is not None and lazy.pending(model) and not offload:
+        raise ValueError("the model was loaded lazily (its blocks are not in memory): calibrate it with offload=True")
+    if lazy is not None and not block_wise:  # data-free methods quantize the whole model at once
+        lazy.materialize(model)
+    if device is not None and not offload:
         model.to(device)
     model.eval()
     skip = tuple(skip)
@@ -125,18 +147,28 @@ def calibrate_model(model: nn.Module, cfg: PoTConfig | IntConfig, calib_ids: Opt
             if not 0 <= damp < 1 or gptq_block_size < 1 or hessian_batch < 1:
                 raise ValueError(f"need 0 ≤ damp < 1, gptq_block_size ≥ 1, hessian_batch ≥ 1; got {damp}, "
                                  f"{gptq_block_size}, {hessian_batch}")
+        state = None
+        if work_dir is not None:
+            settings = {"method": method, "config": cfg.to_dict(), "epochs": epochs, "lr": lr, "lam": lam,
+                        "batch_size": batch_size, "seed": seed, "act_weighted": act_weighted, "refine": refine,
+                        "damp": damp, "act_order": act_order, "true_sequential": true_sequential,
+                        "scale_fits": scale_fits, "gptq_block_size": gptq_block_size, "hessian_batch": hessian_batch,
+                        "skip": list(skip), "act_dtype": str(act_dtype)}
+            state = ResumeState(work_dir, fingerprint(model, calib_ids, settings), resume)
+        loop = BlockLoop(model, device=device, offload=offload, state=state)
+        if method == "gptq":
             blocks, layers = gptq_model(model, cfg, calib_ids, batch_size=hessian_batch, skip=skip,
                                         act_weighted=act_weighted, damp=damp, block_size=gptq_block_size,
                                         act_order=act_order, true_sequential=true_sequential,
                                         scale_fits=scale_fits, refine=refine,
                                         epochs=epochs, lr=lr, lam=lam, refine_batch=batch_size, act_dtype=act_dtype,
-                                        progress=progress, seed=seed)
+                                        progress=progress, seed=seed, loop=loop)
             info.update(refine=refine, damp=damp, act_order=act_order, true_sequential=true_sequential,
                         scale_fits=scale_fits, gptq_block_size=gptq_block_size)
         else:
             blocks, layers = refine_model(model, cfg, calib_ids, epochs, lr, lam, batch_size, skip=skip,
                                           act_dtype=act_dtype, progress=progress, seed=seed,
-                                          act_weighted=act_weighted)
+                                          act_weighted=act_weighted, loop=loop)
         # Linears outside the blocks (none in GPT-2 / Llama besides the skipped lm_head) get step 1.
         if any(True for _ in eligible_linears(model, skip)):
             quantize_model(model, cfg, skip=skip, params=None if isinstance(cfg, IntConfig) else
@@ -148,7 +180,8 @@ def calibrate_model(model: nn.Module, cfg: PoTConfig | IntConfig, calib_ids: Opt
         if method == "gptq" and not refine:
             epochs = 0
         info.update(samples=calib_ids.shape[0], seq_len=calib_ids.shape[1], epochs=epochs, lr=lr, lam=lam,
-                    batch_size=batch_size, blocks=[b.to_dict() for b in blocks])
+                    batch_size=batch_size, blocks=[b.to_dict() for b in blocks], offload=offload,
+                    resumed_at_block=state.next_block_at_start if state is not None else None)
     info["seconds"] = time.perf_counter() - t0
     info["summary"] = summarize_report(model.quantization_report)
     model.calibration_report = info

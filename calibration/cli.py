@@ -11,6 +11,7 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -159,14 +160,14 @@ def check_report_path(path: Optional[str]) -> None:
         raise CliError(f"--report {path}: folder {p.parent} does not exist")
 
 
-def load_base(spec: str, device: str, allow_quantized: bool = False):
+def load_base(spec: str, device: str, allow_quantized: bool = False, lazy: bool = False):
     """A float model and tokenizer from ``smollm2``, a local folder or a hub id (or, with
-    ``allow_quantized``, a potkernels checkpoint folder)."""
+    ``allow_quantized``, a potkernels checkpoint folder; with ``lazy``, blocks left on the meta device)."""
     from potkernels import CheckpointError
     from potkernels.models import load_model
 
     try:
-        return load_model(spec, device=device, allow_quantized=allow_quantized)
+        return load_model(spec, device=device, allow_quantized=allow_quantized, lazy=lazy)
     except (FileNotFoundError, OSError, ValueError, CheckpointError) as e:
         raise CliError(str(e)) from None
 
@@ -256,6 +257,39 @@ def gptq_options(args: argparse.Namespace) -> dict[str, Any]:
     return {"true_sequential": args.true_sequential, "scale_fits": fits}
 
 
+def stream_options(args: argparse.Namespace) -> dict[str, Any]:
+    """``--offload`` / ``--resume`` as :func:`calibrate_model` keywords, checked before any model loads.
+
+    With ``--out``, a block-wise method saves each finished block in ``.<out name>.partial`` next to
+    ``--out`` (removed once the checkpoint is in place); ``--resume`` continues the run saved there."""
+    from potkernels.models import can_load_lazily
+
+    block_wise = args.method in DATA_METHODS or args.act_weighted
+    if args.resume and not args.out:
+        raise CliError("--resume continues the run saved next to --out; give the same --out")
+    if args.resume and not block_wise:
+        raise CliError(f"--resume: --method {args.method} is data-free and takes seconds; nothing to resume")
+    work = Path(args.out).parent / f".{Path(args.out).name}.partial" if args.out and block_wise else None
+    if work is not None:
+        saved = (work / "progress.json").is_file()
+        if saved and not args.resume:  # never throw away finished blocks of a long run silently
+            raise CliError(f"{work} holds the finished blocks of an interrupted run: add --resume to continue it, "
+                           "or delete that folder to start over")
+        if args.resume and not saved:
+            print(f"note: --resume: no saved run in {work}; starting at block 0", file=sys.stderr)
+        print(f"note: finished blocks are saved in {work}; after a crash or Ctrl-C rerun with --resume",
+              file=sys.stderr)
+    lazy = args.offload and can_load_lazily(args.model)
+    if args.offload and not lazy:
+        print(f"note: --offload: {args.model} is not a local safetensors folder; the float model loads whole on "
+              "the CPU and its blocks move to the device one at a time", file=sys.stderr)
+    if lazy and args.eval_text and args.eval_fp:
+        print("note: --offload reads the float blocks one at a time; the float model is not scored "
+              "(--no-eval-fp)", file=sys.stderr)
+        args.eval_fp = False
+    return {"offload": args.offload, "work_dir": work, "resume": args.resume, "lazy": lazy}
+
+
 def cmd_quantize(args: argparse.Namespace) -> dict[str, Any]:
     cfg = build_config(args.kind, args.bits, args.group_size)
     check_numbers(args)
@@ -287,8 +321,9 @@ def cmd_quantize(args: argparse.Namespace) -> dict[str, Any]:
         hint = " (add --act-weighted to weight step 1 by its activations)" if args.method == "init" else ""
         print(f"note: --method {args.method} is data-free; --calib {args.calib} is not used{hint}", file=sys.stderr)
     validate_quantize_inputs(args)
+    stream = stream_options(args)
     t_start = time.perf_counter()
-    model, tok = load_base(args.model, args.device)
+    model, tok = load_base(args.model, "cpu" if args.offload else args.device, lazy=stream.pop("lazy"))
     if args.eval_text:  # smollm2 / hub: window and tokens known only now, still before any work
         eval_ids(model, tok, args.eval_text, args.window, "--eval-text")
     ids = None
@@ -310,7 +345,7 @@ def cmd_quantize(args: argparse.Namespace) -> dict[str, Any]:
     calibrate_model(model, cfg, ids, args.method, epochs=args.epochs, lr=args.lr, lam=args.lam,
                     batch_size=args.batch_size, device=args.device, progress=True, seed=args.seed,
                     act_weighted=args.act_weighted, refine=args.refine, damp=args.damp,
-                    **gptq_options(args))
+                    **gptq_options(args), **stream)
     calib_seconds = time.perf_counter() - t0
     report = model.calibration_report
     print(report["summary"], file=sys.stderr)
@@ -339,6 +374,8 @@ def cmd_quantize(args: argparse.Namespace) -> dict[str, Any]:
             result["perplexity_fp"] = fp_eval["perplexity"]
     if args.out:
         save_checkpoint(model, tok, args.out, overwrite=args.overwrite)
+        if stream["work_dir"] is not None:
+            shutil.rmtree(stream["work_dir"], ignore_errors=True)
         result["out"] = str(args.out)
     result["seconds"] = time.perf_counter() - t_start
     return result
@@ -439,6 +476,14 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: nothing is saved).")
     q.add_argument("--overwrite", action="store_true",
                    help="replace an existing --out folder as a whole (never mixed with old files).")
+    q.add_argument("--offload", action="store_true",
+                   help="block streaming: the float model stays on the CPU (a local safetensors folder is read "
+                        "one block at a time, memory-mapped), each block moves to --device, is calibrated, "
+                        "packed and moved back; activations stay on the CPU. Same codes as without.")
+    q.add_argument("--resume", action="store_true",
+                   help="continue the run saved next to --out (in .<out name>.partial) after a crash or Ctrl-C, "
+                        "from its first unfinished block; same settings needed. The result equals an "
+                        "uninterrupted run's.")
     q.add_argument("--eval-text", default=None,
                    help="also report perplexity on this text file (default: no evaluation).")
     q.add_argument("--eval-fp", action=argparse.BooleanOptionalAction, default=True,

@@ -6,11 +6,15 @@ object (quantized or not) with a task built here for a local file, so it works o
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from pathlib import Path
+from typing import Iterator
 
 import torch
 from tqdm.auto import tqdm
+
+from potkernels.nn import _PackedLinear
 
 
 def tokenize_text(text: str, tokenizer) -> torch.Tensor:
@@ -18,6 +22,28 @@ def tokenize_text(text: str, tokenizer) -> torch.Tensor:
     if not text.strip():
         raise ValueError("evaluation text is empty")
     return torch.tensor(tokenizer(text, return_attention_mask=False)["input_ids"], dtype=torch.long)
+
+
+@contextlib.contextmanager
+def decoded_once(model: torch.nn.Module) -> Iterator[int]:
+    """While inside, every packed layer of ``model`` on the CPU decodes its weight once and keeps it.
+
+    A CPU has no decode kernel, so a packed layer otherwise decodes its whole weight at every forward;
+    an evaluation of many windows then costs many decodes per layer. The kept weight is the one the
+    reference path decodes (same logits, bit for bit). Memory while inside: one decoded copy per layer in
+    the activation dtype (fp32: 4 bytes per weight). On exit each layer's cache setting is restored and the
+    copies made here are dropped. Layers on a GPU are left alone (their kernels decode in registers).
+    Yields the number of layers switched.
+    """
+    layers = [m for m in model.modules() if isinstance(m, _PackedLinear) and not m.cache_decoded
+              and m.qweight.device.type == "cpu"]
+    for m in layers:
+        m.cache_decoded = True
+    try:
+        yield len(layers)
+    finally:
+        for m in layers:
+            m.cache_decoded, m._decoded = False, None
 
 
 def read_text(path: str | Path) -> str:
@@ -35,6 +61,7 @@ def perplexity(model, ids: torch.Tensor, window: int, max_windows: int | None = 
     Every window is scored on its tokens 2…window (the first has no context); a trailing partial
     window is dropped. Returns ``{"ppl", "nll", "tokens", "windows", "window", "window_nll"}``
     (``window_nll``: each window's mean NLL, so the perplexity of any prefix of windows can be read off).
+    Packed layers on the CPU decode their weights once for the whole run (:func:`decoded_once`).
     """
     if ids.dim() != 1:
         raise ValueError(f"ids must be 1-D, got shape {tuple(ids.shape)}")
@@ -46,13 +73,14 @@ def perplexity(model, ids: torch.Tensor, window: int, max_windows: int | None = 
     device = next(model.parameters()).device
     chunks = ids[: n_windows * window].view(n_windows, window)
     window_nll: list[float] = []  # mean NLL of each window, in order
-    for i in tqdm(range(0, n_windows, batch_size), disable=not progress, desc="ppl"):
-        batch = chunks[i : i + batch_size].to(device)
-        logits = model(batch).logits.float()
-        nll = torch.nn.functional.cross_entropy(
-            logits[:, :-1].reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1), reduction="none"
-        ).view(batch.shape[0], -1)
-        window_nll += nll.double().mean(dim=1).tolist()
+    with decoded_once(model):
+        for i in tqdm(range(0, n_windows, batch_size), disable=not progress, desc="ppl"):
+            batch = chunks[i : i + batch_size].to(device)
+            logits = model(batch).logits.float()
+            nll = torch.nn.functional.cross_entropy(
+                logits[:, :-1].reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1), reduction="none"
+            ).view(batch.shape[0], -1)
+            window_nll += nll.double().mean(dim=1).tolist()
     mean = sum(window_nll) / n_windows  # every window scores window - 1 tokens
     return {"ppl": math.exp(mean), "nll": mean, "tokens": n_windows * (window - 1), "windows": n_windows,
             "window": window, "window_nll": window_nll}
@@ -103,7 +131,8 @@ def lm_eval_text(model, tokenizer, path: str | Path, limit: int | None = None, b
         tokenizer: its tokenizer.
         limit: score only the first ``limit`` documents (paragraphs).
         max_length: rolling-window length (default: :func:`default_window`).
-    Returns ``{"word_perplexity", "byte_perplexity", "bits_per_byte"}`` as floats.
+    Returns ``{"word_perplexity", "byte_perplexity", "bits_per_byte"}`` as floats. Packed layers on the
+    CPU decode once for the whole run (:func:`decoded_once`).
     """
     from lm_eval import simple_evaluate
     from lm_eval.models.huggingface import HFLM
@@ -113,7 +142,8 @@ def lm_eval_text(model, tokenizer, path: str | Path, limit: int | None = None, b
     lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size,
               max_length=max_length or default_window(model))
     # include_defaults=False: skip indexing lm-eval's thousands of built-in task YAMLs (slow, unused).
-    out = simple_evaluate(model=lm, tasks=[task], limit=limit, log_samples=False, bootstrap_iters=0,
-                          task_manager=TaskManager(include_defaults=False))
+    with decoded_once(model):
+        out = simple_evaluate(model=lm, tasks=[task], limit=limit, log_samples=False, bootstrap_iters=0,
+                              task_manager=TaskManager(include_defaults=False))
     metrics = out["results"][task["task"]]
     return {m: float(metrics[f"{m},none"]) for m in ("word_perplexity", "byte_perplexity", "bits_per_byte")}

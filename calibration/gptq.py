@@ -42,7 +42,7 @@ import logging
 import math
 import time
 from dataclasses import asdict, dataclass
-from typing import Any, Iterable, Optional
+from typing import TYPE_CHECKING, Any, Iterable, Optional
 
 import torch
 import torch.nn.functional as F
@@ -59,6 +59,9 @@ from potkernels.nn import float_weight, linear_class_for
 from .init import init_scales
 from .refine import _run, block_linears, block_stream, fit_gammas, input_channel_weights
 from .threads import serial
+
+if TYPE_CHECKING:
+    from .stream import BlockLoop
 
 log = logging.getLogger("potkernels.calibration")
 
@@ -472,7 +475,7 @@ def _accumulate_hessians(block: nn.Module, groups: list[list[str]], xs: list[tor
                 try:
                     y = _run(block, x, extras, dtype)
                     if outs is not None:
-                        outs.append(y.to(x.dtype))
+                        outs.append(y.to(x.device, x.dtype))
                 except _Stop:
                     pass
     finally:
@@ -541,7 +544,8 @@ def gptq_model(model: nn.Module, cfg: PoTConfig | IntConfig, calib_ids: torch.Te
                true_sequential: bool = False, scale_fits: int = DEFAULT_SCALE_FITS, refine: bool = False,
                epochs: int = 4, lr: float = 1e-3,
                lam: float = 0.1, refine_batch: int = 2, act_dtype: Optional[torch.dtype] = None,
-               progress: bool = True, seed: int = 0) -> tuple[list[GPTQBlockReport], list[LayerReport]]:
+               progress: bool = True, seed: int = 0,
+               loop: Optional["BlockLoop"] = None) -> tuple[list[GPTQBlockReport], list[LayerReport]]:
     """GPTQ over every transformer block of ``model`` (in place), swapping its linears to packed layers.
 
     Args:
@@ -552,22 +556,27 @@ def gptq_model(model: nn.Module, cfg: PoTConfig | IntConfig, calib_ids: torch.Te
         scale_fits: rounds of least-squares scale refits + GPTQ again per linear (:func:`gptq_with_scale_fits`).
         refine: afterwards, per block, learn Γ with the codes frozen (``epochs`` passes, Adam ``lr``,
             regulariser ``lam``, ``refine_batch`` samples per step) against the float block's outputs.
+        loop: where blocks and activations live and where finished blocks are saved
+            (:class:`calibration.stream.BlockLoop`; default: all in place, nothing saved).
     Returns per-block :class:`GPTQBlockReport` and the swapped layers' :class:`LayerReport` (full names).
     """
     # Hessian passes use big batches; refinement steps use ``refine_batch`` samples.
+    from .stream import BlockLoop
+
+    loop = loop or BlockLoop(model)
     blocks, dtype, act_dtype, xs, extras = block_stream(model, calib_ids, refine_batch if refine else batch_size,
                                                         act_dtype)
+    start, xs, extras = loop.start(blocks, xs, extras, act_dtype, GPTQBlockReport)
     skip = tuple(skip)
-    reports: list[GPTQBlockReport] = []
-    layers: list[LayerReport] = []
     kind = "PoT" if isinstance(cfg, PoTConfig) else "int"
-    bar = tqdm(range(len(blocks)), desc=f"{kind} GPTQ" + (" + refine" if refine else ""), unit="block",
-               disable=not progress)
+    bar = tqdm(range(start, len(blocks)), desc=f"{kind} GPTQ" + (" + refine" if refine else ""), unit="block",
+               disable=not progress, initial=start, total=len(blocks))
     for idx in bar:
         t0 = time.perf_counter()
-        block = blocks[idx]
+        block = loop.enter(blocks[idx])
         prefix, names = block_linears(model, block, skip)
         if not names:
+            xs = loop.pass_through(idx, block, xs, extras, dtype, act_dtype)
             continue
         originals = {n: block.get_submodule(n) for n in names}
         weights = {n: float_weight(m).float() for n, m in originals.items()}
@@ -581,17 +590,17 @@ def gptq_model(model: nn.Module, cfg: PoTConfig | IntConfig, calib_ids: torch.Te
                                                    stop_after=not (first and refine), want_outputs=first and refine)
                 if first:
                     targets = outs
-                solved.update(_solve_group(block, group, hs[0], cfg, act_weighted, damp, block_size, act_order,
-                                           scale_fits))
+                solved.update(_solve_group(block, group, hs.pop(0), cfg, act_weighted, damp, block_size,
+                                           act_order, scale_fits))
                 for n in group:  # later groups see this one quantized
                     grid, q, _, _ = solved[n]
                     set_submodule(block, n, _packed_layer(originals[n], grid, q))
         else:
             hs, targets, _ = _accumulate_hessians(block, groups, xs, extras, dtype, stop_after=not refine,
                                                   want_outputs=refine)
-            for gi, group in enumerate(groups):
-                solved.update(_solve_group(block, group, hs[gi], cfg, act_weighted, damp, block_size, act_order,
-                                           scale_fits))
+            for gi, group in enumerate(groups):  # each Hessian freed once its linears are solved
+                solved.update(_solve_group(block, group, hs.pop(gi), cfg, act_weighted, damp, block_size,
+                                           act_order, scale_fits))
         # Linears never called (none in GPT-2 / Llama): plain rounding with data-free scales.
         for n in names:
             if n not in solved:
@@ -612,25 +621,28 @@ def gptq_model(model: nn.Module, cfg: PoTConfig | IntConfig, calib_ids: torch.Te
                 new_s = m.scales().detach().clone()
                 new_grid = _with_scales(grid, new_s)
                 solved[n] = (new_grid, (m.unit * new_s.repeat_interleave(grid.g, 1)[:, :grid.k]), e_rtn, e_g)
+        block_layers = []
         for n in names:
             grid, q, _, _ = solved[n]
             layer = _packed_layer(originals[n], grid, q)
             set_submodule(block, n, layer)
-            layers.append(layer_report(f"{prefix}.{n}", weights[n], layer))
+            block_layers.append(layer_report(f"{prefix}.{n}", weights[n], layer))
+        del originals, weights, targets  # the float block is gone once packed
         if refine:
-            xs = [o.to(act_dtype) for o in outs]
+            outs = [o.to(act_dtype) for o in outs]
         else:
             with torch.no_grad():
-                xs = [_run(block, x, extras, dtype).to(act_dtype) for x in xs]
+                outs = [_run(block, x, extras, dtype).to(act_dtype) for x in xs]
         rep = GPTQBlockReport(idx, {n: solved[n][2] for n in names}, {n: solved[n][3] for n in names},
                               loss_gptq, loss_refined, time.perf_counter() - t0)
-        reports.append(rep)
+        del solved
+        xs = loop.leave(idx, block, outs, rep, block_layers)
         finite = [v for v in rep.err_gptq.values() if math.isfinite(v)]
         if finite:
             r_rtn = sum(v for v in rep.err_rtn.values() if math.isfinite(v)) / len(finite)
             bar.set_postfix(err=f"{r_rtn:.3g}->{sum(finite) / len(finite):.3g}")
         log.info("block %d: mean relative output error %s", idx, rep.err_gptq)
-    return reports, layers
+    return loop.reports, loop.layers
 
 
 def _with_scales(grid: Grid, scales: torch.Tensor) -> Grid:

@@ -32,7 +32,8 @@ import logging
 import math
 import time
 from dataclasses import asdict, dataclass, replace
-from typing import Any, Iterable, Optional
+from itertools import chain
+from typing import TYPE_CHECKING, Any, Iterable, Optional
 
 import torch
 import torch.nn.functional as F
@@ -47,6 +48,9 @@ from potkernels.nn import float_weight
 
 from .init import init_scales
 from .threads import serial
+
+if TYPE_CHECKING:
+    from .stream import BlockLoop
 
 log = logging.getLogger("potkernels.calibration")
 
@@ -163,8 +167,10 @@ def capture_block_inputs(model: nn.Module, blocks: nn.ModuleList, ids: torch.Ten
 
 
 def _run(block: nn.Module, x: torch.Tensor, extras: dict[int, tuple], dtype: torch.dtype) -> torch.Tensor:
+    """``block`` on one batch ``x`` (moved to the block's device: activations may live on the CPU)."""
     args, kwargs = extras[x.shape[0]]
-    return _block_out(block(x.to(dtype), *args, **kwargs))
+    device = next(chain(block.parameters(), block.buffers())).device
+    return _block_out(block(x.to(device=device, dtype=dtype), *args, **kwargs))
 
 
 def _layer_sqnr(w: torch.Tensor, s: torch.Tensor, cfg: PoTConfig) -> float:
@@ -199,8 +205,9 @@ def fit_gammas(block: nn.Module, gammas: list[nn.Parameter], xs: list[torch.Tens
     def quantized_outputs() -> tuple[list[torch.Tensor], float]:
         outs = [_run(block, x, extras, dtype) for x in xs]
         with serial():  # decides whether the scales are kept: one reduction order at any thread count
-            tot = sum(float(F.mse_loss(o.float(), y.float(), reduction="sum")) for o, y in zip(outs, targets))
-        return [o.to(x.dtype) for o, x in zip(outs, xs)], tot / sum(y.numel() for y in targets)
+            tot = sum(float(F.mse_loss(o.float(), y.to(o.device).float(), reduction="sum"))
+                      for o, y in zip(outs, targets))
+        return [o.to(x.device, x.dtype) for o, x in zip(outs, xs)], tot / sum(y.numel() for y in targets)
 
     frozen = [(p, p.requires_grad) for p in block.parameters()]
     try:
@@ -218,7 +225,7 @@ def fit_gammas(block: nn.Module, gammas: list[nn.Parameter], xs: list[torch.Tens
                 for i in torch.randperm(len(xs), generator=order).tolist():
                     out = _run(block, xs[i], extras, dtype).float()
                     reg = sum(g.square().sum() for g in gammas) / n_gamma
-                    loss = F.mse_loss(out, targets[i].float()) + lam / 2 * reg
+                    loss = F.mse_loss(out, targets[i].to(out.device).float()) + lam / 2 * reg
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
                     opt.step()
@@ -266,7 +273,7 @@ def refine_block(block: nn.Module, names: Iterable[str], xs: list[torch.Tensor],
     hooks = [m.register_forward_pre_hook(accumulate(n)) for n, m in linears.items()] if act_weighted else []
     try:
         with torch.no_grad():
-            targets = [_run(block, x, extras, dtype).to(x.dtype) for x in xs]
+            targets = [_run(block, x, extras, dtype).to(x.device, x.dtype) for x in xs]
     finally:
         for h in hooks:
             h.remove()
@@ -313,25 +320,30 @@ def block_stream(model: nn.Module, calib_ids: torch.Tensor, batch_size: int,
 
 def refine_model(model: nn.Module, cfg: PoTConfig, calib_ids: torch.Tensor, epochs: int, lr: float, lam: float,
                  batch_size: int, skip: Iterable[str] = ("lm_head",), act_dtype: Optional[torch.dtype] = None,
-                 progress: bool = True, seed: int = 0,
-                 act_weighted: bool = False) -> tuple[list[BlockReport], list[LayerReport]]:
+                 progress: bool = True, seed: int = 0, act_weighted: bool = False,
+                 loop: Optional["BlockLoop"] = None) -> tuple[list[BlockReport], list[LayerReport]]:
     """Step 2 over all blocks; swaps each block's linears to :class:`PoTLinear` as it goes.
 
     Block ℓ is refined on the outputs of the quantized blocks < ℓ, then quantized with its
     refined scales, then run to produce block ℓ+1's inputs. Layers outside the blocks are left
-    to the caller. Returns one :class:`BlockReport` per block and the swapped layers'
-    :class:`LayerReport` list (full names).
+    to the caller. ``loop`` (:class:`calibration.stream.BlockLoop`) says where blocks and activations
+    live and where finished blocks are saved (default: all in place, nothing saved). Returns one
+    :class:`BlockReport` per block and the swapped layers' :class:`LayerReport` list (full names).
     """
+    from .stream import BlockLoop
+
+    loop = loop or BlockLoop(model)
     blocks, dtype, act_dtype, xs, extras = block_stream(model, calib_ids, batch_size, act_dtype)
+    start, xs, extras = loop.start(blocks, xs, extras, act_dtype, BlockReport)
     skip = tuple(skip)
-    reports: list[BlockReport] = []
-    layers: list[LayerReport] = []
-    bar = tqdm(range(len(blocks)), desc="PoT two-step", unit="block", disable=not progress)
+    bar = tqdm(range(start, len(blocks)), desc="PoT two-step", unit="block", disable=not progress,
+               initial=start, total=len(blocks))
     for idx in bar:
         t0 = time.perf_counter()
-        block = blocks[idx]
+        block = loop.enter(blocks[idx])
         prefix, names = block_linears(model, block, skip)
         if not names:
+            xs = loop.pass_through(idx, block, xs, extras, dtype, act_dtype)
             continue
         weights = {n: float_weight(block.get_submodule(n)).float() for n in names}
         res = refine_block(block, names, xs, extras, cfg, epochs, lr, lam, seed + idx, act_weighted)
@@ -341,20 +353,22 @@ def refine_model(model: nn.Module, cfg: PoTConfig, calib_ids: torch.Tensor, epoc
         quantize_model(block, cfg, skip=tuple(n for n, _ in eligible_linears(block, skip=()) if n not in scales),
                        params=lambda name, _m: {"scales": scales[name]}, warn_sqnr_db=None)  # the caller warns once
         sq_final = {r.name: r.sqnr_db for r in block.quantization_report}
-        layers += [replace(r, name=f"{prefix}.{r.name}") for r in block.quantization_report]
+        block_layers = [replace(r, name=f"{prefix}.{r.name}") for r in block.quantization_report]
         del block.quantization_report, block.quantization_config
         # The swapped PoTLinear block computes exactly the fake-quant outputs (same S and E).
-        xs = [o.to(act_dtype) for o in res.outputs]
+        outputs = [o.to(act_dtype) for o in res.outputs]
         del res
-        reports.append(BlockReport(
+        report = BlockReport(
             idx, loss_init, loss_final,
             {n: _layer_sqnr(weights[n], init[n], cfg) for n in names},
             sq_final,
             time.perf_counter() - t0,
-        ))
+        )
+        del weights
+        xs = loop.leave(idx, block, outputs, report, block_layers)
         bar.set_postfix(loss=f"{loss_init:.3g}->{loss_final:.3g}")
         log.info("block %d: output MSE %.4g (step 1) -> %.4g (step 2)", idx, loss_init, loss_final)
-    return reports, layers
+    return loop.reports, loop.layers
 
 
 def block_linears(model: nn.Module, block: nn.Module, skip: tuple[str, ...]) -> tuple[str, list[str]]:

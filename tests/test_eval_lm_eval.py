@@ -116,3 +116,30 @@ def test_potkernels_lm_eval_command(tmp_path, shared_data, tiny, one_thread):
     assert len(results) == 1
     got = json.loads(results[0].read_text())["results"]["local_text"]
     assert float(got["word_perplexity,none"]) == pytest.approx(want["word_perplexity"], rel=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["pot", "int"])
+def test_perplexity_decodes_each_packed_weight_once(tiny, monkeypatch, kind):
+    """On CPU a packed model's perplexity decodes every layer once per run, with the same number bit for bit
+    as decoding at every forward, and leaves the layers as they were (no cache kept after the run)."""
+    from potkernels import IntConfig, PoTConfig, ops, quantize_model
+    from potkernels.nn import _PackedLinear
+
+    model, tok = tiny
+    quantize_model(model, PoTConfig(3, 32) if kind == "pot" else IntConfig(3, 32))
+    ids = tokenize_text("the quick brown fox jumps over the lazy dog. " * 40, tok)
+    layers = [m for m in model.modules() if isinstance(m, _PackedLinear)]
+    assert layers
+    per_forward = []
+    with torch.no_grad():  # today's path: every forward decodes (the reference matmul), window by window
+        for w in ids[: 4 * 32].view(4, 32):
+            logits = model(w[None]).logits.float()
+            nll = torch.nn.functional.cross_entropy(logits[0, :-1], w[1:], reduction="none")
+            per_forward.append(nll.double().mean().item())
+    decodes = []
+    real = ops.dequantize
+    monkeypatch.setattr(ops, "dequantize", lambda *a, **k: decodes.append(1) or real(*a, **k))
+    r = perplexity(model, ids, window=32, max_windows=4)
+    assert r["window_nll"] == per_forward  # bit for bit
+    assert len(decodes) == len(layers)  # once per layer for 4 windows
+    assert all(not m.cache_decoded and m._decoded is None for m in layers)
