@@ -228,7 +228,7 @@ def test_cli_resume_after_sigint(gpt2_dir, tmp_path, shared_data):
     assert "interrupted" in err and not out.exists()
     work = tmp_path / ".out.partial"
     assert json.loads((work / "progress.json").read_text())["next_block"] == 2
-    assert cli.main(args + ["--out", str(out)]) == 1  # finished blocks are never dropped silently
+    assert cli.main(args + ["--out", str(out)]) == 2  # finished blocks are never dropped silently (bad input: 2)
     assert cli.main(args + ["--out", str(out), "--resume"]) == 0
     assert not work.exists()
     _assert_same_tensors(load_file(str(ref / WEIGHTS_FILE)), load_file(str(out / WEIGHTS_FILE)))
