@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import resource
 import shutil
@@ -233,8 +234,6 @@ def validate_quantize_inputs(args: argparse.Namespace) -> None:
 
 def check_numbers(args: argparse.Namespace) -> None:
     """Ranges of the numeric options of ``quantize`` (argparse checks only their type)."""
-    import math
-
     if args.seq_len is not None and args.seq_len < 2:
         raise CliError(f"--seq-len must be ≥ 2, got {args.seq_len}")
     if args.epochs < 0:
