@@ -237,5 +237,5 @@ def test_cli_resume_after_sigint(gpt2_dir, tmp_path, shared_data):
 def test_cli_resume_needs_out(capsys):
     from calibration import cli
 
-    assert cli.main(["quantize", "--resume"]) == 1
+    assert cli.main(["quantize", "--resume"]) == 2
     assert "--resume continues the run saved next to --out" in capsys.readouterr().err
