@@ -37,14 +37,9 @@ import pathlib  # noqa: E402
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
+from gpu_rules import gpu_skip_reason  # noqa: E402  (tests/ is on sys.path, as for tiny_models)
 
 SHARED_DATA = pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "data"
-
-
-def gpu_skip_reason(longrepr) -> str | None:
-    """The reason of a skip that a GPU run must not take (it names the GPU or CUDA), else None."""
-    reason = str(longrepr[2] if isinstance(longrepr, tuple) and len(longrepr) == 3 else longrepr)
-    return reason if ("gpu" in reason.lower() or "cuda" in reason.lower()) else None
 
 
 def pytest_sessionstart(session):

@@ -213,8 +213,10 @@ def test_cli_resume_after_sigint(gpt2_dir, tmp_path, shared_data):
     script = tmp_path / "slow.py"
     script.write_text(_SLOW_AFTER_BLOCK)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([os.getcwd(), os.environ.get("PYTHONPATH", "")])}
+    # SIGINT back to its default in the child: a CI runner may start jobs with it ignored (inherited).
     proc = subprocess.Popen([sys.executable, str(script), str(flag), *args, "--out", str(out)], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.monotonic() + 300
         while not flag.exists() and proc.poll() is None and time.monotonic() < deadline:

@@ -129,8 +129,10 @@ def test_argparse_errors_are_one_line(capsys, main, argv):
 @pytest.mark.parametrize("module", ["calibration", "potkernels"])
 def test_ctrl_c_during_imports(module):
     """SIGINT while ``python -m …`` is still importing torch: one line, exit 130, no traceback."""
+    # SIGINT back to its default in the child: a CI runner may start jobs with it ignored (inherited).
     proc = subprocess.Popen([sys.executable, "-m", module, "--help"], cwd=REPO, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     maps, deadline = Path(f"/proc/{proc.pid}/maps"), time.monotonic() + 60
     while proc.poll() is None and time.monotonic() < deadline:  # wait until torch's library is being loaded
         try:

@@ -78,7 +78,7 @@ def test_fp16_model_interpolates_measured_efficiency(sm):
 
 
 def test_gpu_skip_reason_rule():
-    from conftest import gpu_skip_reason
+    from gpu_rules import gpu_skip_reason
 
     assert gpu_skip_reason(("f.py", 3, "Skipped: compiled GPU run only")) is not None
     assert gpu_skip_reason(("f.py", 3, "Skipped: needs CUDA")) is not None
