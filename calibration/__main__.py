@@ -1,17 +1,15 @@
 """``python -m calibration`` → :func:`calibration.cli.main` (exit status: see its module docstring)."""
-import sys
-
-from potkernels._startup import INTERRUPTED, ctrl_c_raises
+from potkernels._startup import run_cli
 
 from .threads import request_reproducible_mkl
 
 request_reproducible_mkl()  # before any matmul: results independent of the thread count (threads.py)
-try:
-    ctrl_c_raises()
+
+
+def _load_main():
     from .cli import main
 
-    code = main()
-except KeyboardInterrupt:  # between the imports and main's own handler
-    print(INTERRUPTED, file=sys.stderr)
-    code = 130
-sys.exit(code)
+    return main
+
+
+run_cli(_load_main)

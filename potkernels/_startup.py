@@ -13,6 +13,7 @@ import os
 import signal
 import sys
 import threading
+from typing import Callable, NoReturn
 
 INTERRUPTED = "interrupted: nothing was written"
 
@@ -36,3 +37,16 @@ def ctrl_c_raises() -> None:
     """From now on Ctrl-C raises KeyboardInterrupt again (the command line cleans up and exits 130)."""
     if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGINT) is _exit_130:
         signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def run_cli(load_main: Callable[[], Callable[[], int]]) -> NoReturn:
+    """The body of a ``__main__``: ``sys.exit(load_main()())``, where ``load_main`` does the heavy imports and
+    returns the command line's ``main``; a Ctrl-C between those imports and main's own handler is one line
+    and exit status 130."""
+    try:
+        ctrl_c_raises()
+        code = load_main()()
+    except KeyboardInterrupt:
+        print(INTERRUPTED, file=sys.stderr)
+        code = 130
+    sys.exit(code)
