@@ -80,6 +80,7 @@ class Build:
     weights_per_iter: float  # weights one thread decodes per iteration of the steady-state loop
     num_warps: int
     num_stages: int
+    maxnreg: int | None = None  # register cap per thread (more CTAs per SM), as the launch passes it
 
 
 @dataclasses.dataclass
@@ -126,8 +127,9 @@ def _kernel_specs() -> None:
 
         w, s = _warps(cfg)
         consts = dict(_code(kind, bits), IS_BF16=False, X_F16=True, HAS_BIAS=False, SPLIT=True, FUSED_REDUCE=True,
-                      EVEN_K=True, USE_ASM=True, **{k: v for k, v in cfg.items() if k.isupper()})
-        # steady-state loop: one run of 32 k per iteration (v1: BLOCK_R rows of 32 k)
+                      EVEN_K=True, USE_ASM=True, GROUP_RUNS=g // 32, NUM_STAGES=s,
+                      **dict({"BLOCK_R": 1}, **{k: v for k, v in cfg.items() if k.isupper()}))
+        # steady-state loop: BLOCK_R runs of 32 k per iteration
         wpi = 32 * cfg.get("BLOCK_R", 1) * cfg["BLOCK_N"] / (32 * w)
         return Build(gemv_kernel, _only_params(gemv_kernel, consts), {"x_ptr": "fp16", "y_ptr": "fp16"}, wpi, w, s)
 
@@ -149,10 +151,10 @@ def _kernel_specs() -> None:
             bk = cfg["BLOCK_K"]
             scale = cfg.get("scale", "acc" if kernel_name == "small_batch" else "weight")
             consts = dict(_code(kind, bits), IS_BF16=False, HAS_BIAS=False, SPLIT=True, FUSED_REDUCE=True,
-                          SCALE_FREE=scale == "acc" and g % bk == 0, DOT_F32=False, JOIN_TREE=True,
+                          SCALE_FREE=scale == "acc" and g % bk == 0, DOT_F32=False, JOIN_TREE=True, GROUP_RUNS=g // 32,
                           BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], BLOCK_K=bk, GROUP_M=cfg.get("GROUP_M", 8))
             return Build(fn, _only_params(fn, consts), {"x_ptr": "fp16", "y_ptr": "fp16"},
-                         bk * cfg["BLOCK_N"] / (32 * w), w, s)
+                         bk * cfg["BLOCK_N"] / (32 * w), w, s, cfg.get("maxnreg"))
         return build
 
     def build_decode_bound(kind, bits, g, cfg):
@@ -186,8 +188,10 @@ def compile_build(b: Build, arch: int):
              if n not in b.constexprs and (n.endswith("_ptr") or n in DIV16)}
     src = ASTSource(fn=b.fn, signature=sig, constexprs={(names.index(k),): v for k, v in b.constexprs.items()},
                     attrs=attrs)
-    return triton.compile(src, target=GPUTarget("cuda", arch, 32),
-                          options={"num_warps": b.num_warps, "num_stages": b.num_stages})
+    opts = {"num_warps": b.num_warps, "num_stages": b.num_stages}
+    if b.maxnreg:
+        opts["maxnreg"] = b.maxnreg
+    return triton.compile(src, target=GPUTarget("cuda", arch, 32), options=opts)
 
 
 def _tool(name: str) -> str:
@@ -307,6 +311,8 @@ def run_spec(spec: KernelSpec, kind: str, bits: int, group: int, gpu: str, arch:
         "smem_store_instr_per_weight": round(sum(1 for _, op, _, _ in body if op == "STS") / wpi, 3),
         "smem_stores_per_weight": round(sts_bytes / 2 / wpi, 3), "wgmma": any(o.startswith("HGMMA") for o in mma_ops),
         "mma_opcodes": mma_ops,
+        # synchronous global loads waited on inside the steady loop (cp.async LDGSTS is not one)
+        "sync_ldg_in_loop": [f"{op}{mods}" for _, op, mods, _ in body if op == "LDG"],
         "compile_s": round(time.time() - t0, 1),
     }
     rec["smem_over_limit"] = kern.metadata.shared > SMEM_LIMIT.get(arch, 232448)
@@ -324,8 +330,8 @@ def write_markdown(records: list[dict], path: Path, meta: dict) -> None:
              f"at that M, summed over the Llama-3-8B layer shapes {{qkv, o, gate/up, down}} ({err}) — "
              "predictions, not measurements.", "",
              "| kernel | code | M | instr/w | alu/w | fma/w | mem/w | conv/w | regs | spill B | smem B | ldg bits | "
-             "top opcodes /w | wgmma | smem stores/w | model µs | model bound | model × fp16 |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "top opcodes /w | wgmma | smem stores/w | sync LDG in loop | model µs | model bound | model × fp16 |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in records:
         if "error" in r:
             lines.append(f"| {r['kernel']} | {r['kind']}{r['bits']} | {r['M']} | COMPILE ERROR: "
@@ -339,7 +345,7 @@ def write_markdown(records: list[dict], path: Path, meta: dict) -> None:
                      f"{p.get('alu', 0):.2f} | {p.get('fma', 0):.2f} | {p.get('mem', 0):.2f} | {p.get('conv', 0):.2f} | "
                      f"{r['registers']} | {r['spill_bytes']} | {r['smem_bytes']} | {r['ldg_bits']} | "
                      f"{top} | {'yes' if r.get('wgmma') else 'no'} | {r.get('smem_stores_per_weight', 0):.2f} | "
-                     f"{model} |")
+                     f"{', '.join(r.get('sync_ldg_in_loop', [])) or 'none'} | {model} |")
     path.write_text("\n".join(lines) + "\n")
 
 

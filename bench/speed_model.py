@@ -92,7 +92,7 @@ GPUS: dict[str, dict[str, Any]] = {
     ),
 }
 SMEM_LAT, ALU_LAT, MMA_LAT, BAR_LAT = 30, 4, 32, 20  # cycles; assumed, not fitted (order of published microbenchmarks)
-REDUCE_INFLIGHT = 4  # partial-sum loads in flight in the split-K reduction (4 LDG.STRONG per iteration in the SASS)
+REDUCE_INFLIGHT = 4  # v1 split-K reduction: 4 partial loads in flight (4 LDG.STRONG per iteration in its SASS)
 FIT_GRID = {"dram_latency_ns": [100 + 25 * i for i in range(45)], "cache_latency_ns": [25 * i for i in range(1, 25)],
             "launch_us": [0.25 * i for i in range(25)], "overlap_p": [1, 1.25, 1.5, 2, 2.5, 3, 4, 6, 8, math.inf]}
 LLAMA3_8B = [(4096, 6144), (4096, 4096), (4096, 28672), (14336, 4096)]  # (K, N): qkv, o, gate/up, down
@@ -242,12 +242,16 @@ class Loop:
 
     def _chain_cycles(self, dram_cycles: float, cache_cycles: float) -> float:
         ready: dict[int, float] = {}
+        first_read: dict[int, float] = {}  # registers read before this iteration writes them: loop-carried
         t, mma_done = 0.0, 0.0
         for _, op, mods, operands in self.body:
             regs = [int(r) for r in _REG.findall(operands)]
             has_dest = op not in _STORE_LIKE and regs
             srcs = regs[1:] if has_dest else regs
             t = max([t + 1] + [ready.get(r, 0.0) for r in srcs])
+            for r in srcs:
+                if r not in ready:
+                    first_read.setdefault(r, t)
             if op == "WARPGROUP" and "DEPBAR" in mods or op == "WARPSYNC":
                 t = max(t, mma_done)
             if op == "BAR":
@@ -263,7 +267,9 @@ class Loop:
             w = _width(op, mods) if op in ("LDG", "LDS", "LDSM") else (4 if op == "HMMA" else 1)
             for r in range(regs[0], regs[0] + w):
                 ready[r] = t + lat
-        return t
+        # a value loaded for the next iteration (a prefetch) must land before that iteration reads it
+        carried = [ready[r] - first_read[r] for r in first_read if r in ready]
+        return max([t] + carried)
 
 
 def occupancy(loop: Loop, warps: int, gpu: dict[str, Any]) -> int:
@@ -288,6 +294,7 @@ class Launch:
     n_split: int
     bytes: float
     tile_elems: int = 0  # fp32 partial sums per output tile (the split-K reduction reads n_split of them)
+    reduce_inflight: int = REDUCE_INFLIGHT  # partial loads per thread the reduction has in flight at once
 
 
 def predict_launch(ln: Launch, gpu: dict[str, Any], p: Params) -> dict[str, Any]:
@@ -318,9 +325,9 @@ def predict_launch(ln: Launch, gpu: dict[str, Any], p: Params) -> dict[str, Any]
         left -= here
     t_bytes = ln.bytes / gpu["hbm_bps"]
     t_loop = cycles / clk
-    # split-K: store, atomic, then the last CTA's 128-bit partial loads, REDUCE_INFLIGHT at a time
+    # split-K: store, atomic, then the last CTA's 128-bit partial loads, reduce_inflight at a time
     per_thread = math.ceil(ln.tile_elems / (32 * ln.warps) / 4)
-    rounds = 2 + math.ceil(ln.n_split * per_thread / REDUCE_INFLIGHT) if ln.n_split > 1 else 1
+    rounds = 2 + math.ceil(ln.n_split * per_thread / ln.reduce_inflight) if ln.n_split > 1 else 1
     tail = rounds * cache / clk
     bound = "bytes" if t_bytes > t_loop else terms.most_common(1)[0][0]
     us = (max(t_bytes, t_loop) + tail) * 1e6 + p.launch_us
@@ -509,7 +516,7 @@ def cmd_validate(args) -> int:
 def current_launch(kind: str, bits: int, m: int, k: int, n: int, gpu: dict[str, Any],
                    specs: dict[str, sr.KernelSpec]) -> tuple[str, Launch]:
     """Regime, config and grid the dispatcher (kernels/api.py) uses for one call, with its loop."""
-    from potkernels.kernels import api, configs
+    from potkernels.kernels import api, configs, gemv
 
     class _W:  # what api.pick_regime reads of a Packed
         pass
@@ -527,13 +534,13 @@ def current_launch(kind: str, bits: int, m: int, k: int, n: int, gpu: dict[str, 
     loop = Loop.from_record(compile_current(b, (regime, kind, bits, cfg)))
     kp = _cdiv(k, 32) * 32
     if regime == "gemv":
-        bn = int(cfg["BLOCK_N"])
-        n_runs, rpg = kp // 32, 4
+        bn, br = int(cfg["BLOCK_N"]), int(cfg.get("BLOCK_R", 1))  # as api.gemv
+        n_runs = kp // 32
         tiles = _cdiv(n, bn) * m
-        ns = _split(tiles, _cdiv(n_runs, rpg), cfg, gpu["sms"])
-        rps = _cdiv(_cdiv(n_runs, rpg), ns) * rpg
+        ns = _split(tiles, _cdiv(n_runs, br), cfg, gpu["sms"])
+        rps = _cdiv(_cdiv(n_runs, br), ns) * br
         ns = _cdiv(n_runs, rps)
-        ctas, iters, tile = tiles * ns, rps, bn
+        ctas, iters, tile = tiles * ns, rps // br, bn
     else:
         bm, bn, bk = api._mma_tiles(regime, cfg)
         tile = bm * bn
@@ -546,8 +553,12 @@ def current_launch(kind: str, bits: int, m: int, k: int, n: int, gpu: dict[str, 
         else:
             ns, iters = 1, _cdiv(kp, bk)
         ctas = tiles * ns
+    # today's reduction loads a chunk of splits at once (gemv.splitk_finish): chunk × loads per thread in flight
+    chunk = gemv.GEMV_REDUCE_CHUNK if regime == "gemv" else gemv.SMALL_BATCH_REDUCE_CHUNK
+    per_thread = math.ceil(tile / (32 * b.num_warps) / 4)
     return regime, Launch(loop, b.num_warps, b.num_stages, ctas, iters, ns,
-                          weight_bytes(kind, bits, k, n) + io_bytes(m, k, n, ns), tile)
+                          weight_bytes(kind, bits, k, n) + io_bytes(m, k, n, ns), tile,
+                          reduce_inflight=int(getattr(chunk, "value", chunk)) * per_thread)
 
 
 def fp16_efficiency(rows: Iterable[dict[str, Any]]) -> dict[int, float]:

@@ -75,6 +75,7 @@ SB_SPLIT = {"BLOCK_M": 16, "BLOCK_N": 64, "BLOCK_K": 64, "split": 2, "reduce": "
 SB_ONE = {"BLOCK_M": 16, "BLOCK_N": 32, "BLOCK_K": 64, "split": 1}
 SB_BIGK = {"BLOCK_M": 16, "BLOCK_N": 32, "BLOCK_K": 128, "split": 2}
 GV_SPLIT = {"BLOCK_N": 16, "split": 3}
+GV_ROWS = {"BLOCK_N": 32, "BLOCK_R": 4, "split": 3}  # 4 runs per step: a split's last step part-empty
 MATMUL_CASES = [
     ("pot", 4, 128, 1, 512, 576, "gemv", F16, None),
     ("int", 4, 128, 1, 384, 576, "gemv", F16, None),
@@ -100,6 +101,10 @@ MATMUL_CASES = [
     ("int", 8, 64, 1, 65, 200, "gemv", BF16, None),
     ("pot", 4, 32, 1, 50, 96, "gemv", F32, None),
     ("int", 3, 128, 2, 50, 576, "gemv", F32, None),
+    ("pot", 3, 64, 1, 40, 600, "gemv", F16, GV_ROWS),
+    ("int", 4, 32, 1, 40, 608, "gemv", F16, GV_ROWS),
+    ("int", 8, None, 1, 33, 200, "gemv", BF16, GV_ROWS),
+    ("pot", 2, 128, 1, 40, 300, "gemv", F32, {"BLOCK_N": 16, "BLOCK_R": 2, "split": 2}),
     ("pot", 2, 128, 16, 50, 576, "small_batch", F32, None),
     ("pot", 3, 64, 130, 64, 200, None, F16, None),
     ("int", 4, 256, 16, 64, 300, None, F16, None),
@@ -120,12 +125,13 @@ def test_matmul_vs_reference(kind, bits, group, m, n, k, regime, dtype, config):
     assert rel_err(out, ref) <= 1e-2
 
 
-@pytest.mark.parametrize("split,reduce", [(1, "fused"), (4, "fused"), (4, "kernel")])
-def test_gemv_split_k_deterministic(split, reduce):
+@pytest.mark.parametrize("split,reduce,k", [(1, "fused", 320), (4, "fused", 320), (4, "kernel", 320),
+                                             (17, "fused", 1088)])  # 17 > GEMV_REDUCE_CHUNK: two chunks
+def test_gemv_split_k_deterministic(split, reduce, k):
     """Split-K partial sums are reduced in a fixed order: two runs give identical bits (the
     single-launch reduction also leaves its counters at zero for the next launch)."""
-    packed = make_weight("pot", 4, 64, 32, 320)
-    x = torch.randn(1, 320, device=DEVICE, dtype=F16)
+    packed = make_weight("pot", 4, 64, 32, k)
+    x = torch.randn(1, k, device=DEVICE, dtype=F16)
     cfg = {"BLOCK_N": 32, "split": split, "reduce": reduce}
     a, b = matmul(x, packed, None, regime="gemv", config=cfg), matmul(x, packed, None, regime="gemv", config=cfg)
     assert torch.equal(a, b)

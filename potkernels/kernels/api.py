@@ -33,7 +33,12 @@ def _cfg(regime: str, w: Packed, m: int, config: Optional[dict[str, Any]],
 
 
 def _launch_opts(cfg: dict[str, Any]) -> dict[str, int]:
-    return {"num_warps": int(cfg.get("num_warps", 4)), "num_stages": int(cfg.get("num_stages", 2))}
+    """Compile options of a launch; ``maxnreg`` caps registers per thread (two CTAs per SM where the
+    speed model says occupancy matters)."""
+    opts = {"num_warps": int(cfg.get("num_warps", 4)), "num_stages": int(cfg.get("num_stages", 2))}
+    if "maxnreg" in cfg:
+        opts["maxnreg"] = int(cfg["maxnreg"])
+    return opts
 
 
 # ------------------------------------------------------------------ dequant
@@ -89,6 +94,21 @@ def use_asm(device: torch.device) -> bool:
     return device.type == "cuda" and not configs.interpreting() and os.environ.get("POTKERNELS_NO_ASM", "0") in ("", "0")
 
 
+GEMV_KEYS = {"BLOCK_N", "BLOCK_R", "num_warps", "num_stages", "waves", "split", "reduce"}
+
+
+def _gemv_tiles(cfg: dict[str, Any]) -> tuple[int, int]:
+    """(BLOCK_N, BLOCK_R) of a gemv config, checked before any launch."""
+    unknown = set(cfg) - GEMV_KEYS
+    if unknown:
+        raise ValueError(f"unknown gemv config keys {sorted(unknown)} (allowed: {sorted(GEMV_KEYS)})")
+    bn, br = int(cfg["BLOCK_N"]), int(cfg.get("BLOCK_R", 1))
+    for name, v, lo in (("BLOCK_N", bn, 16), ("BLOCK_R", br, 1)):
+        if v < lo or v & (v - 1):
+            raise ValueError(f"gemv {name} must be a power of two >= {lo}, got {v}")
+    return bn, br
+
+
 def gemv(x: torch.Tensor, w: Packed, bias: Optional[torch.Tensor], y: torch.Tensor,
          config: Optional[dict[str, Any]] = None) -> torch.Tensor:
     """``y[m] = W x[m] (+ bias)`` one row at a time (M = 1 regime); x any of fp16/bf16/fp32.
@@ -97,13 +117,11 @@ def gemv(x: torch.Tensor, w: Packed, bias: Optional[torch.Tensor], y: torch.Tens
     max|x| < 4096), bf16/fp32 x in fp32.
     """
     cfg = _cfg("gemv", w, x.shape[0], config, x.dtype)
-    bn = int(cfg["BLOCK_N"])
+    bn, br = _gemv_tiles(cfg)
     n_runs = w.KP // 32
-    rpg = w.runs_per_group()
     tiles = triton.cdiv(w.N, bn)
-    n_groups = triton.cdiv(n_runs, rpg)
-    n_split = _n_split(tiles * x.shape[0], n_groups, cfg, w.device)
-    runs_per_split = triton.cdiv(n_groups, n_split) * rpg  # whole groups per split
+    n_split = _n_split(tiles * x.shape[0], triton.cdiv(n_runs, br), cfg, w.device)
+    runs_per_split = triton.cdiv(triton.cdiv(n_runs, br), n_split) * br  # whole loop steps per split
     n_split = triton.cdiv(n_runs, runs_per_split)
     split = n_split > 1
     part = torch.empty((n_split, w.N), dtype=torch.float32, device=w.device) if split else y
@@ -111,17 +129,18 @@ def gemv(x: torch.Tensor, w: Packed, bias: Optional[torch.Tensor], y: torch.Tens
     cnt = _counters(w.device, tiles) if fused else part
     bias_arg = bias if bias is not None else w.scales
     for m in range(x.shape[0]):  # M = 1 in practice; more rows re-read W (use small_batch)
-        gemv_kernel[(tiles, n_split)](x[m], w.q, w.scales, w.zeros, bias_arg, y[m], part, cnt, w.N, w.K, w.KP, w.G,
-                                      runs_per_split, rpg, n_split, IS_POT=w.is_pot, BITS=w.bits,
+        gemv_kernel[(tiles, n_split)](x[m], w.q, w.scales, w.zeros, bias_arg, y[m], part, cnt, w.N, w.K, w.KP,
+                                      runs_per_split, n_split, IS_POT=w.is_pot, BITS=w.bits,
                                       X_F16=x.dtype == torch.float16, HAS_BIAS=bias is not None, SPLIT=split,
                                       FUSED_REDUCE=fused, EVEN_K=w.K % 32 == 0, USE_ASM=use_asm(w.device),
-                                      BLOCK_N=bn, **_launch_opts(cfg))
+                                      GROUP_RUNS=w.group_runs(), BLOCK_N=bn, BLOCK_R=br,
+                                      NUM_STAGES=int(cfg.get("num_stages", 3)), num_warps=int(cfg.get("num_warps", 4)))
         if split and not fused:
             _reduce(part, bias, y[m], n_split, w.N)
     return y
 
 
-MMA_KEYS = {"BLOCK_M", "BLOCK_N", "BLOCK_K", "num_warps", "num_stages", "scale", "expand",
+MMA_KEYS = {"BLOCK_M", "BLOCK_N", "BLOCK_K", "num_warps", "num_stages", "maxnreg", "scale", "expand",
             "waves", "split", "reduce",  # small_batch: split-K
             "GROUP_M"}  # gemm: L2 swizzle
 
@@ -182,7 +201,7 @@ def small_batch(x: torch.Tensor, w: Packed, bias: Optional[torch.Tensor], y: tor
     fused = split and cfg.get("reduce", "fused") == "fused"
     cnt = _counters(w.device, grid[0] * grid[2]) if fused else part
     small_batch_kernel[grid](x, w.q, w.lut, w.scales, w.zeros, bias if bias is not None else w.scales, y, part, cnt,
-                             m, w.N, w.K, w.KP, w.G, x.stride(0), k_per_split, n_split,
+                             m, w.N, w.K, w.KP, x.stride(0), k_per_split, n_split, GROUP_RUNS=w.group_runs(),
                              IS_POT=w.is_pot, BITS=w.bits, IS_BF16=x.dtype == torch.bfloat16,
                              HAS_BIAS=bias is not None, SPLIT=split, FUSED_REDUCE=fused,
                              SCALE_FREE=_scale_free(cfg, w, bk, "acc"), DOT_F32=_dot_f32(),
@@ -200,7 +219,7 @@ def gemm(x: torch.Tensor, w: Packed, bias: Optional[torch.Tensor], y: torch.Tens
     bm, bn, bk = _mma_tiles("gemm", cfg)
     grid = (triton.cdiv(m, bm) * triton.cdiv(w.N, bn),)
     gemm_kernel[grid](x, w.q, w.lut, w.scales, w.zeros, bias if bias is not None else w.scales, y,
-                      m, w.N, w.K, w.KP, w.G, x.stride(0), IS_POT=w.is_pot, BITS=w.bits,
+                      m, w.N, w.K, w.KP, x.stride(0), GROUP_RUNS=w.group_runs(), IS_POT=w.is_pot, BITS=w.bits,
                       IS_BF16=x.dtype == torch.bfloat16, HAS_BIAS=bias is not None,
                       SCALE_FREE=_scale_free(cfg, w, bk, "weight"), DOT_F32=_dot_f32(), JOIN_TREE=_join_tree(cfg),
                       BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=int(cfg.get("GROUP_M", 8)), **_launch_opts(cfg))

@@ -263,3 +263,14 @@ def dot_k_range(acc, k_lo, k_hi, x_ptr, stride_xm, offs_m, mask_m, q_ptr, lut_pt
                         IS_POT, BITS, UNIT_WORDS, UNIT_CODES, IS_BF16, BLOCK_K)
         acc = tl.dot(xt, w, acc)
     return acc
+
+
+@triton.jit
+def group_of_run(run, GROUP_RUNS: tl.constexpr):
+    """Scale-group index of run ``run`` (32 k each): ``GROUP_RUNS`` runs per group, a compile-time
+    constant, so this is a shift, not a run-time division; 0 means one group spans the row."""
+    if GROUP_RUNS > 0:
+        g = run // GROUP_RUNS
+    else:
+        g = run * 0
+    return g

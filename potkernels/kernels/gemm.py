@@ -18,8 +18,8 @@ from .mma_tile import tile_nk, tile_scale
 
 @triton.jit
 def gemm_kernel(x_ptr, q_ptr, lut_ptr, sc_ptr, z_ptr, b_ptr, y_ptr,
-                M, N, K, KP, G, stride_xm,
-                IS_POT: tl.constexpr, BITS: tl.constexpr, IS_BF16: tl.constexpr,
+                M, N, K, KP, stride_xm,
+                IS_POT: tl.constexpr, BITS: tl.constexpr, IS_BF16: tl.constexpr, GROUP_RUNS: tl.constexpr,
                 HAS_BIAS: tl.constexpr, SCALE_FREE: tl.constexpr, DOT_F32: tl.constexpr, JOIN_TREE: tl.constexpr,
                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
     pid = tl.program_id(0)
@@ -39,13 +39,13 @@ def gemm_kernel(x_ptr, q_ptr, lut_ptr, sc_ptr, z_ptr, b_ptr, y_ptr,
         offs_k = k0 + tl.arange(0, BLOCK_K)
         xt = tl.load(x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :],
                      mask=mask_m[:, None] & (offs_k < K)[None, :], other=0.0)
-        w = tile_nk(q_ptr, lut_ptr, sc_ptr, z_ptr, k0, offs_n, mask_n, N, K, KP, G,
+        w = tile_nk(q_ptr, lut_ptr, sc_ptr, z_ptr, k0, offs_n, mask_n, N, K, KP, GROUP_RUNS,
                     IS_POT, BITS, IS_BF16, SCALE_FREE, JOIN_TREE, BLOCK_K)
         if DOT_F32:  # interpreter only (api._dot_f32): exact upcast
             w = w.to(tl.float32)
             xt = xt.to(tl.float32)
         if SCALE_FREE:
-            acc += tl.dot(xt, tl.trans(w)) * tile_scale(sc_ptr, k0, offs_n, mask_n, N, G)[None, :]
+            acc += tl.dot(xt, tl.trans(w)) * tile_scale(sc_ptr, k0, offs_n, mask_n, N, GROUP_RUNS)[None, :]
         else:
             acc = tl.dot(xt, tl.trans(w), acc)
     if HAS_BIAS:

@@ -23,8 +23,16 @@ buffer reduced in split order (deterministic) by the last program of each column
 import triton
 import triton.language as tl
 
-from .decode import (hi_half, int3_spare_magic, int_pair_magic, lo_half, pot2_pair, pot3_pair, pot3_spare_pair,
+from .decode import (group_of_run, hi_half, int3_spare_magic, int_pair_magic, lo_half, pot2_pair, pot3_pair, pot3_spare_pair,
                      pot4_pairs, rotr)
+
+
+# Split-K partials the last program of a column block loads at once (one fp32 per thread and split at
+# BLOCK_N = 128, 4 warps): a split count up to this costs the reduction one cache round trip.
+GEMV_REDUCE_CHUNK: tl.constexpr = tl.constexpr(16)
+# the small-batch tile is [BLOCK_N, BLOCK_M] partials per split (up to 64 per thread): one split per load,
+# which the compiler unrolls 4 deep (a chunk of 4 would cost 256 registers at M = 128 and spill)
+SMALL_BATCH_REDUCE_CHUNK: tl.constexpr = tl.constexpr(1)
 
 
 # ------------------------------------------------------------------ fp16x2 arithmetic: PTX and its twin
@@ -142,12 +150,16 @@ def _hi32(q):
 
 @triton.jit
 def x_run_pairs(x_ptr, k0, K, EVEN_K: tl.constexpr):
-    """The 16 fp16x2 pairs x[k0 + 2p], x[k0 + 2p + 1] of a run (p = 0 … 15), as uint32 scalars:
-    eight 64-bit loads when K % 32 == 0 (shared by every column of the thread)."""
+    """The 16 fp16x2 pairs x[k0 + 2p], x[k0 + 2p + 1] of a run (p = 0 … 15), as uint32 (``k0`` a scalar
+    or a ``[R, 1]`` tensor of run starts): eight 64-bit loads when K % 32 == 0, shared by every column of
+    the thread. Masked past ``K``: a caller zeroes a whole run by passing ``K = 0`` for it."""
     if EVEN_K:
         xl = x_ptr.to(tl.pointer_type(tl.int64)) + k0 // 4
-        q0, q1, q2, q3 = tl.load(xl), tl.load(xl + 1), tl.load(xl + 2), tl.load(xl + 3)
-        q4, q5, q6, q7 = tl.load(xl + 4), tl.load(xl + 5), tl.load(xl + 6), tl.load(xl + 7)
+        live = k0 < K
+        q0, q1 = tl.load(xl, mask=live, other=0), tl.load(xl + 1, mask=live, other=0)
+        q2, q3 = tl.load(xl + 2, mask=live, other=0), tl.load(xl + 3, mask=live, other=0)
+        q4, q5 = tl.load(xl + 4, mask=live, other=0), tl.load(xl + 5, mask=live, other=0)
+        q6, q7 = tl.load(xl + 6, mask=live, other=0), tl.load(xl + 7, mask=live, other=0)
         r = (_lo32(q0), _hi32(q0), _lo32(q1), _hi32(q1), _lo32(q2), _hi32(q2), _lo32(q3), _hi32(q3),
              _lo32(q4), _hi32(q4), _lo32(q5), _hi32(q5), _lo32(q6), _hi32(q6), _lo32(q7), _hi32(q7))
     else:
@@ -210,10 +222,13 @@ def _load_words(q_ptr, row, N, offs_n, m):
 def run_dot(q_ptr, x_ptr, zcs, unit0, offs_n, mask_n, N, K,
             IS_POT: tl.constexpr, BITS: tl.constexpr, X_F16: tl.constexpr, EVEN_K: tl.constexpr,
             USE_ASM: tl.constexpr):
-    """One run of 32 k starting at unit ``unit0`` → (fp16x2 accumulator, fp32 accumulator) [BN],
-    scale-free (the caller multiplies by the group's scale). ``zcs``: :func:`int_zero_consts`."""
-    acc2 = tl.zeros(offs_n.shape, dtype=tl.uint32)
-    acc32 = tl.zeros(offs_n.shape, dtype=tl.float32)
+    """One run of 32 k starting at unit ``unit0`` → (fp16x2 accumulator, fp32 accumulator), scale-free
+    (the caller multiplies by the group's scale). Shapes broadcast: ``unit0`` a scalar and ``offs_n``,
+    ``mask_n`` ``[BN]`` (one run), or ``unit0`` ``[R, 1]``, ``offs_n`` ``[1, BN]``, ``mask_n`` ``[R, BN]`` (R runs
+    side by side); the accumulators have ``mask_n``'s shape. ``K`` masks x (``[R, 1]``: 0 for a dead run).
+    ``zcs``: :func:`int_zero_consts`."""
+    acc2 = tl.zeros(mask_n.shape, dtype=tl.uint32)
+    acc32 = tl.zeros(mask_n.shape, dtype=tl.float32)
     k0 = unit0 * (32 if BITS == 3 else 32 // BITS)
     if X_F16:
         xr = x_run_pairs(x_ptr, k0, K, EVEN_K)
@@ -261,16 +276,25 @@ def run_dot(q_ptr, x_ptr, zcs, unit0, offs_n, mask_n, N, K,
 
 @triton.jit
 def splitk_finish(part_ptr, cnt_ptr, b_ptr, y_ptr, tile, n_split, MN, offs, mask, offs_col,
-                  HAS_BIAS: tl.constexpr):
+                  HAS_BIAS: tl.constexpr, CHUNK: tl.constexpr):
     """Single-launch split-K: after storing its fp32 partial, each program bumps its output tile's
-    counter; the last one to arrive adds the ``n_split`` partials in split order (deterministic),
-    adds the bias, casts, stores, and resets the counter for the next launch."""
+    counter; the last one to arrive adds the ``n_split`` partials, ``CHUNK`` splits per load (all
+    in flight at once: the tail costs one cache round trip per chunk, not per split), chunks in
+    split order and a fixed tree inside a chunk (deterministic), adds the bias, casts, stores, and
+    resets the counter for the next launch. ``offs``/``mask``: the tile's flat output offsets (any rank)."""
     tl.debug_barrier()  # every thread's partial store is issued before the release below
     arrived = tl.atomic_add(cnt_ptr + tile, 1, sem="acq_rel", scope="gpu")
     if arrived == n_split - 1:
         total = tl.zeros(offs.shape, dtype=tl.float32)
-        for s in range(0, n_split):
-            total += tl.load(part_ptr + s * MN + offs, mask=mask, other=0.0, cache_modifier=".cg")
+        sp = tl.arange(0, CHUNK)
+        for s0 in range(0, n_split, CHUNK):
+            if len(offs.shape) == 1:
+                pp = part_ptr + (s0 + sp)[:, None] * MN + offs[None, :]
+                pm = ((s0 + sp) < n_split)[:, None] & mask[None, :]
+            else:
+                pp = part_ptr + (s0 + sp)[:, None, None] * MN + offs[None, :, :]
+                pm = ((s0 + sp) < n_split)[:, None, None] & mask[None, :, :]
+            total += tl.sum(tl.load(pp, mask=pm, other=0.0, cache_modifier=".cg"), axis=0)
         if HAS_BIAS:
             total += tl.load(b_ptr + offs_col, mask=mask, other=0.0).to(tl.float32)
         tl.store(y_ptr + offs, total.to(y_ptr.dtype.element_ty), mask=mask)
@@ -279,42 +303,54 @@ def splitk_finish(part_ptr, cnt_ptr, b_ptr, y_ptr, tile, n_split, MN, offs, mask
 
 @triton.jit
 def gemv_kernel(x_ptr, q_ptr, sc_ptr, z_ptr, b_ptr, y_ptr, part_ptr, cnt_ptr,
-                N, K, KP, G, runs_per_split, runs_per_group, n_split,
+                N, K, KP, runs_per_split, n_split,
                 IS_POT: tl.constexpr, BITS: tl.constexpr, X_F16: tl.constexpr,
                 HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr, FUSED_REDUCE: tl.constexpr, EVEN_K: tl.constexpr,
-                USE_ASM: tl.constexpr, BLOCK_N: tl.constexpr):
+                USE_ASM: tl.constexpr, GROUP_RUNS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr,
+                NUM_STAGES: tl.constexpr):
+    """``y = W x`` for one x row. Program (n, k) owns columns ``n·BLOCK_N …`` and the runs
+    ``[k·runs_per_split, …)``; each loop step takes ``BLOCK_R`` consecutive runs side by side (a
+    ``[BLOCK_R, BLOCK_N]`` tile of words per word index: the warps split K inside the program), and
+    ``tl.range(num_stages=NUM_STAGES)`` streams words, scales and x through a cp.async pipeline, so no
+    load is waited on in the steady state. Each run's group scale is loaded with it (``GROUP_RUNS``:
+    runs per group, a compile-time constant — the group index is a shift, no run-time division;
+    0 = one group per row). The ``BLOCK_R`` rows are summed once at the end (shared memory)."""
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     mask_n = offs_n < N
+    rows = tl.arange(0, BLOCK_R)[:, None]
     UNITS_PER_RUN: tl.constexpr = 1 if BITS == 3 else BITS
-    n_runs = KP // 32
     r_lo = pid_k * runs_per_split
-    r_hi = tl.minimum(r_lo + runs_per_split, n_runs)
-    acc = tl.zeros([BLOCK_N], dtype=tl.float32)
-    for g0 in range(r_lo, r_hi, runs_per_group):  # splits hold whole groups (host side)
-        grp = (g0 * 32) // G
-        s = tl.load(sc_ptr + grp * N + offs_n, mask=mask_n, other=0.0).to(tl.float32)
+    r_hi = tl.minimum(r_lo + runs_per_split, KP // 32)
+    acc = tl.zeros([BLOCK_R, BLOCK_N], dtype=tl.float32)
+    for r0 in tl.range(r_lo, r_hi, BLOCK_R, num_stages=NUM_STAGES):
+        run = r0 + rows  # [BLOCK_R, 1]
+        live = run < r_hi
+        m2 = live & mask_n[None, :]
+        grp = group_of_run(run, GROUP_RUNS)
+        s = tl.load(sc_ptr + grp * N + offs_n[None, :], mask=m2, other=0.0).to(tl.float32)
         if IS_POT:  # lanes are ±2^(E − qmax): the stored S_top is the multiplier as it is
             zcs = (s,)  # unused
         else:
             s = s * (2.0 ** BITS)  # lanes are (q − z)·2^−bits
-            zcs = int_zero_consts(tl.load(z_ptr + grp * N + offs_n, mask=mask_n, other=0).to(tl.int32), BITS)
-        for run in range(g0, tl.minimum(g0 + runs_per_group, r_hi)):
-            acc2, acc32 = run_dot(q_ptr, x_ptr, zcs, run * UNITS_PER_RUN, offs_n, mask_n, N, K,
-                                  IS_POT, BITS, X_F16, EVEN_K, USE_ASM)
-            if X_F16:
-                acc = fold2(acc2, s, acc, USE_ASM)
-            else:
-                acc = tl.fma(acc32, s, acc)
+            zcs = int_zero_consts(tl.load(z_ptr + grp * N + offs_n[None, :], mask=m2, other=0).to(tl.int32), BITS)
+        acc2, acc32 = run_dot(q_ptr, x_ptr, zcs, run * UNITS_PER_RUN, offs_n[None, :], m2, N,
+                              tl.where(live, K, 0), IS_POT, BITS, X_F16, EVEN_K, USE_ASM)
+        if X_F16:
+            acc = fold2(acc2, s, acc, USE_ASM)
+        else:
+            acc = tl.fma(acc32, s, acc)
+    out = tl.sum(acc, axis=0)
     if SPLIT:
-        tl.store(part_ptr + pid_k * N + offs_n, acc, mask=mask_n)
+        tl.store(part_ptr + pid_k * N + offs_n, out, mask=mask_n)
         if FUSED_REDUCE:
-            splitk_finish(part_ptr, cnt_ptr, b_ptr, y_ptr, pid_n, n_split, N, offs_n, mask_n, offs_n, HAS_BIAS)
+            splitk_finish(part_ptr, cnt_ptr, b_ptr, y_ptr, pid_n, n_split, N, offs_n, mask_n, offs_n, HAS_BIAS,
+                          GEMV_REDUCE_CHUNK)
     else:
         if HAS_BIAS:
-            acc += tl.load(b_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)
-        tl.store(y_ptr + offs_n, acc.to(y_ptr.dtype.element_ty), mask=mask_n)
+            out += tl.load(b_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)
+        tl.store(y_ptr + offs_n, out.to(y_ptr.dtype.element_ty), mask=mask_n)
 
 
 @triton.jit

@@ -17,7 +17,8 @@ which is what the interpreter pays for; a test checks both give identical bits.
 ``SCALE_FREE``: the tile holds the scale-free values — PoT ``±2^(E − qmax)`` (the v2 OR decode),
 int ``q − z`` — both exact in fp16 and bf16, and the caller multiplies the fp32 MMA result of the
 tile by :func:`tile_scale` (the stored ``S_top`` / ``s``): one multiply per output per K step instead of
-one per weight. It needs the K tile inside one group (``G % BLOCK_K == 0`` or per-channel).
+one per weight. It needs the K tile inside one group (``G % BLOCK_K == 0`` or per-channel). Group
+indices come from ``GROUP_RUNS`` (runs of 32 k per group, compile-time: :func:`decode.group_of_run`).
 Otherwise each weight is scaled: PoT ``v · S_top``, int ``(q − z)·s``, each the exact product
 rounded once — bit-exact with the reference decode.
 
@@ -26,7 +27,7 @@ Rows ``k ≥ K`` decode to finite values (zero codes or masked words): callers m
 import triton
 import triton.language as tl
 
-from .decode import (gather_codes, int3_spare_magic, int_pair_magic, pot2_pair, pot3_pair, pot3_spare_pair,
+from .decode import (gather_codes, group_of_run, int3_spare_magic, int_pair_magic, pot2_pair, pot3_pair, pot3_spare_pair,
                      pot4_pair, to_bf16_rne)
 
 
@@ -150,7 +151,7 @@ def _joined_values(q_ptr, offs_r, offs_n, mask_nr, N, IS_POT: tl.constexpr, BITS
 
 
 @triton.jit
-def tile_nk(q_ptr, lut_ptr, sc_ptr, z_ptr, k0, offs_n, mask_n, N, K, KP, G,
+def tile_nk(q_ptr, lut_ptr, sc_ptr, z_ptr, k0, offs_n, mask_n, N, K, KP, GROUP_RUNS: tl.constexpr,
             IS_POT: tl.constexpr, BITS: tl.constexpr, IS_BF16: tl.constexpr,
             SCALE_FREE: tl.constexpr, JOIN_TREE: tl.constexpr, BLOCK_K: tl.constexpr):
     """Decoded ``W[offs_n, k0 : k0 + BLOCK_K]`` as fp16/bf16 ``[BN, BLOCK_K]`` (see module doc)."""
@@ -185,7 +186,7 @@ def tile_nk(q_ptr, lut_ptr, sc_ptr, z_ptr, k0, offs_n, mask_n, N, K, KP, G,
             else:
                 w = v
         else:
-            s = tl.load(sc_ptr + ((offs_r * 32) // G)[None, :] * N + offs_n[:, None], mask=mask_nr, other=1.0)
+            s = tl.load(sc_ptr + group_of_run(offs_r, GROUP_RUNS)[None, :] * N + offs_n[:, None], mask=mask_nr, other=1.0)
             s = s[:, :, None, None]  # S_top
             if IS_BF16:
                 w = to_bf16_rne(v.to(tl.float32) * s.to(tl.float32))
@@ -193,9 +194,9 @@ def tile_nk(q_ptr, lut_ptr, sc_ptr, z_ptr, k0, offs_n, mask_n, N, K, KP, G,
                 w = v * s.to(tl.float16)  # the exact product rounded once (only subnormal results round)
     else:
         if SCALE_FREE:
-            z = tl.load(z_ptr + (k0 // G) * N + offs_n, mask=mask_n, other=0)[:, None, None, None]
+            z = tl.load(z_ptr + group_of_run(k0 // 32, GROUP_RUNS) * N + offs_n, mask=mask_n, other=0)[:, None, None, None]
         else:
-            g_ptrs = ((offs_r * 32) // G)[None, :] * N + offs_n[:, None]
+            g_ptrs = group_of_run(offs_r, GROUP_RUNS)[None, :] * N + offs_n[:, None]
             z = tl.load(z_ptr + g_ptrs, mask=mask_nr, other=0)[:, :, None, None]
         qz = v - (base + z.to(tl.float16))  # exactly q − z (integers below 2^11)
         if SCALE_FREE:
@@ -213,7 +214,7 @@ def tile_nk(q_ptr, lut_ptr, sc_ptr, z_ptr, k0, offs_n, mask_n, N, K, KP, G,
 
 
 @triton.jit
-def tile_scale(sc_ptr, k0, offs_n, mask_n, N, G):
+def tile_scale(sc_ptr, k0, offs_n, mask_n, N, GROUP_RUNS: tl.constexpr):
     """fp32 multiplier ``[BN]`` of a scale-free tile starting at ``k0`` (one group per tile):
     PoT the stored top level ``S_top``, int ``s`` — both as stored."""
-    return tl.load(sc_ptr + (k0 // G) * N + offs_n, mask=mask_n, other=0.0).to(tl.float32)
+    return tl.load(sc_ptr + group_of_run(k0 // 32, GROUP_RUNS) * N + offs_n, mask=mask_n, other=0.0).to(tl.float32)

@@ -67,9 +67,10 @@ class Packed:
         return {"IS_POT": self.is_pot, "BITS": self.bits, "UNIT_WORDS": self.unit_words,
                 "UNIT_CODES": self.unit_codes}
 
-    def runs_per_group(self) -> int:
-        """Runs of 32 k per scale group (the whole row for per-channel groups not a multiple of 32)."""
-        return self.G // 32 if self.G % 32 == 0 else self.KP // 32
+    def group_runs(self) -> int:
+        """Runs of 32 k per scale group, a kernel compile-time constant; 0 when one group spans the row
+        (per-channel), so the kernels need no per-K specialization there."""
+        return 0 if self.G >= self.K else self.G // 32
 
 
 def _expect(name: str, t: Optional[torch.Tensor], dtype: torch.dtype, shape: tuple[int, ...]) -> None:

@@ -16,14 +16,14 @@ buffer reduced in split order (:func:`gemv.splitk_finish`, deterministic).
 import triton
 import triton.language as tl
 
-from .gemv import splitk_finish
+from .gemv import SMALL_BATCH_REDUCE_CHUNK, splitk_finish
 from .mma_tile import tile_nk, tile_scale
 
 
 @triton.jit
 def small_batch_kernel(x_ptr, q_ptr, lut_ptr, sc_ptr, z_ptr, b_ptr, y_ptr, part_ptr, cnt_ptr,
-                       M, N, K, KP, G, stride_xm, k_per_split, n_split,
-                       IS_POT: tl.constexpr, BITS: tl.constexpr, IS_BF16: tl.constexpr,
+                       M, N, K, KP, stride_xm, k_per_split, n_split,
+                       IS_POT: tl.constexpr, BITS: tl.constexpr, IS_BF16: tl.constexpr, GROUP_RUNS: tl.constexpr,
                        HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr, FUSED_REDUCE: tl.constexpr,
                        SCALE_FREE: tl.constexpr, DOT_F32: tl.constexpr, JOIN_TREE: tl.constexpr,
                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
@@ -37,26 +37,30 @@ def small_batch_kernel(x_ptr, q_ptr, lut_ptr, sc_ptr, z_ptr, b_ptr, y_ptr, part_
     k_lo = pid_k * k_per_split
     k_hi = tl.minimum(k_lo + k_per_split, KP)
     acc = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)  # yᵀ tile
+    # the scale of step k0 is loaded one step ahead (a 2-byte load per thread cannot ride cp.async)
+    s_cur = tile_scale(sc_ptr, k_lo, offs_n, mask_n & SCALE_FREE, N, GROUP_RUNS)
     for k0 in range(k_lo, k_hi, BLOCK_K):
+        s_next = tile_scale(sc_ptr, k0 + BLOCK_K, offs_n, mask_n & SCALE_FREE & (k0 + BLOCK_K < k_hi), N, GROUP_RUNS)
         offs_k = k0 + tl.arange(0, BLOCK_K)
         xt = tl.load(x_ptr + offs_m[None, :] * stride_xm + offs_k[:, None],
                      mask=mask_m[None, :] & (offs_k < K)[:, None], other=0.0)  # [BK, BM], K contiguous
-        w = tile_nk(q_ptr, lut_ptr, sc_ptr, z_ptr, k0, offs_n, mask_n, N, K, KP, G,
+        w = tile_nk(q_ptr, lut_ptr, sc_ptr, z_ptr, k0, offs_n, mask_n, N, K, KP, GROUP_RUNS,
                     IS_POT, BITS, IS_BF16, SCALE_FREE, JOIN_TREE, BLOCK_K)
         if DOT_F32:  # interpreter only (api._dot_f32): exact upcast
             w = w.to(tl.float32)
             xt = xt.to(tl.float32)
         if SCALE_FREE:
-            acc += tl.dot(w, xt) * tile_scale(sc_ptr, k0, offs_n, mask_n, N, G)[:, None]
+            acc += tl.dot(w, xt) * s_cur[:, None]
         else:
             acc = tl.dot(w, xt, acc)
+        s_cur = s_next
     mask = mask_n[:, None] & mask_m[None, :]
     offs_y = offs_m[None, :] * N + offs_n[:, None]
     if SPLIT:
         tl.store(part_ptr + pid_k * M * N + offs_y, acc, mask=mask)
         if FUSED_REDUCE:
             splitk_finish(part_ptr, cnt_ptr, b_ptr, y_ptr, pid_m * tl.num_programs(0) + pid_n, n_split, M * N,
-                          offs_y, mask, offs_n[:, None], HAS_BIAS)
+                          offs_y, mask, offs_n[:, None], HAS_BIAS, SMALL_BATCH_REDUCE_CHUNK)
     else:
         if HAS_BIAS:
             acc += tl.load(b_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[:, None]

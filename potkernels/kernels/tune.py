@@ -56,8 +56,8 @@ def graph_time_ms(fn, rep_ms: float = 20, calls: int = 8) -> float:
 def candidates(regime: str, m: int) -> list[dict[str, Any]]:
     """A small search space per regime (≤ ~24 configs, so tuning one key takes seconds)."""
     if regime == "gemv":
-        return _grid(BLOCK_N=[256, 512, 1024], num_warps=[4], num_stages=[2], waves=[1, 2, 4, 8]) + \
-            _grid(BLOCK_N=[256, 512], num_warps=[2, 8], num_stages=[2], waves=[2, 4])
+        return _grid(BLOCK_N=[128], BLOCK_R=[4, 8], num_warps=[4], num_stages=[3, 4], waves=[1, 2, 4]) + \
+            _grid(BLOCK_N=[256], BLOCK_R=[2, 4], num_warps=[4], num_stages=[3], waves=[2, 4])
     if regime == "small_batch":  # swap-AB: BLOCK_M is the MMA's N side (the batch)
         bm = max(16, min(128, configs.m_bucket(m)))
         return _grid(BLOCK_M=[bm], BLOCK_N=[64, 128], BLOCK_K=[64, 128, 256], num_warps=[4], num_stages=[3],
