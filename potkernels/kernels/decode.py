@@ -6,10 +6,10 @@ Two families, one packed copy:
   int32, two codes per register, by one rotate + one LOP3 per pair (one extra "prep" word per
   4-bit word / 3-bit word). PoT lanes are the scale-free ``±2^(E − qmax)`` (weight = lane · S_top,
   the stored top level); int lanes are ``(q − z)·2^−bits`` after one fused multiply-add (Marlin's
-  magic number: ``(q_bits & mask) | 0x6400`` is the fp16 ``1024 + q·2^o``). ``pot4_pairs``, ``pot2_pairs``,
-  ``pot3_pairs``, ``int_pairs_*`` return the pairs in k order: pair ``p`` holds codes
-  ``(2p, 2p + 1)`` of the unit in (low, high) lane. Pure Triton (interpreter-testable); the GEMV
-  has an inline-PTX twin of the same bit operations (``gemv.py``).
+  magic number: ``(q_bits & mask) | 0x6400`` is the fp16 ``1024 + q·2^o``). ``pot_pair`` (per code: ``pot4_pair``,
+  ``pot3_pair``, ``pot2_pair``) and ``int_pair_magic`` give pair ``J`` of a word: codes
+  ``(2J, 2J + 1)`` in (low, high) lane. Each has its inline-PTX form (``USE_ASM``, compiled GPU runs)
+  and its pure-Triton twin (the interpreter) side by side; ``bench/gpu_check.sh`` compares them bit for bit.
 * **Tile decoder** ``decode_tile``: a ``[BLOCK_K, BLOCK_N]`` fp16/bf16 tile, bit-exact with the
   reference decode, gathering each code's bits through the layout's lookup table (``lut_ptr``,
   ``Layout.lut()``): any layout, any BLOCK_K multiple of 32 — simple and correct, not fast.
@@ -23,12 +23,19 @@ import triton.language as tl
 # there bf16 rounding is done by integer arithmetic; compiled kernels use the hardware RNE cast.
 INTERPRETER = tl.constexpr(os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"))
 
+from ..format.layout import POT3_PREP_MASK as _P3M, POT3_PREP_ROT as _P3R, POT4_PREP_MASK as _P4M, POT4_PREP_ROT as _P4R
+
 # fp16x2 lane masks of a PoT pair (E bits + sign bit of both lanes) and the OR constants
 # (exponent field 15 − qmax) that make the lane ±2^(E − qmax).
 POT_T2 = tl.constexpr(0x84008400)
 POT_T3 = tl.constexpr(0x8C008C00)
 POT_T4 = tl.constexpr(0x9C009C00)
 MAGIC = tl.constexpr(0x64006400)  # fp16x2 (1024, 1024)
+# the prep words of the v2 layout (format/layout.py states them; FORMAT.md §4)
+POT4_PREP_ROT = tl.constexpr(_P4R)
+POT4_PREP_MASK = tl.constexpr(_P4M)
+POT3_PREP_ROT = tl.constexpr(_P3R)
+POT3_PREP_MASK = tl.constexpr(_P3M)
 
 
 # ------------------------------------------------------------------ bit helpers (uint32)
@@ -43,9 +50,21 @@ def rotr(w, S: tl.constexpr):
 
 
 @triton.jit
-def lanes_or(w, S: tl.constexpr, MASK: tl.constexpr, OR: tl.constexpr):
-    """``rotr(w, S) & MASK | OR`` — one pair of fp16 lanes."""
-    return (rotr(w, S) & MASK) | OR
+def lanes_or(w, S: tl.constexpr, MASK: tl.constexpr, OR: tl.constexpr, USE_ASM: tl.constexpr):
+    """``rotr(w, S) & MASK | OR`` — one pair of fp16 lanes: one SHF.R.W + one LOP3 as inline PTX
+    (``USE_ASM``, compiled GPU runs) or the same bit operations in Triton (the interpreter; a GPU test
+    compares the two bit for bit)."""
+    if USE_ASM:
+        if S % 32 == 0:
+            r = tl.inline_asm_elementwise(f"lop3.b32 $0, $1, {MASK}, {OR}, 0xEA;", "=r,r", [w],
+                                          dtype=tl.uint32, is_pure=True, pack=1)
+        else:
+            r = tl.inline_asm_elementwise(
+                f"{{.reg .b32 t; shf.r.wrap.b32 t, $1, $1, {S % 32}; lop3.b32 $0, t, {MASK}, {OR}, 0xEA;}}",
+                "=r,r", [w], dtype=tl.uint32, is_pure=True, pack=1)
+    else:
+        r = (rotr(w, S) & MASK) | OR
+    return r
 
 
 @triton.jit
@@ -56,49 +75,57 @@ def pot_or16(BITS: tl.constexpr):
 
 # ------------------------------------------------------------------ PoT pair decoders
 @triton.jit
-def prep_word(w, S: tl.constexpr, KEEP: tl.constexpr):
+def prep_word(w, S: tl.constexpr, KEEP: tl.constexpr, USE_ASM: tl.constexpr):
     """``(w & KEEP) | (rotr(w, S) & ~KEEP)``: the word from which the pairs that one rotate + one LOP3
-    cannot reach in ``w`` are (written with ``^ 0xFFFFFFFF``: the interpreter refuses ``~`` constants
-    on uint32 tensors)."""
-    return (w & KEEP) | (rotr(w, S) & (KEEP ^ 0xFFFFFFFF))
+    cannot reach in ``w`` are (PTX: one SHF.R.W + one LOP3; Triton: ``^ 0xFFFFFFFF``, the interpreter
+    refuses ``~`` constants on uint32 tensors)."""
+    if USE_ASM:
+        r = tl.inline_asm_elementwise(
+            f"{{.reg .b32 t; shf.r.wrap.b32 t, $1, $1, {S}; lop3.b32 $0, $1, t, {KEEP}, 0xE4;}}",
+            "=r,r", [w], dtype=tl.uint32, is_pure=True, pack=1)
+    else:
+        r = (w & KEEP) | (rotr(w, S) & (KEEP ^ 0xFFFFFFFF))
+    return r
 
 
 @triton.jit
-def pot4_pair(w, J: tl.constexpr):
-    """Pair J (codes 2J, 2J+1) of a PoT4 word alone, the recipe of :func:`pot4_pairs`."""
+def pot4_pair(w, J: tl.constexpr, USE_ASM: tl.constexpr):
+    """Pair J (codes 2J, 2J+1) of a PoT4 word as fp16x2 bits ±2^(E−7): pairs 0, 1 from the word
+    rotated by 0 / 6, pairs 2, 3 from its prep word rotated by 3 / 9 (``layout.POT4_PAIR_SHIFTS``)."""
     if J < 2:
-        p = lanes_or(w, 6 * J, POT_T4, 0x20002000)
+        p = lanes_or(w, 6 * J, POT_T4, pot_or16(4), USE_ASM)
     else:
-        p = lanes_or(prep_word(w, 4, 0x61106110), 3 + 6 * (J - 2), POT_T4, 0x20002000)
+        p = lanes_or(prep_word(w, POT4_PREP_ROT, POT4_PREP_MASK, USE_ASM), 3 + 6 * (J - 2), POT_T4, pot_or16(4),
+                     USE_ASM)
     return p
 
 
 @triton.jit
-def pot4_pairs(w):
-    """uint32 word of 8 PoT4 codes → 4 fp16x2 (int32 bits) ±2^(E−7); pair p = codes (2p, 2p+1)."""
-    C: tl.constexpr = 0x20002000
-    p0 = (w & POT_T4) | C
-    p1 = lanes_or(w, 6, POT_T4, C)
-    w2 = prep_word(w, 4, 0x61106110)  # pairs 2, 3 one rotate away
-    p2 = lanes_or(w2, 3, POT_T4, C)
-    p3 = lanes_or(w2, 9, POT_T4, C)
-    return p0, p1, p2, p3
+def pot2_pair(w, J: tl.constexpr, USE_ASM: tl.constexpr):
+    """Pair J (codes 2J, 2J+1) of a PoT2 word as fp16x2 bits ±2^(E−1): one rotate (by 2J) + one LOP3."""
+    return lanes_or(w, 2 * J, POT_T2, pot_or16(2), USE_ASM)
 
 
 @triton.jit
-def pot2_pair(w, J: tl.constexpr):
-    """Pair J (codes 2J, 2J+1) of a PoT2 word as fp16x2 bits ±2^(E−1): one rotate + one LOP3."""
-    return lanes_or(w, 2 * J, POT_T2, 0x38003800)
-
-
-@triton.jit
-def pot3_pair(w, J: tl.constexpr):
-    """Pair J ∈ 0..4 (codes 2J, 2J+1 of this word's 10) of a PoT3 word as fp16x2 bits ±2^(E−3)."""
-    C: tl.constexpr = 0x30003000
+def pot3_pair(w, J: tl.constexpr, USE_ASM: tl.constexpr):
+    """Pair J ∈ 0..4 (codes 2J, 2J+1 of this word's 10) of a PoT3 word as fp16x2 bits ±2^(E−3):
+    pairs 0–3 rotated by 3J, pair 4 from the prep word rotated by 12 (``layout.POT3_PAIR_SHIFTS``)."""
     if J < 4:
-        p = lanes_or(w, 3 * J, POT_T3, C)
+        p = lanes_or(w, 3 * J, POT_T3, pot_or16(3), USE_ASM)
     else:
-        p = lanes_or(prep_word(w, 1, 0x00C000C0), 12, POT_T3, C)
+        p = lanes_or(prep_word(w, POT3_PREP_ROT, POT3_PREP_MASK, USE_ASM), 12, POT_T3, pot_or16(3), USE_ASM)
+    return p
+
+
+@triton.jit
+def pot_pair(w, BITS: tl.constexpr, J: tl.constexpr, USE_ASM: tl.constexpr):
+    """Pair J of one PoT word (2-bit: 8 pairs a word, 3-bit: 5 + a spare, 4-bit: 4)."""
+    if BITS == 4:
+        p = pot4_pair(w, J, USE_ASM)
+    elif BITS == 3:
+        p = pot3_pair(w, J, USE_ASM)
+    else:
+        p = pot2_pair(w, J, USE_ASM)
     return p
 
 

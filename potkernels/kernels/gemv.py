@@ -15,16 +15,15 @@ columns):
   activations: use ``gemv_fp32_acc``).
 * **bf16 / fp32 activations**: the same lanes converted to fp32 and FFMA'd (no fp16 rounding).
 
-``USE_ASM`` selects inline PTX (``shf.r.wrap`` / ``lop3`` / ``fma.rn.f16x2``, compiled GPU runs)
-or the pure-Triton twin (same bit operations; fp16 FMA emulated exactly in fp64 — bit-identical,
+``USE_ASM`` selects inline PTX (``shf.r.wrap`` / ``lop3`` in ``decode.py``'s pair decoders,
+``fma.rn.f16x2`` here; compiled GPU runs) or the pure-Triton twin (same bit operations; fp16 FMA emulated exactly in fp64 — bit-identical,
 see FORMAT.md §6), which the interpreter tests. Split-K partials go to an fp32 ``[n_split, N]``
 buffer reduced in split order (deterministic) by the last program of each column block.
 """
 import triton
 import triton.language as tl
 
-from .decode import (group_of_run, hi_half, int3_spare_magic, int_pair_magic, lo_half, pot2_pair, pot3_pair, pot3_spare_pair,
-                     pot4_pairs, rotr)
+from .decode import group_of_run, hi_half, int3_spare_magic, int_pair_magic, lo_half, pot3_spare_pair, pot_pair
 
 
 # Split-K partials the last program of a column block loads at once (one fp32 per thread and split at
@@ -66,58 +65,20 @@ def fold2(acc2, s, acc, USE_ASM: tl.constexpr):
     return r
 
 
-@triton.jit
-def lanes_or_asm(w, S: tl.constexpr, MASK: tl.constexpr, OR: tl.constexpr, USE_ASM: tl.constexpr):
-    """``rotr(w, S) & MASK | OR`` as one SHF.R.W + one LOP3 (PTX) or its Triton twin."""
-    if USE_ASM:
-        if S % 32 == 0:
-            r = tl.inline_asm_elementwise(f"lop3.b32 $0, $1, {MASK}, {OR}, 0xEA;", "=r,r", [w],
-                                          dtype=tl.uint32, is_pure=True, pack=1)
-        else:
-            r = tl.inline_asm_elementwise(
-                f"{{.reg .b32 t; shf.r.wrap.b32 t, $1, $1, {S % 32}; lop3.b32 $0, t, {MASK}, {OR}, 0xEA;}}",
-                "=r,r", [w], dtype=tl.uint32, is_pure=True, pack=1)
-    else:
-        r = (rotr(w, S) & MASK) | OR
-    return r
-
-
-@triton.jit
-def select_rot_asm(w, S: tl.constexpr, KEEP: tl.constexpr, USE_ASM: tl.constexpr):
-    """Prep word ``(w & KEEP) | (rotr(w, S) & ~KEEP)`` (one SHF.R.W + one LOP3)."""
-    if USE_ASM:
-        r = tl.inline_asm_elementwise(
-            f"{{.reg .b32 t; shf.r.wrap.b32 t, $1, $1, {S}; lop3.b32 $0, $1, t, {KEEP}, 0xE4;}}",
-            "=r,r", [w], dtype=tl.uint32, is_pure=True, pack=1)
-    else:
-        r = (w & KEEP) | (rotr(w, S) & (KEEP ^ 0xFFFFFFFF))
-    return r
-
-
 # ------------------------------------------------------------------ per-word pair lists
 @triton.jit
 def pot_word_pairs(w, BITS: tl.constexpr, USE_ASM: tl.constexpr):
     """Pairs of one PoT word, as fp16x2 ±2^(E−qmax). 4-bit: 4 pairs; 2-bit: 8; 3-bit: 5 (+ spare)."""
     if BITS == 4:
-        C: tl.constexpr = 0x20002000
-        T: tl.constexpr = 0x9C009C00
-        w2 = select_rot_asm(w, 4, 0x61106110, USE_ASM)
-        r = (lanes_or_asm(w, 0, T, C, USE_ASM), lanes_or_asm(w, 6, T, C, USE_ASM),
-             lanes_or_asm(w2, 3, T, C, USE_ASM), lanes_or_asm(w2, 9, T, C, USE_ASM))
+        r = (pot_pair(w, 4, 0, USE_ASM), pot_pair(w, 4, 1, USE_ASM), pot_pair(w, 4, 2, USE_ASM),
+             pot_pair(w, 4, 3, USE_ASM))
     elif BITS == 2:
-        C2: tl.constexpr = 0x38003800
-        T2: tl.constexpr = 0x84008400
-        r = (lanes_or_asm(w, 0, T2, C2, USE_ASM), lanes_or_asm(w, 2, T2, C2, USE_ASM),
-             lanes_or_asm(w, 4, T2, C2, USE_ASM), lanes_or_asm(w, 6, T2, C2, USE_ASM),
-             lanes_or_asm(w, 8, T2, C2, USE_ASM), lanes_or_asm(w, 10, T2, C2, USE_ASM),
-             lanes_or_asm(w, 12, T2, C2, USE_ASM), lanes_or_asm(w, 14, T2, C2, USE_ASM))
+        r = (pot_pair(w, 2, 0, USE_ASM), pot_pair(w, 2, 1, USE_ASM), pot_pair(w, 2, 2, USE_ASM),
+             pot_pair(w, 2, 3, USE_ASM), pot_pair(w, 2, 4, USE_ASM), pot_pair(w, 2, 5, USE_ASM),
+             pot_pair(w, 2, 6, USE_ASM), pot_pair(w, 2, 7, USE_ASM))
     else:
-        C3: tl.constexpr = 0x30003000
-        T3: tl.constexpr = 0x8C008C00
-        w2 = select_rot_asm(w, 1, 0x00C000C0, USE_ASM)
-        r = (lanes_or_asm(w, 0, T3, C3, USE_ASM), lanes_or_asm(w, 3, T3, C3, USE_ASM),
-             lanes_or_asm(w, 6, T3, C3, USE_ASM), lanes_or_asm(w, 9, T3, C3, USE_ASM),
-             lanes_or_asm(w2, 12, T3, C3, USE_ASM))
+        r = (pot_pair(w, 3, 0, USE_ASM), pot_pair(w, 3, 1, USE_ASM), pot_pair(w, 3, 2, USE_ASM),
+             pot_pair(w, 3, 3, USE_ASM), pot_pair(w, 3, 4, USE_ASM))
     return r
 
 

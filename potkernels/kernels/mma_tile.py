@@ -27,8 +27,7 @@ Rows ``k ≥ K`` decode to finite values (zero codes or masked words): callers m
 import triton
 import triton.language as tl
 
-from .decode import (gather_codes, group_of_run, int3_spare_magic, int_pair_magic, pot2_pair, pot3_pair, pot3_spare_pair,
-                     pot4_pair, to_bf16_rne)
+from .decode import gather_codes, group_of_run, int3_spare_magic, int_pair_magic, pot3_spare_pair, pot_pair, to_bf16_rne
 
 
 @triton.jit
@@ -66,7 +65,7 @@ def _pair(w0, w1, w2, w3, w4, w5, w6, w7, P: tl.constexpr, IS_POT: tl.constexpr,
         else:
             w = _word(w0, w1, w2, w3, w4, w5, w6, w7, P // 5)
             if IS_POT:
-                p = pot3_pair(w, P % 5)
+                p = pot_pair(w, 3, P % 5, False)
             else:
                 p = int_pair_magic(w, 9 * ((P % 5) // 3), 3 * ((P % 5) % 3), 3)
     else:
@@ -74,10 +73,7 @@ def _pair(w0, w1, w2, w3, w4, w5, w6, w7, P: tl.constexpr, IS_POT: tl.constexpr,
         w = _word(w0, w1, w2, w3, w4, w5, w6, w7, P // PAIRS)
         J: tl.constexpr = P % PAIRS
         if IS_POT:
-            if BITS == 4:
-                p = pot4_pair(w, J)
-            else:
-                p = pot2_pair(w, J)
+            p = pot_pair(w, BITS, J, False)
         else:
             # pair J of a word: source word >> SHIFT·(J // SPLIT), lane offset BITS·(J % SPLIT) (gemv.run_dot)
             SPLIT: tl.constexpr = (BITS == 2) * 5 + (BITS == 4) * 2 + (BITS == 8) * 1
