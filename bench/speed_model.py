@@ -530,17 +530,21 @@ def current_launch(kind: str, bits: int, m: int, k: int, n: int, gpu: dict[str, 
     if regime == "dequant_mm":
         raise NotImplementedError("dequant_mm is not modelled (no table entry dispatches to it)")
     cfg = configs.lookup(regime, kind, bits, m, n, k, device=gpu["name"])
+    if regime == "gemv":  # the x rows one program multiplies (api.gemv)
+        cfg = dict(cfg, BLOCK_M=min(triton.next_power_of_2(m), api._gemv_tiles(cfg)[2]))
     b = specs[regime].build(kind, bits, 128, cfg)
     loop = Loop.from_record(compile_current(b, (regime, kind, bits, cfg)))
     kp = _cdiv(k, 32) * 32
+    w_reads = 1
     if regime == "gemv":
         bn, br = int(cfg["BLOCK_N"]), int(cfg.get("BLOCK_R", 1))  # as api.gemv
         n_runs = kp // 32
-        tiles = _cdiv(n, bn) * m
+        tiles = _cdiv(n, bn) * _cdiv(m, cfg["BLOCK_M"])
         ns = _split(tiles, _cdiv(n_runs, br), cfg, gpu["sms"])
         rps = _cdiv(_cdiv(n_runs, br), ns) * br
         ns = _cdiv(n_runs, rps)
-        ctas, iters, tile = tiles * ns, rps // br, bn
+        ctas, iters, tile = tiles * ns, rps // br, bn * cfg["BLOCK_M"]
+        w_reads = _cdiv(m, cfg["BLOCK_M"])  # each block of x rows streams W once
     else:
         bm, bn, bk = api._mma_tiles(regime, cfg)
         tile = bm * bn
@@ -557,7 +561,7 @@ def current_launch(kind: str, bits: int, m: int, k: int, n: int, gpu: dict[str, 
     chunk = gemv.GEMV_REDUCE_CHUNK if regime == "gemv" else gemv.SMALL_BATCH_REDUCE_CHUNK
     per_thread = math.ceil(tile / (32 * b.num_warps) / 4)
     return regime, Launch(loop, b.num_warps, b.num_stages, ctas, iters, ns,
-                          weight_bytes(kind, bits, k, n) + io_bytes(m, k, n, ns), tile,
+                          weight_bytes(kind, bits, k, n) * w_reads + io_bytes(m, k, n, ns), tile,
                           reduce_inflight=int(getattr(chunk, "value", chunk)) * per_thread)
 
 

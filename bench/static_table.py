@@ -21,6 +21,11 @@ import _common  # noqa: F401  (repo on sys.path)
 from potkernels.kernels import configs
 
 SMALL_BATCH_MAX_M = 128  # swap-AB + split-K keeps all SMs busy where M/BLOCK_M · N/BLOCK_N tiles are few
+# The GEMV decodes once for all its x rows. At M = 2 the speed model puts it ahead of swap-AB with triton
+# 3.7.1's code (PoT4 63 vs 78 µs on the H200, Llama-3-8B layers) but behind with 3.6.0's (92 vs 78 µs: its x
+# rows take twice the shared-memory traffic there), and behind at M = 4 on both: M = 2 stays on small_batch
+# until a measured run says otherwise (regime="gemv" takes any M).
+GEMV_MAX_M = 1
 
 
 def small_batch_config(bucket: int) -> dict:
@@ -36,7 +41,10 @@ def small_batch_config(bucket: int) -> dict:
 
 
 def gemm_config(bucket: int) -> dict:
-    """Two consumer warpgroups; BLOCK_M 256 halves the decode per MMA flop once M fills the GPU."""
+    """Two consumer warpgroups; BLOCK_M 256 halves the decode per MMA flop once M fills the GPU. At M = 256
+    a 128 × 128 tile leaves SMs idle on the N = 4096 layers (64 tiles): 128 × 64 (model: 0.64× vs 0.56× fp16)."""
+    if bucket <= 256:
+        return {"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_K": 128, "GROUP_M": 8, "num_warps": 4, "num_stages": 3}
     if bucket <= 512:
         return {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 128, "GROUP_M": 8, "num_warps": 8, "num_stages": 3}
     return {"BLOCK_M": 256, "BLOCK_N": 128, "BLOCK_K": 128, "GROUP_M": 8, "num_warps": 8, "num_stages": 2}
@@ -45,7 +53,8 @@ def gemm_config(bucket: int) -> dict:
 DOC = ("Launch configs per GPU name (torch.cuda.get_device_name), then 'default'. Regime -> key "
        "'<kind><bits>:m<M bucket>:<size s|m|l>' with '*' wildcards, most specific wins. gemv: BLOCK_N columns x "
        "BLOCK_R runs of 32 k per loop step (the warps split K inside a program; 4 columns per thread: one 128-bit "
-       "load per word row), num_stages = cp.async pipeline depth, split-K until tiles x splits covers 'waves' x SMs; "
+       "load per word row), decoded once for up to rows_per_program x rows (default 8), num_stages = cp.async "
+       "pipeline depth, split-K until tiles x splits covers 'waves' x SMs; "
        "chosen with bench/speed_model.py (not GPU-tuned). dispatch: M <= gemv_max_m "
        "-> gemv, <= small_batch_max_m -> small_batch (swap-AB tensor cores, split-K), else gemm (fused tensor-core "
        "GEMM); dequant_mm (dequantize + torch matmul) only if an entry sets dequant_mm_min_m or it is forced. "
@@ -57,7 +66,7 @@ def build(table: dict) -> dict:
     table = json.loads(json.dumps(table))
     table["_doc"] = DOC
     entry = table.setdefault("default", {})
-    entry["dispatch"] = {"*:*:*": {"gemv_max_m": 1, "small_batch_max_m": SMALL_BATCH_MAX_M}}
+    entry["dispatch"] = {"*:*:*": {"gemv_max_m": GEMV_MAX_M, "small_batch_max_m": SMALL_BATCH_MAX_M}}
     entry["small_batch"] = {f"*:m{b}:*": small_batch_config(b) for b in configs.M_BUCKETS if 1 < b <= SMALL_BATCH_MAX_M}
     entry["small_batch"]["*:*:*"] = small_batch_config(16)
     entry["gemm"] = {f"*:m{b}:*": gemm_config(b) for b in configs.M_BUCKETS if b > SMALL_BATCH_MAX_M}

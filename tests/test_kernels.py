@@ -105,6 +105,9 @@ MATMUL_CASES = [
     ("int", 4, 32, 1, 40, 608, "gemv", F16, GV_ROWS),
     ("int", 8, None, 1, 33, 200, "gemv", BF16, GV_ROWS),
     ("pot", 2, 128, 1, 40, 300, "gemv", F32, {"BLOCK_N": 16, "BLOCK_R": 2, "split": 2}),
+    ("pot", 4, 128, 2, 512, 576, "gemv", F16, None),  # x rows share one decode
+    ("int", 3, 64, 3, 40, 600, "gemv", F16, GV_ROWS),
+    ("pot", 3, None, 5, 33, 200, "gemv", BF16, {"BLOCK_N": 16, "BLOCK_R": 2, "split": 2, "rows_per_program": 2}),
     ("pot", 2, 128, 16, 50, 576, "small_batch", F32, None),
     ("pot", 3, 64, 130, 64, 200, None, F16, None),
     ("int", 4, 256, 16, 64, 300, None, F16, None),
@@ -123,6 +126,18 @@ def test_matmul_vs_reference(kind, bits, group, m, n, k, regime, dtype, config):
     res = matmul(x, packed, bias, regime=regime, config=config, out=out)
     assert res.dtype == dtype and res.shape == (m, n)
     assert rel_err(out, ref) <= 1e-2
+
+
+@pytest.mark.parametrize("kind,bits,dtype", [("pot", 4, F16), ("int", 2, F16), ("pot", 3, BF16)])
+def test_gemv_rows_equal_one_row_at_a_time(kind, bits, dtype):
+    """A program decodes its weights once for all its x rows; each row's arithmetic is the M = 1
+    kernel's, so the rows match single-row calls bit for bit (split-K reduction included)."""
+    packed = make_weight(kind, bits, 64, 48, 320)
+    x = torch.randn(3, 320, device=DEVICE).to(dtype)
+    cfg = {"BLOCK_N": 32, "BLOCK_R": 2, "split": 3}
+    rows = matmul(x, packed, None, regime="gemv", config=cfg)
+    for i in range(3):
+        assert torch.equal(rows[i:i + 1], matmul(x[i:i + 1], packed, None, regime="gemv", config=cfg)), i
 
 
 @pytest.mark.parametrize("split,reduce,k", [(1, "fused", 320), (4, "fused", 320), (4, "kernel", 320),

@@ -127,9 +127,10 @@ def test_no_dequant_fallback_in_the_tables():
             assert "dequant_mm_min_m" not in entry, (gpu, key)
     packed = make_weight("pot", 4, 128, 64, 256)
     w = api.Packed("pot", packed.qweight, packed.scales, None, 4, 128, 256)
-    top = int(configs.lookup("dispatch", "pot", 4, 2, 64, 256)["small_batch_max_m"])
-    assert [api.pick_regime(w, m) for m in (1, 2, top, top + 1, 4096)] == \
-        ["gemv", "small_batch", "small_batch", "gemm", "gemm"]
+    d = configs.lookup("dispatch", "pot", 4, 2, 64, 256)
+    low, top = int(d["gemv_max_m"]), int(d["small_batch_max_m"])
+    assert [api.pick_regime(w, m) for m in (1, low, low + 1, top, top + 1, 4096)] == \
+        ["gemv", "gemv", "small_batch", "small_batch", "gemm", "gemm"]
     x = torch.randn(3, 256, device=DEVICE).to(F16)
     assert rel_err(run(packed, x, regime="dequant_mm"), reference(packed, x)) <= 1e-2
 

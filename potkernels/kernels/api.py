@@ -94,49 +94,53 @@ def use_asm(device: torch.device) -> bool:
     return device.type == "cuda" and not configs.interpreting() and os.environ.get("POTKERNELS_NO_ASM", "0") in ("", "0")
 
 
-GEMV_KEYS = {"BLOCK_N", "BLOCK_R", "num_warps", "num_stages", "waves", "split", "reduce"}
+GEMV_KEYS = {"rows_per_program", "BLOCK_N", "BLOCK_R", "num_warps", "num_stages", "waves", "split", "reduce"}
 
 
-def _gemv_tiles(cfg: dict[str, Any]) -> tuple[int, int]:
-    """(BLOCK_N, BLOCK_R) of a gemv config, checked before any launch."""
+def _gemv_tiles(cfg: dict[str, Any]) -> tuple[int, int, int]:
+    """(BLOCK_N, BLOCK_R, most x rows per program) of a gemv config, checked before any launch."""
     unknown = set(cfg) - GEMV_KEYS
     if unknown:
         raise ValueError(f"unknown gemv config keys {sorted(unknown)} (allowed: {sorted(GEMV_KEYS)})")
-    bn, br = int(cfg["BLOCK_N"]), int(cfg.get("BLOCK_R", 1))
-    for name, v, lo in (("BLOCK_N", bn, 16), ("BLOCK_R", br, 1)):
+    bn, br, bm = int(cfg["BLOCK_N"]), int(cfg.get("BLOCK_R", 1)), int(cfg.get("rows_per_program", 8))
+    for name, v, lo in (("BLOCK_N", bn, 16), ("BLOCK_R", br, 1), ("rows_per_program", bm, 1)):
         if v < lo or v & (v - 1):
             raise ValueError(f"gemv {name} must be a power of two >= {lo}, got {v}")
-    return bn, br
+    return bn, br, bm
 
 
 def gemv(x: torch.Tensor, w: Packed, bias: Optional[torch.Tensor], y: torch.Tensor,
          config: Optional[dict[str, Any]] = None) -> torch.Tensor:
-    """``y[m] = W x[m] (+ bias)`` one row at a time (M = 1 regime); x any of fp16/bf16/fp32.
+    """``y = x Wᵀ (+ bias)`` on CUDA cores for a few rows (M = 1 regime, and small M where the table
+    says so): each program decodes its weights once for up to ``BLOCK_M`` rows; x any of fp16/bf16/fp32.
 
     fp16 x accumulates in fp16x2 runs of 32 k (exact products, FORMAT.md §6 bound; needs
     max|x| < 4096), bf16/fp32 x in fp32.
     """
-    cfg = _cfg("gemv", w, x.shape[0], config, x.dtype)
-    bn, br = _gemv_tiles(cfg)
+    m = x.shape[0]
+    cfg = _cfg("gemv", w, m, config, x.dtype)
+    bn, br, max_bm = _gemv_tiles(cfg)
+    # fp16 x shares one decode across rows; bf16/fp32 x keeps a row per program (its fp32 lanes per row
+    # would spill), so each of those rows streams W once
+    bm = min(triton.next_power_of_2(m), max_bm) if x.dtype == torch.float16 else 1
     n_runs = w.KP // 32
     tiles = triton.cdiv(w.N, bn)
-    n_split = _n_split(tiles * x.shape[0], triton.cdiv(n_runs, br), cfg, w.device)
+    row_blocks = triton.cdiv(m, bm)
+    n_split = _n_split(tiles * row_blocks, triton.cdiv(n_runs, br), cfg, w.device)
     runs_per_split = triton.cdiv(triton.cdiv(n_runs, br), n_split) * br  # whole loop steps per split
     n_split = triton.cdiv(n_runs, runs_per_split)
     split = n_split > 1
-    part = torch.empty((n_split, w.N), dtype=torch.float32, device=w.device) if split else y
+    part = torch.empty((n_split, m, w.N), dtype=torch.float32, device=w.device) if split else y
     fused = split and cfg.get("reduce", "fused") == "fused"
-    cnt = _counters(w.device, tiles) if fused else part
-    bias_arg = bias if bias is not None else w.scales
-    for m in range(x.shape[0]):  # M = 1 in practice; more rows re-read W (use small_batch)
-        gemv_kernel[(tiles, n_split)](x[m], w.q, w.scales, w.zeros, bias_arg, y[m], part, cnt, w.N, w.K, w.KP,
-                                      runs_per_split, n_split, IS_POT=w.is_pot, BITS=w.bits,
-                                      X_F16=x.dtype == torch.float16, HAS_BIAS=bias is not None, SPLIT=split,
-                                      FUSED_REDUCE=fused, EVEN_K=w.K % 32 == 0, USE_ASM=use_asm(w.device),
-                                      GROUP_RUNS=w.group_runs(), BLOCK_N=bn, BLOCK_R=br,
-                                      NUM_STAGES=int(cfg.get("num_stages", 3)), num_warps=int(cfg.get("num_warps", 4)))
-        if split and not fused:
-            _reduce(part, bias, y[m], n_split, w.N)
+    cnt = _counters(w.device, tiles * row_blocks) if fused else part
+    gemv_kernel[(tiles, n_split, row_blocks)](
+        x, w.q, w.scales, w.zeros, bias if bias is not None else w.scales, y, part, cnt, m, w.N, w.K, w.KP,
+        x.stride(0), runs_per_split, n_split, IS_POT=w.is_pot, BITS=w.bits, X_F16=x.dtype == torch.float16,
+        HAS_BIAS=bias is not None, SPLIT=split, FUSED_REDUCE=fused, EVEN_K=w.K % 32 == 0,
+        USE_ASM=use_asm(w.device), GROUP_RUNS=w.group_runs(), BLOCK_M=bm, BLOCK_N=bn, BLOCK_R=br,
+        NUM_STAGES=int(cfg.get("num_stages", 3)), num_warps=int(cfg.get("num_warps", 4)))
+    if split and not fused:
+        _reduce(part, bias, y, n_split, w.N)
     return y
 
 

@@ -24,6 +24,7 @@ import triton.language as tl
 INTERPRETER = tl.constexpr(os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"))
 
 from ..format.layout import POT3_PREP_MASK as _P3M, POT3_PREP_ROT as _P3R, POT4_PREP_MASK as _P4M, POT4_PREP_ROT as _P4R
+from ..format.layout import pot_value_or
 
 # fp16x2 lane masks of a PoT pair (E bits + sign bit of both lanes) and the OR constants
 # (exponent field 15 − qmax) that make the lane ±2^(E − qmax).
@@ -36,6 +37,11 @@ POT4_PREP_ROT = tl.constexpr(_P4R)
 POT4_PREP_MASK = tl.constexpr(_P4M)
 POT3_PREP_ROT = tl.constexpr(_P3R)
 POT3_PREP_MASK = tl.constexpr(_P3M)
+# fp16x2 OR constants (exponent field 15 − qmax in both lanes): plain constexprs, so the inline PTX
+# f-strings see numbers on every triton (3.6 does not fold a jit helper's result into one)
+POT_C2 = tl.constexpr(pot_value_or(2) * 0x10001)
+POT_C3 = tl.constexpr(pot_value_or(3) * 0x10001)
+POT_C4 = tl.constexpr(pot_value_or(4) * 0x10001)
 
 
 # ------------------------------------------------------------------ bit helpers (uint32)
@@ -67,12 +73,6 @@ def lanes_or(w, S: tl.constexpr, MASK: tl.constexpr, OR: tl.constexpr, USE_ASM: 
     return r
 
 
-@triton.jit
-def pot_or16(BITS: tl.constexpr):
-    """fp16x2 OR constant: exponent field 15 − qmax in both lanes."""
-    return ((15 - (2 ** (BITS - 1) - 1)) << 10) * 0x10001
-
-
 # ------------------------------------------------------------------ PoT pair decoders
 @triton.jit
 def prep_word(w, S: tl.constexpr, KEEP: tl.constexpr, USE_ASM: tl.constexpr):
@@ -93,9 +93,9 @@ def pot4_pair(w, J: tl.constexpr, USE_ASM: tl.constexpr):
     """Pair J (codes 2J, 2J+1) of a PoT4 word as fp16x2 bits ±2^(E−7): pairs 0, 1 from the word
     rotated by 0 / 6, pairs 2, 3 from its prep word rotated by 3 / 9 (``layout.POT4_PAIR_SHIFTS``)."""
     if J < 2:
-        p = lanes_or(w, 6 * J, POT_T4, pot_or16(4), USE_ASM)
+        p = lanes_or(w, 6 * J, POT_T4, POT_C4, USE_ASM)
     else:
-        p = lanes_or(prep_word(w, POT4_PREP_ROT, POT4_PREP_MASK, USE_ASM), 3 + 6 * (J - 2), POT_T4, pot_or16(4),
+        p = lanes_or(prep_word(w, POT4_PREP_ROT, POT4_PREP_MASK, USE_ASM), 3 + 6 * (J - 2), POT_T4, POT_C4,
                      USE_ASM)
     return p
 
@@ -103,7 +103,7 @@ def pot4_pair(w, J: tl.constexpr, USE_ASM: tl.constexpr):
 @triton.jit
 def pot2_pair(w, J: tl.constexpr, USE_ASM: tl.constexpr):
     """Pair J (codes 2J, 2J+1) of a PoT2 word as fp16x2 bits ±2^(E−1): one rotate (by 2J) + one LOP3."""
-    return lanes_or(w, 2 * J, POT_T2, pot_or16(2), USE_ASM)
+    return lanes_or(w, 2 * J, POT_T2, POT_C2, USE_ASM)
 
 
 @triton.jit
@@ -111,9 +111,9 @@ def pot3_pair(w, J: tl.constexpr, USE_ASM: tl.constexpr):
     """Pair J ∈ 0..4 (codes 2J, 2J+1 of this word's 10) of a PoT3 word as fp16x2 bits ±2^(E−3):
     pairs 0–3 rotated by 3J, pair 4 from the prep word rotated by 12 (``layout.POT3_PAIR_SHIFTS``)."""
     if J < 4:
-        p = lanes_or(w, 3 * J, POT_T3, pot_or16(3), USE_ASM)
+        p = lanes_or(w, 3 * J, POT_T3, POT_C3, USE_ASM)
     else:
-        p = lanes_or(prep_word(w, POT3_PREP_ROT, POT3_PREP_MASK, USE_ASM), 12, POT_T3, pot_or16(3), USE_ASM)
+        p = lanes_or(prep_word(w, POT3_PREP_ROT, POT3_PREP_MASK, USE_ASM), 12, POT_T3, POT_C3, USE_ASM)
     return p
 
 
@@ -135,7 +135,7 @@ def pot3_spare_pair(w0, w1, w2):
     a = rotr(w0, 31) & 0x04000400  # bit 9 → 10 (E0)
     b = rotr(w1, 30) & 0x08000800  # bit 9 → 11 (E1)
     c = rotr(w2, 26) & 0x80008000  # bit 9 → 15 (sign)
-    return a | b | c | 0x30003000
+    return a | b | c | POT_C3
 
 
 # ------------------------------------------------------------------ int pair decoders (Marlin-style)

@@ -38,7 +38,7 @@ def decode_reduce_kernel(x_ptr, q_ptr, sc_ptr, z_ptr, out_ptr, N, K, KP, G, reps
         for r in tl.static_range(RUNS):
             run = (run0 + r + rep) % (KP // 32)  # varies with rep: nothing to hoist
             acc2, _ = run_dot(q_ptr, x_ptr, zcs, run * UNITS_PER_RUN, offs_n, mask_n, N, K,
-                              IS_POT, BITS, True, True, USE_ASM)
+                              IS_POT, BITS, True, True, USE_ASM, 0)
             acc = fold2(acc2, s, acc, USE_ASM)
     pid = tl.program_id(1) * tl.num_programs(0) + tl.program_id(0)
     tl.store(out_ptr + pid, tl.sum(acc, axis=0))

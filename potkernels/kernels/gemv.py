@@ -136,8 +136,8 @@ def x_run_pairs(x_ptr, k0, K, EVEN_K: tl.constexpr):
 def _use_pair(acc2, acc32, v2, xr, P: tl.constexpr, x_ptr, k0, K, X_F16: tl.constexpr, USE_ASM: tl.constexpr):
     """Accumulate decoded pair ``P`` of the run (codes k0 + 2P, k0 + 2P + 1): HFMA2 for fp16 x
     (``xr`` from :func:`x_run_pairs`), two FFMA for bf16/fp32 x."""
-    if X_F16:
-        acc2 = hfma2(xr[P] + tl.zeros_like(v2), v2, acc2, USE_ASM)
+    if X_F16:  # (+ zeros: broadcast x rows against the decoded pair before the inline PTX)
+        acc2 = hfma2(xr[P] + tl.zeros_like(acc2), v2 + tl.zeros_like(acc2), acc2, USE_ASM)
     else:
         xl, xh = _x_pair32(x_ptr, k0 + 2 * P, K)
         acc32 = acc32 + xl * lo_half(v2).to(tl.float32) + xh * hi_half(v2).to(tl.float32)
@@ -182,14 +182,20 @@ def _load_words(q_ptr, row, N, offs_n, m):
 @triton.jit
 def run_dot(q_ptr, x_ptr, zcs, unit0, offs_n, mask_n, N, K,
             IS_POT: tl.constexpr, BITS: tl.constexpr, X_F16: tl.constexpr, EVEN_K: tl.constexpr,
-            USE_ASM: tl.constexpr):
+            USE_ASM: tl.constexpr, ROWS: tl.constexpr):
     """One run of 32 k starting at unit ``unit0`` → (fp16x2 accumulator, fp32 accumulator), scale-free
     (the caller multiplies by the group's scale). Shapes broadcast: ``unit0`` a scalar and ``offs_n``,
-    ``mask_n`` ``[BN]`` (one run), or ``unit0`` ``[R, 1]``, ``offs_n`` ``[1, BN]``, ``mask_n`` ``[R, BN]`` (R runs
-    side by side); the accumulators have ``mask_n``'s shape. ``K`` masks x (``[R, 1]``: 0 for a dead run).
-    ``zcs``: :func:`int_zero_consts`."""
-    acc2 = tl.zeros(mask_n.shape, dtype=tl.uint32)
-    acc32 = tl.zeros(mask_n.shape, dtype=tl.float32)
+    ``mask_n`` ``[BN]`` (one run, ``ROWS`` = 0), or ``unit0`` ``[R, 1]``, ``offs_n`` ``[1, BN]``, ``mask_n``
+    ``[R, BN]`` (R runs side by side) and ``x_ptr`` ``[ROWS, 1, 1]`` row pointers (each decoded pair is
+    used by ``ROWS`` x rows: decode once, one HFMA2 per row). Accumulators: ``mask_n``'s shape, with a
+    leading ``ROWS`` axis when ``ROWS`` > 0. ``K`` masks x (0 for a dead run or row). ``zcs``:
+    :func:`int_zero_consts`."""
+    if ROWS == 0:
+        acc2 = tl.zeros(mask_n.shape, dtype=tl.uint32)
+        acc32 = tl.zeros(mask_n.shape, dtype=tl.float32)
+    else:
+        acc2 = tl.zeros([ROWS, mask_n.shape[0], mask_n.shape[1]], dtype=tl.uint32)
+        acc32 = tl.zeros([ROWS, mask_n.shape[0], mask_n.shape[1]], dtype=tl.float32)
     k0 = unit0 * (32 if BITS == 3 else 32 // BITS)
     if X_F16:
         xr = x_run_pairs(x_ptr, k0, K, EVEN_K)
@@ -264,27 +270,35 @@ def splitk_finish(part_ptr, cnt_ptr, b_ptr, y_ptr, tile, n_split, MN, offs, mask
 
 @triton.jit
 def gemv_kernel(x_ptr, q_ptr, sc_ptr, z_ptr, b_ptr, y_ptr, part_ptr, cnt_ptr,
-                N, K, KP, runs_per_split, n_split,
+                M, N, K, KP, stride_xm, runs_per_split, n_split,
                 IS_POT: tl.constexpr, BITS: tl.constexpr, X_F16: tl.constexpr,
                 HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr, FUSED_REDUCE: tl.constexpr, EVEN_K: tl.constexpr,
-                USE_ASM: tl.constexpr, GROUP_RUNS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr,
-                NUM_STAGES: tl.constexpr):
-    """``y = W x`` for one x row. Program (n, k) owns columns ``n·BLOCK_N …`` and the runs
-    ``[k·runs_per_split, …)``; each loop step takes ``BLOCK_R`` consecutive runs side by side (a
-    ``[BLOCK_R, BLOCK_N]`` tile of words per word index: the warps split K inside the program), and
-    ``tl.range(num_stages=NUM_STAGES)`` streams words, scales and x through a cp.async pipeline, so no
+                USE_ASM: tl.constexpr, GROUP_RUNS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                BLOCK_R: tl.constexpr, NUM_STAGES: tl.constexpr):
+    """``y = x Wᵀ`` for ``M`` ≤ a few rows of x on CUDA cores. Program (n, k, m) owns columns
+    ``n·BLOCK_N …``, x rows ``m·BLOCK_M …`` and the runs ``[k·runs_per_split, …)``; each loop step takes
+    ``BLOCK_R`` consecutive runs side by side (a ``[BLOCK_R, BLOCK_N]`` tile of words per word index: the
+    warps split K inside the program), decodes them once and multiplies them with all ``BLOCK_M`` rows,
+    and ``tl.range(num_stages=NUM_STAGES)`` streams words, scales and x through a cp.async pipeline, so no
     load is waited on in the steady state. Each run's group scale is loaded with it (``GROUP_RUNS``:
     runs per group, a compile-time constant — the group index is a shift, no run-time division;
-    0 = one group per row). The ``BLOCK_R`` rows are summed once at the end (shared memory)."""
+    0 = one group per row). The ``BLOCK_R`` runs are summed once at the end (shared memory)."""
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
+    pid_m = tl.program_id(2)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     mask_n = offs_n < N
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    mask_m = offs_m < M
+    # one row: x a scalar pointer and 2-D [BLOCK_R, BLOCK_N] accumulators (the M = 1 loop keeps its layout:
+    # each warp reads only its own run's x); more rows: [BLOCK_M, 1, 1] row pointers, 3-D accumulators
+    ROWS: tl.constexpr = 0 if BLOCK_M == 1 else BLOCK_M
+    x_rows = x_ptr + pid_m * stride_xm if ROWS == 0 else x_ptr + offs_m[:, None, None] * stride_xm
     rows = tl.arange(0, BLOCK_R)[:, None]
     UNITS_PER_RUN: tl.constexpr = 1 if BITS == 3 else BITS
     r_lo = pid_k * runs_per_split
     r_hi = tl.minimum(r_lo + runs_per_split, KP // 32)
-    acc = tl.zeros([BLOCK_R, BLOCK_N], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_R, BLOCK_N] if ROWS == 0 else [BLOCK_M, BLOCK_R, BLOCK_N], dtype=tl.float32)
     for r0 in tl.range(r_lo, r_hi, BLOCK_R, num_stages=NUM_STAGES):
         run = r0 + rows  # [BLOCK_R, 1]
         live = run < r_hi
@@ -296,22 +310,32 @@ def gemv_kernel(x_ptr, q_ptr, sc_ptr, z_ptr, b_ptr, y_ptr, part_ptr, cnt_ptr,
         else:
             s = s * (2.0 ** BITS)  # lanes are (q − z)·2^−bits
             zcs = int_zero_consts(tl.load(z_ptr + grp * N + offs_n[None, :], mask=m2, other=0).to(tl.int32), BITS)
-        acc2, acc32 = run_dot(q_ptr, x_ptr, zcs, run * UNITS_PER_RUN, offs_n[None, :], m2, N,
-                              tl.where(live, K, 0), IS_POT, BITS, X_F16, EVEN_K, USE_ASM)
+        if ROWS == 0:
+            k_live = tl.where(live, K, 0)  # x of a dead run reads as 0
+        else:
+            k_live = tl.where(mask_m[:, None, None] & live[None, :, :], K, 0)  # ... and of a dead row
+            s = s[None, :, :] + tl.zeros_like(acc)
+        acc2, acc32 = run_dot(q_ptr, x_rows, zcs, run * UNITS_PER_RUN, offs_n[None, :], m2, N, k_live,
+                              IS_POT, BITS, X_F16, EVEN_K, USE_ASM, ROWS)
         if X_F16:
             acc = fold2(acc2, s, acc, USE_ASM)
         else:
             acc = tl.fma(acc32, s, acc)
-    out = tl.sum(acc, axis=0)
+    if ROWS == 0:
+        out = tl.sum(acc, axis=0)[None, :]  # [1, BLOCK_N]
+    else:
+        out = tl.sum(acc, axis=1)  # [BLOCK_M, BLOCK_N]
+    mask = mask_m[:, None] & mask_n[None, :]
+    offs_y = offs_m[:, None] * N + offs_n[None, :]
     if SPLIT:
-        tl.store(part_ptr + pid_k * N + offs_n, out, mask=mask_n)
+        tl.store(part_ptr + pid_k * M * N + offs_y, out, mask=mask)
         if FUSED_REDUCE:
-            splitk_finish(part_ptr, cnt_ptr, b_ptr, y_ptr, pid_n, n_split, N, offs_n, mask_n, offs_n, HAS_BIAS,
-                          GEMV_REDUCE_CHUNK)
+            splitk_finish(part_ptr, cnt_ptr, b_ptr, y_ptr, pid_m * tl.num_programs(0) + pid_n, n_split, M * N,
+                          offs_y, mask, offs_n[None, :], HAS_BIAS, GEMV_REDUCE_CHUNK)
     else:
         if HAS_BIAS:
-            out += tl.load(b_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)
-        tl.store(y_ptr + offs_n, out.to(y_ptr.dtype.element_ty), mask=mask_n)
+            out += tl.load(b_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
+        tl.store(y_ptr + offs_y, out.to(y_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
