@@ -51,7 +51,8 @@ def _bits_of(t: torch.Tensor) -> torch.Tensor:
        seed=st.integers(0, 2**31))
 def test_reference_decode_over_magnitudes(kind_bits, log10_std, group, seed):
     """Zero groups decode to +0 bit for bit; the single non-zero weight of a PoT group is its top
-    level, fp16(w), exactly; down to std 1e-6 the SQNR is within 0.5 dB of the same weights scaled
+    level, fp16(w), exactly (down to the smallest fp16 subnormal 2^−24: below it fp16(|w|) can exceed
+    |w|·√2 and the lower level is nearer in the log domain); down to std 1e-6 the SQNR is within 0.5 dB of the same weights scaled
     by a power of two to std ≈ 1 (the format's range costs nothing there)."""
     kind, bits = kind_bits
     cfg = _cfg(kind, bits, group)
@@ -63,8 +64,8 @@ def test_reference_decode_over_magnitudes(kind_bits, log10_std, group, seed):
         assert torch.isfinite(d).all()
         assert torch.equal(_bits_of(d[0]), torch.zeros(256, dtype=torch.int16))
         assert torch.equal(_bits_of(d[1, :group]), torch.zeros(group, dtype=torch.int16))
-    if kind == "pot":
-        one = w[2, group // 3]
+    one = w[2, group // 3]
+    if kind == "pot" and abs(one) >= 2.0 ** -24:
         assert q.dequantize(torch.float16)[2, group // 3] == one.half()  # RTN: S_top = fp16(max|w|)
     if log10_std >= -6:
         scale = 2.0 ** round(-log10_std * math.log2(10))  # exact in fp32

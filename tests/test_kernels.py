@@ -276,18 +276,18 @@ def test_bf16_dot_regimes_under_interpreter_are_correct():
 @gpu_only
 @pytest.mark.parametrize("kind,bits", [("pot", 2), ("pot", 3), ("pot", 4), ("int", 2), ("int", 3), ("int", 4), ("int", 8)])
 def test_gpu_gemv_asm_equals_twin(kind, bits, monkeypatch):
-    """The inline-PTX GEMV and its pure-Triton twin give the same bits (fp16 and bf16 x), and the
-    decode-bound kernel's checksums agree too."""
+    """The inline-PTX GEMV and its pure-Triton twin give the same bits (fp16 and bf16 x, one row and
+    three rows sharing a decode), and the decode-bound kernel's checksums agree too."""
     from potkernels.kernels.decode_bench import decode_reduce
 
     packed = make_weight(kind, bits, 128, 4096, 4096)
     w = api.Packed(kind, packed.qweight, packed.scales, getattr(packed, "zeros", None), bits, 128, 4096)
-    for dtype in (F16, BF16):
-        x = torch.randn(1, 4096, device=DEVICE).to(dtype)
+    for dtype, m in ((F16, 1), (BF16, 1), (F16, 3)):
+        x = torch.randn(m, 4096, device=DEVICE).to(dtype)
         a = matmul(x, packed, None, regime="gemv")
         monkeypatch.setenv("POTKERNELS_NO_ASM", "1")
         b = matmul(x, packed, None, regime="gemv")
         monkeypatch.delenv("POTKERNELS_NO_ASM")
-        assert torch.equal(a.view(torch.int16), b.view(torch.int16)), dtype
+        assert torch.equal(a.view(torch.int16), b.view(torch.int16)), (dtype, m)
     x = torch.randn(4096, device=DEVICE, dtype=F16)
     assert torch.isfinite(decode_reduce(w, x, 2)).all()

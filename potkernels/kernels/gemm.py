@@ -13,7 +13,7 @@ in all, from L2 after the first).
 import triton
 import triton.language as tl
 
-from .mma_tile import tile_nk, tile_scale
+from .mma_tile import tile_nk, tile_scale, tile_zero
 
 
 @triton.jit
@@ -39,7 +39,8 @@ def gemm_kernel(x_ptr, q_ptr, lut_ptr, sc_ptr, z_ptr, b_ptr, y_ptr,
         offs_k = k0 + tl.arange(0, BLOCK_K)
         xt = tl.load(x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :],
                      mask=mask_m[:, None] & (offs_k < K)[None, :], other=0.0)
-        w = tile_nk(q_ptr, lut_ptr, sc_ptr, z_ptr, k0, offs_n, mask_n, N, K, KP, GROUP_RUNS,
+        z_tile = tile_zero(z_ptr, k0, offs_n, mask_n & SCALE_FREE & (not IS_POT), N, GROUP_RUNS)
+        w = tile_nk(q_ptr, lut_ptr, sc_ptr, z_ptr, z_tile, k0, offs_n, mask_n, N, K, KP, GROUP_RUNS,
                     IS_POT, BITS, IS_BF16, SCALE_FREE, JOIN_TREE, BLOCK_K)
         if DOT_F32:  # interpreter only (api._dot_f32): exact upcast
             w = w.to(tl.float32)

@@ -147,10 +147,12 @@ def _joined_values(q_ptr, offs_r, offs_n, mask_nr, N, IS_POT: tl.constexpr, BITS
 
 
 @triton.jit
-def tile_nk(q_ptr, lut_ptr, sc_ptr, z_ptr, k0, offs_n, mask_n, N, K, KP, GROUP_RUNS: tl.constexpr,
+def tile_nk(q_ptr, lut_ptr, sc_ptr, z_ptr, z_tile, k0, offs_n, mask_n, N, K, KP, GROUP_RUNS: tl.constexpr,
             IS_POT: tl.constexpr, BITS: tl.constexpr, IS_BF16: tl.constexpr,
             SCALE_FREE: tl.constexpr, JOIN_TREE: tl.constexpr, BLOCK_K: tl.constexpr):
-    """Decoded ``W[offs_n, k0 : k0 + BLOCK_K]`` as fp16/bf16 ``[BN, BLOCK_K]`` (see module doc)."""
+    """Decoded ``W[offs_n, k0 : k0 + BLOCK_K]`` as fp16/bf16 ``[BN, BLOCK_K]`` (see module doc). ``z_tile``:
+    the tile's int zero points ``[BN]`` (:func:`tile_zero`, the caller may load them a step ahead) when
+    ``SCALE_FREE`` and int; unused otherwise."""
     R: tl.constexpr = BLOCK_K // 32
     BN: tl.constexpr = offs_n.shape[0]
     QMAX: tl.constexpr = 2 ** (BITS - 1) - 1
@@ -190,7 +192,7 @@ def tile_nk(q_ptr, lut_ptr, sc_ptr, z_ptr, k0, offs_n, mask_n, N, K, KP, GROUP_R
                 w = v * s.to(tl.float16)  # the exact product rounded once (only subnormal results round)
     else:
         if SCALE_FREE:
-            z = tl.load(z_ptr + group_of_run(k0 // 32, GROUP_RUNS) * N + offs_n, mask=mask_n, other=0)[:, None, None, None]
+            z = z_tile[:, None, None, None]
         else:
             g_ptrs = group_of_run(offs_r, GROUP_RUNS)[None, :] * N + offs_n[:, None]
             z = tl.load(z_ptr + g_ptrs, mask=mask_nr, other=0)[:, :, None, None]
@@ -214,3 +216,9 @@ def tile_scale(sc_ptr, k0, offs_n, mask_n, N, GROUP_RUNS: tl.constexpr):
     """fp32 multiplier ``[BN]`` of a scale-free tile starting at ``k0`` (one group per tile):
     PoT the stored top level ``S_top``, int ``s`` — both as stored."""
     return tl.load(sc_ptr + group_of_run(k0 // 32, GROUP_RUNS) * N + offs_n, mask=mask_n, other=0.0).to(tl.float32)
+
+
+@triton.jit
+def tile_zero(z_ptr, k0, offs_n, mask_n, N, GROUP_RUNS: tl.constexpr):
+    """int32 zero points ``[BN]`` of a scale-free int tile starting at ``k0`` (one group per tile)."""
+    return tl.load(z_ptr + group_of_run(k0 // 32, GROUP_RUNS) * N + offs_n, mask=mask_n, other=0).to(tl.int32)

@@ -17,7 +17,7 @@ import triton
 import triton.language as tl
 
 from .gemv import SMALL_BATCH_REDUCE_CHUNK, splitk_finish
-from .mma_tile import tile_nk, tile_scale
+from .mma_tile import tile_nk, tile_scale, tile_zero
 
 
 @triton.jit
@@ -37,14 +37,18 @@ def small_batch_kernel(x_ptr, q_ptr, lut_ptr, sc_ptr, z_ptr, b_ptr, y_ptr, part_
     k_lo = pid_k * k_per_split
     k_hi = tl.minimum(k_lo + k_per_split, KP)
     acc = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)  # yᵀ tile
-    # the scale of step k0 is loaded one step ahead (a 2-byte load per thread cannot ride cp.async)
+    # the scale (and int zero point) of step k0 is loaded one step ahead (1- and 2-byte loads per thread
+    # cannot ride cp.async)
     s_cur = tile_scale(sc_ptr, k_lo, offs_n, mask_n & SCALE_FREE, N, GROUP_RUNS)
+    z_cur = tile_zero(z_ptr, k_lo, offs_n, mask_n & SCALE_FREE & (not IS_POT), N, GROUP_RUNS)
     for k0 in range(k_lo, k_hi, BLOCK_K):
-        s_next = tile_scale(sc_ptr, k0 + BLOCK_K, offs_n, mask_n & SCALE_FREE & (k0 + BLOCK_K < k_hi), N, GROUP_RUNS)
+        ahead = mask_n & SCALE_FREE & (k0 + BLOCK_K < k_hi)
+        s_next = tile_scale(sc_ptr, k0 + BLOCK_K, offs_n, ahead, N, GROUP_RUNS)
+        z_next = tile_zero(z_ptr, k0 + BLOCK_K, offs_n, ahead & (not IS_POT), N, GROUP_RUNS)
         offs_k = k0 + tl.arange(0, BLOCK_K)
         xt = tl.load(x_ptr + offs_m[None, :] * stride_xm + offs_k[:, None],
                      mask=mask_m[None, :] & (offs_k < K)[:, None], other=0.0)  # [BK, BM], K contiguous
-        w = tile_nk(q_ptr, lut_ptr, sc_ptr, z_ptr, k0, offs_n, mask_n, N, K, KP, GROUP_RUNS,
+        w = tile_nk(q_ptr, lut_ptr, sc_ptr, z_ptr, z_cur, k0, offs_n, mask_n, N, K, KP, GROUP_RUNS,
                     IS_POT, BITS, IS_BF16, SCALE_FREE, JOIN_TREE, BLOCK_K)
         if DOT_F32:  # interpreter only (api._dot_f32): exact upcast
             w = w.to(tl.float32)
@@ -54,6 +58,7 @@ def small_batch_kernel(x_ptr, q_ptr, lut_ptr, sc_ptr, z_ptr, b_ptr, y_ptr, part_
         else:
             acc = tl.dot(w, xt, acc)
         s_cur = s_next
+        z_cur = z_next
     mask = mask_n[:, None] & mask_m[None, :]
     offs_y = offs_m[None, :] * N + offs_n[:, None]
     if SPLIT:
