@@ -347,7 +347,7 @@ def io_bytes(m: int, k: int, n: int, n_split: int) -> float:
 
 
 def _split(tiles: int, k_steps: int, cfg: dict[str, Any], sms: int) -> int:
-    """The dispatcher's split-K count (api._n_split, v1 and v2 alike)."""
+    """The dispatcher's split-K count (launch.n_split, v1 and v2 alike)."""
     if "split" in cfg:
         return max(1, min(int(cfg["split"]), k_steps))
     return max(1, min(-(-int(cfg.get("waves", 2)) * sms // tiles), k_steps))
@@ -516,7 +516,7 @@ def cmd_validate(args) -> int:
 def current_launch(kind: str, bits: int, m: int, k: int, n: int, gpu: dict[str, Any],
                    specs: dict[str, sr.KernelSpec]) -> tuple[str, Launch]:
     """Regime, config and grid the dispatcher (kernels/api.py) uses for one call, with its loop."""
-    from potkernels.kernels import api, configs, gemv
+    from potkernels.kernels import configs, gemv, launch, small_batch
 
     class _W:  # what api.pick_regime reads of a Packed
         pass
@@ -530,14 +530,14 @@ def current_launch(kind: str, bits: int, m: int, k: int, n: int, gpu: dict[str, 
     if regime == "dequant_mm":
         raise NotImplementedError("dequant_mm is not modelled (no table entry dispatches to it)")
     cfg = configs.lookup(regime, kind, bits, m, n, k, device=gpu["name"])
-    if regime == "gemv":  # the x rows one program multiplies (api.gemv)
-        cfg = dict(cfg, BLOCK_M=min(triton.next_power_of_2(m), api._gemv_tiles(cfg)[2]))
+    if regime == "gemv":  # the x rows one program multiplies (gemv.launch)
+        cfg = dict(cfg, BLOCK_M=min(triton.next_power_of_2(m), gemv.gemv_tiles(cfg)[2]))
     b = specs[regime].build(kind, bits, 128, cfg)
     loop = Loop.from_record(compile_current(b, (regime, kind, bits, cfg)))
     kp = _cdiv(k, 32) * 32
     w_reads = 1
     if regime == "gemv":
-        bn, br = int(cfg["BLOCK_N"]), int(cfg.get("BLOCK_R", 1))  # as api.gemv
+        bn, br = int(cfg["BLOCK_N"]), int(cfg.get("BLOCK_R", 1))  # as gemv.launch
         n_runs = kp // 32
         tiles = _cdiv(n, bn) * _cdiv(m, cfg["BLOCK_M"])
         ns = _split(tiles, _cdiv(n_runs, br), cfg, gpu["sms"])
@@ -546,7 +546,7 @@ def current_launch(kind: str, bits: int, m: int, k: int, n: int, gpu: dict[str, 
         ctas, iters, tile = tiles * ns, rps // br, bn * cfg["BLOCK_M"]
         w_reads = _cdiv(m, cfg["BLOCK_M"])  # each block of x rows streams W once
     else:
-        bm, bn, bk = api._mma_tiles(regime, cfg)
+        bm, bn, bk = launch.mma_tiles(regime, cfg)
         tile = bm * bn
         tiles = _cdiv(n, bn) * _cdiv(m, bm)
         if regime == "small_batch":
@@ -557,8 +557,8 @@ def current_launch(kind: str, bits: int, m: int, k: int, n: int, gpu: dict[str, 
         else:
             ns, iters = 1, _cdiv(kp, bk)
         ctas = tiles * ns
-    # today's reduction loads a chunk of splits at once (gemv.splitk_finish): chunk × loads per thread in flight
-    chunk = gemv.GEMV_REDUCE_CHUNK if regime == "gemv" else gemv.SMALL_BATCH_REDUCE_CHUNK
+    # today's reduction loads a chunk of splits at once (splitk.splitk_finish): chunk × loads per thread in flight
+    chunk = gemv.GEMV_REDUCE_CHUNK if regime == "gemv" else small_batch.SMALL_BATCH_REDUCE_CHUNK
     per_thread = math.ceil(tile / (32 * b.num_warps) / 4)
     return regime, Launch(loop, b.num_warps, b.num_stages, ctas, iters, ns,
                           weight_bytes(kind, bits, k, n) * w_reads + io_bytes(m, k, n, ns), tile,

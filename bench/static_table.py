@@ -69,6 +69,8 @@ def build(table: dict) -> dict:
     entry["dispatch"] = {"*:*:*": {"gemv_max_m": GEMV_MAX_M, "small_batch_max_m": SMALL_BATCH_MAX_M}}
     entry["small_batch"] = {f"*:m{b}:*": small_batch_config(b) for b in configs.M_BUCKETS if 1 < b <= SMALL_BATCH_MAX_M}
     entry["small_batch"]["*:*:*"] = small_batch_config(16)
+    for bits in (2, 3, 4, 8):  # the int tile's zero points need more registers: capped at 128 they spill 16 B
+        entry["small_batch"][f"int{bits}:m64:*"] = {k: v for k, v in small_batch_config(64).items() if k != "maxnreg"}
     entry["gemm"] = {f"*:m{b}:*": gemm_config(b) for b in configs.M_BUCKETS if b > SMALL_BATCH_MAX_M}
     entry["gemm"]["*:*:*"] = gemm_config(4096)
     for gpu in [g for g in table if g not in ("_doc", "default", "interpreter")]:

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from potkernels.format import IntConfig, PoTConfig, quantize_int, quantize_pot
-from potkernels.kernels import api, configs, int_matmul_triton, pot_matmul_triton
+from potkernels.kernels import api, configs, gemv, int_matmul_triton, launch, pot_matmul_triton
 
 ON_GPU = torch.cuda.is_available() and not configs.interpreting()
 DEVICE = "cuda" if ON_GPU else "cpu"
@@ -144,9 +144,9 @@ def test_table_has_every_bucket_code_and_bits(gpu):
             regime = "gemv" if m <= d["gemv_max_m"] else ("small_batch" if m <= d["small_batch_max_m"] else "gemm")
             cfg = configs.lookup(regime, kind, bits, m, 4096, 4096, device=gpu)
             if regime == "gemv":
-                api._gemv_tiles(cfg)
+                gemv.gemv_tiles(cfg)
             else:
-                api._mma_tiles(regime, cfg)
+                launch.mma_tiles(regime, cfg)
                 if regime == "small_batch":
                     assert min(m, 16) <= cfg["BLOCK_M"] <= max(m, 16), (kind, bits, m, cfg)
 

@@ -10,10 +10,17 @@ decoded weights, more than it saves. Program ids are swizzled in groups of ``GRO
 so neighbouring programs share weight tiles in L2 (each W tile is decoded ``M / BLOCK_M`` times
 in all, from L2 after the first).
 """
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import torch
 import triton
 import triton.language as tl
 
+from .launch import dot_f32, join_tree, launch_opts, mma_tiles, scale_free
 from .mma_tile import tile_nk, tile_scale, tile_zero
+from .packed import Packed
 
 
 @triton.jit
@@ -42,7 +49,7 @@ def gemm_kernel(x_ptr, q_ptr, lut_ptr, sc_ptr, z_ptr, b_ptr, y_ptr,
         z_tile = tile_zero(z_ptr, k0, offs_n, mask_n & SCALE_FREE & (not IS_POT), N, GROUP_RUNS)
         w = tile_nk(q_ptr, lut_ptr, sc_ptr, z_ptr, z_tile, k0, offs_n, mask_n, N, K, KP, GROUP_RUNS,
                     IS_POT, BITS, IS_BF16, SCALE_FREE, JOIN_TREE, BLOCK_K)
-        if DOT_F32:  # interpreter only (api._dot_f32): exact upcast
+        if DOT_F32:  # interpreter only (launch.dot_f32): exact upcast
             w = w.to(tl.float32)
             xt = xt.to(tl.float32)
         if SCALE_FREE:
@@ -53,3 +60,25 @@ def gemm_kernel(x_ptr, q_ptr, lut_ptr, sc_ptr, z_ptr, b_ptr, y_ptr,
         acc += tl.load(b_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
     mask = mask_m[:, None] & mask_n[None, :]
     tl.store(y_ptr + offs_m[:, None] * N + offs_n[None, :], acc.to(y_ptr.dtype.element_ty), mask=mask)
+
+
+# ------------------------------------------------------------------ host side
+def launch(x: torch.Tensor, w: Packed, bias: Optional[torch.Tensor], y: torch.Tensor,
+           cfg: dict[str, Any]) -> torch.Tensor:
+    """Tiled tensor-core regime for large M (prefill); x fp16/bf16."""
+    m = x.shape[0]
+    bm, bn, bk = mma_tiles("gemm", cfg)
+    grid = (triton.cdiv(m, bm) * triton.cdiv(w.N, bn),)
+    gemm_kernel[grid](x, w.q, w.lut, w.scales, w.zeros, bias if bias is not None else w.scales, y,
+                      m, w.N, w.K, w.KP, x.stride(0), GROUP_RUNS=w.group_runs(), IS_POT=w.is_pot, BITS=w.bits,
+                      IS_BF16=x.dtype == torch.bfloat16, HAS_BIAS=bias is not None,
+                      SCALE_FREE=scale_free(cfg, w, bk, "weight"), DOT_F32=dot_f32(), JOIN_TREE=join_tree(cfg),
+                      BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=int(cfg.get("GROUP_M", 8)), **launch_opts(cfg))
+    return y
+
+
+def candidates(m: int) -> list[dict[str, Any]]:
+    """The tuner's search space (``tune.py``)."""
+    return [dict(BLOCK_M=bm, BLOCK_N=128, BLOCK_K=128, GROUP_M=8, num_warps=8, num_stages=s) for bm in (128, 256)
+            for s in (2, 3)] + [dict(BLOCK_M=128, BLOCK_N=n, BLOCK_K=128, GROUP_M=8, num_warps=w, num_stages=st)
+                                for n, w, st in ((256, 8, 2), (64, 4, 3))]

@@ -20,18 +20,24 @@ columns):
 see FORMAT.md §6), which the interpreter tests. Split-K partials go to an fp32 ``[n_split, N]``
 buffer reduced in split order (deterministic) by the last program of each column block.
 """
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import torch
 import triton
 import triton.language as tl
 
 from .decode import group_of_run, hi_half, int3_spare_magic, int_pair_magic, lo_half, pot3_spare_pair, pot_pair
+from .launch import counters, reduce_partials, use_asm
+from .launch import n_split as launch_n_split
+from .packed import Packed
+from .splitk import splitk_finish
 
 
 # Split-K partials the last program of a column block loads at once (one fp32 per thread and split at
 # BLOCK_N = 128, 4 warps): a split count up to this costs the reduction one cache round trip.
 GEMV_REDUCE_CHUNK: tl.constexpr = tl.constexpr(16)
-# the small-batch tile is [BLOCK_N, BLOCK_M] partials per split (up to 64 per thread): one split per load,
-# which the compiler unrolls 4 deep (a chunk of 4 would cost 256 registers at M = 128 and spill)
-SMALL_BATCH_REDUCE_CHUNK: tl.constexpr = tl.constexpr(1)
 
 
 # ------------------------------------------------------------------ fp16x2 arithmetic: PTX and its twin
@@ -242,33 +248,6 @@ def run_dot(q_ptr, x_ptr, zcs, unit0, offs_n, mask_n, N, K,
 
 
 @triton.jit
-def splitk_finish(part_ptr, cnt_ptr, b_ptr, y_ptr, tile, n_split, MN, offs, mask, offs_col,
-                  HAS_BIAS: tl.constexpr, CHUNK: tl.constexpr):
-    """Single-launch split-K: after storing its fp32 partial, each program bumps its output tile's
-    counter; the last one to arrive adds the ``n_split`` partials, ``CHUNK`` splits per load (all
-    in flight at once: the tail costs one cache round trip per chunk, not per split), chunks in
-    split order and a fixed tree inside a chunk (deterministic), adds the bias, casts, stores, and
-    resets the counter for the next launch. ``offs``/``mask``: the tile's flat output offsets (any rank)."""
-    tl.debug_barrier()  # every thread's partial store is issued before the release below
-    arrived = tl.atomic_add(cnt_ptr + tile, 1, sem="acq_rel", scope="gpu")
-    if arrived == n_split - 1:
-        total = tl.zeros(offs.shape, dtype=tl.float32)
-        sp = tl.arange(0, CHUNK)
-        for s0 in range(0, n_split, CHUNK):
-            if len(offs.shape) == 1:
-                pp = part_ptr + (s0 + sp)[:, None] * MN + offs[None, :]
-                pm = ((s0 + sp) < n_split)[:, None] & mask[None, :]
-            else:
-                pp = part_ptr + (s0 + sp)[:, None, None] * MN + offs[None, :, :]
-                pm = ((s0 + sp) < n_split)[:, None, None] & mask[None, :, :]
-            total += tl.sum(tl.load(pp, mask=pm, other=0.0, cache_modifier=".cg"), axis=0)
-        if HAS_BIAS:
-            total += tl.load(b_ptr + offs_col, mask=mask, other=0.0).to(tl.float32)
-        tl.store(y_ptr + offs, total.to(y_ptr.dtype.element_ty), mask=mask)
-        tl.atomic_xchg(cnt_ptr + tile, 0)
-
-
-@triton.jit
 def gemv_kernel(x_ptr, q_ptr, sc_ptr, z_ptr, b_ptr, y_ptr, part_ptr, cnt_ptr,
                 M, N, K, KP, stride_xm, runs_per_split, n_split,
                 IS_POT: tl.constexpr, BITS: tl.constexpr, X_F16: tl.constexpr,
@@ -338,15 +317,58 @@ def gemv_kernel(x_ptr, q_ptr, sc_ptr, z_ptr, b_ptr, y_ptr, part_ptr, cnt_ptr,
         tl.store(y_ptr + offs_y, out.to(y_ptr.dtype.element_ty), mask=mask)
 
 
-@triton.jit
-def splitk_reduce_kernel(part_ptr, b_ptr, y_ptr, MN, N, n_split,
-                         HAS_BIAS: tl.constexpr, BLOCK: tl.constexpr):
-    """``y[i] = Σ_s part[s, i] (+ bias[i % N])`` over a flat ``[n_split, MN]`` fp32 buffer, in order."""
-    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    mask = offs < MN
-    acc = tl.zeros([BLOCK], dtype=tl.float32)
-    for s in range(0, n_split):
-        acc += tl.load(part_ptr + s * MN + offs, mask=mask, other=0.0)
-    if HAS_BIAS:
-        acc += tl.load(b_ptr + offs % N, mask=mask, other=0.0).to(tl.float32)
-    tl.store(y_ptr + offs, acc.to(y_ptr.dtype.element_ty), mask=mask)
+# ------------------------------------------------------------------ host side
+GEMV_KEYS = {"rows_per_program", "BLOCK_N", "BLOCK_R", "num_warps", "num_stages", "waves", "split", "reduce"}
+
+
+def gemv_tiles(cfg: dict[str, Any]) -> tuple[int, int, int]:
+    """(BLOCK_N, BLOCK_R, most x rows per program) of a gemv config, checked before any launch."""
+    unknown = set(cfg) - GEMV_KEYS
+    if unknown:
+        raise ValueError(f"unknown gemv config keys {sorted(unknown)} (allowed: {sorted(GEMV_KEYS)})")
+    bn, br, bm = int(cfg["BLOCK_N"]), int(cfg.get("BLOCK_R", 1)), int(cfg.get("rows_per_program", 8))
+    for name, v, lo in (("BLOCK_N", bn, 16), ("BLOCK_R", br, 1), ("rows_per_program", bm, 1)):
+        if v < lo or v & (v - 1):
+            raise ValueError(f"gemv {name} must be a power of two >= {lo}, got {v}")
+    return bn, br, bm
+
+
+def launch(x: torch.Tensor, w: Packed, bias: Optional[torch.Tensor], y: torch.Tensor,
+           cfg: dict[str, Any]) -> torch.Tensor:
+    """``y = x Wᵀ (+ bias)`` on CUDA cores for a few rows (M = 1 regime, and small M where the table
+    says so): each program decodes its weights once for up to ``BLOCK_M`` rows; x any of fp16/bf16/fp32.
+
+    fp16 x accumulates in fp16x2 runs of 32 k (exact products, FORMAT.md §6 bound; needs
+    max|x| < 4096), bf16/fp32 x in fp32.
+    """
+    m = x.shape[0]
+    bn, br, max_bm = gemv_tiles(cfg)
+    # fp16 x shares one decode across rows; bf16/fp32 x keeps a row per program (its fp32 lanes per row
+    # would spill), so each of those rows streams W once
+    bm = min(triton.next_power_of_2(m), max_bm) if x.dtype == torch.float16 else 1
+    n_runs = w.KP // 32
+    tiles = triton.cdiv(w.N, bn)
+    row_blocks = triton.cdiv(m, bm)
+    n_split = launch_n_split(tiles * row_blocks, triton.cdiv(n_runs, br), cfg, w.device)
+    runs_per_split = triton.cdiv(triton.cdiv(n_runs, br), n_split) * br  # whole loop steps per split
+    n_split = triton.cdiv(n_runs, runs_per_split)
+    split = n_split > 1
+    part = torch.empty((n_split, m, w.N), dtype=torch.float32, device=w.device) if split else y
+    fused = split and cfg.get("reduce", "fused") == "fused"
+    cnt = counters(w.device, tiles * row_blocks) if fused else part
+    gemv_kernel[(tiles, n_split, row_blocks)](
+        x, w.q, w.scales, w.zeros, bias if bias is not None else w.scales, y, part, cnt, m, w.N, w.K, w.KP,
+        x.stride(0), runs_per_split, n_split, IS_POT=w.is_pot, BITS=w.bits, X_F16=x.dtype == torch.float16,
+        HAS_BIAS=bias is not None, SPLIT=split, FUSED_REDUCE=fused, EVEN_K=w.K % 32 == 0,
+        USE_ASM=use_asm(w.device), GROUP_RUNS=w.group_runs(), BLOCK_M=bm, BLOCK_N=bn, BLOCK_R=br,
+        NUM_STAGES=int(cfg.get("num_stages", 3)), num_warps=int(cfg.get("num_warps", 4)))
+    if split and not fused:
+        reduce_partials(part, bias, y, n_split, w.N)
+    return y
+
+
+def candidates(m: int) -> list[dict[str, Any]]:
+    """The tuner's search space (``tune.py``): a few pipeline shapes around the model's choice."""
+    grid = [dict(BLOCK_N=128, BLOCK_R=r, num_warps=4, num_stages=s, waves=v) for r in (4, 8) for s in (3, 4)
+            for v in (1, 2, 4)]
+    return grid + [dict(BLOCK_N=256, BLOCK_R=r, num_warps=4, num_stages=3, waves=v) for r in (2, 4) for v in (2, 4)]

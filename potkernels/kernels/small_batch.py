@@ -11,13 +11,26 @@ the K tile lies in one group (``SCALE_FREE``), the tile holds the scale-free val
 ``q − z`` and the group scale multiplies the fp32 MMA result, one multiply per output per step
 instead of one per weight. Splitting K keeps every SM streaming weights when
 ``N / BLOCK_N`` alone is too few programs; partial sums go to an fp32 ``[n_split, M, N]``
-buffer reduced in split order (:func:`gemv.splitk_finish`, deterministic).
+buffer reduced in split order (:func:`splitk.splitk_finish`, deterministic).
 """
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import torch
 import triton
 import triton.language as tl
 
-from .gemv import SMALL_BATCH_REDUCE_CHUNK, splitk_finish
+from . import configs
+from .launch import counters, dot_f32, join_tree, launch_opts, mma_tiles, reduce_partials, scale_free
+from .launch import n_split as launch_n_split
 from .mma_tile import tile_nk, tile_scale, tile_zero
+from .packed import Packed
+from .splitk import splitk_finish
+
+# the tile is [BLOCK_N, BLOCK_M] partials per split (up to 64 per thread): one split per load, which the
+# compiler unrolls 4 deep (a chunk of 4 would cost 256 registers at M = 128 and spill)
+SMALL_BATCH_REDUCE_CHUNK: tl.constexpr = tl.constexpr(1)
 
 
 @triton.jit
@@ -50,7 +63,7 @@ def small_batch_kernel(x_ptr, q_ptr, lut_ptr, sc_ptr, z_ptr, b_ptr, y_ptr, part_
                      mask=mask_m[None, :] & (offs_k < K)[:, None], other=0.0)  # [BK, BM], K contiguous
         w = tile_nk(q_ptr, lut_ptr, sc_ptr, z_ptr, z_cur, k0, offs_n, mask_n, N, K, KP, GROUP_RUNS,
                     IS_POT, BITS, IS_BF16, SCALE_FREE, JOIN_TREE, BLOCK_K)
-        if DOT_F32:  # interpreter only (api._dot_f32): exact upcast
+        if DOT_F32:  # interpreter only (launch.dot_f32): exact upcast
             w = w.to(tl.float32)
             xt = xt.to(tl.float32)
         if SCALE_FREE:
@@ -70,3 +83,39 @@ def small_batch_kernel(x_ptr, q_ptr, lut_ptr, sc_ptr, z_ptr, b_ptr, y_ptr, part_
         if HAS_BIAS:
             acc += tl.load(b_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[:, None]
         tl.store(y_ptr + offs_y, acc.to(y_ptr.dtype.element_ty), mask=mask)
+
+
+# ------------------------------------------------------------------ host side
+def launch(x: torch.Tensor, w: Packed, bias: Optional[torch.Tensor], y: torch.Tensor,
+           cfg: dict[str, Any]) -> torch.Tensor:
+    """Swap-AB tensor-core regime (M = 2 … 128): ``yᵀ = W xᵀ``, split-K; x fp16/bf16."""
+    m = x.shape[0]
+    bm, bn, bk = mma_tiles("small_batch", cfg)
+    tiles = triton.cdiv(w.N, bn) * triton.cdiv(m, bm)
+    k_steps = triton.cdiv(w.KP, bk)
+    n_split = launch_n_split(tiles, k_steps, cfg, w.device)
+    k_per_split = triton.cdiv(k_steps, n_split) * bk
+    n_split = triton.cdiv(w.KP, k_per_split)
+    split = n_split > 1
+    part = torch.empty((n_split, m, w.N), dtype=torch.float32, device=w.device) if split else y
+    grid = (triton.cdiv(w.N, bn), n_split, triton.cdiv(m, bm))
+    fused = split and cfg.get("reduce", "fused") == "fused"
+    cnt = counters(w.device, grid[0] * grid[2]) if fused else part
+    small_batch_kernel[grid](x, w.q, w.lut, w.scales, w.zeros, bias if bias is not None else w.scales, y, part, cnt,
+                             m, w.N, w.K, w.KP, x.stride(0), k_per_split, n_split, GROUP_RUNS=w.group_runs(),
+                             IS_POT=w.is_pot, BITS=w.bits, IS_BF16=x.dtype == torch.bfloat16,
+                             HAS_BIAS=bias is not None, SPLIT=split, FUSED_REDUCE=fused,
+                             SCALE_FREE=scale_free(cfg, w, bk, "acc"), DOT_F32=dot_f32(),
+                             JOIN_TREE=join_tree(cfg), BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, **launch_opts(cfg))
+    if split and not fused:
+        reduce_partials(part, bias, y, n_split, w.N)
+    return y
+
+
+def candidates(m: int) -> list[dict[str, Any]]:
+    """The tuner's search space (``tune.py``); BLOCK_M is the MMA's N side (the batch)."""
+    bm = max(16, min(128, configs.m_bucket(m)))
+    grid = [dict(BLOCK_M=bm, BLOCK_N=n, BLOCK_K=k, num_warps=4, num_stages=3, waves=v) for n in (64, 128)
+            for k in (64, 128, 256) for v in (1, 2, 4)]
+    return grid + [dict(BLOCK_M=bm, BLOCK_N=128, BLOCK_K=128, num_warps=8, num_stages=s, waves=2) for s in (2, 3)] + \
+        [dict(BLOCK_M=bm, BLOCK_N=128, BLOCK_K=128, num_warps=8, num_stages=3, waves=2, maxnreg=128)]

@@ -7,18 +7,12 @@ fixed "interpreter" config is always used.
 """
 from __future__ import annotations
 
-import itertools
 import os
 from typing import Any, Callable, Optional
 
 import torch
 
-from . import configs
-
-
-def _grid(**axes) -> list[dict[str, Any]]:
-    keys = list(axes)
-    return [dict(zip(keys, vals)) for vals in itertools.product(*(axes[k] for k in keys))]
+from . import configs, dequant, gemm, gemv, small_batch
 
 
 def graph_time_ms(fn, rep_ms: float = 20, calls: int = 8) -> float:
@@ -54,22 +48,13 @@ def graph_time_ms(fn, rep_ms: float = 20, calls: int = 8) -> float:
 
 
 def candidates(regime: str, m: int) -> list[dict[str, Any]]:
-    """A small search space per regime (≤ ~24 configs, so tuning one key takes seconds)."""
-    if regime == "gemv":
-        return _grid(BLOCK_N=[128], BLOCK_R=[4, 8], num_warps=[4], num_stages=[3, 4], waves=[1, 2, 4]) + \
-            _grid(BLOCK_N=[256], BLOCK_R=[2, 4], num_warps=[4], num_stages=[3], waves=[2, 4])
-    if regime == "small_batch":  # swap-AB: BLOCK_M is the MMA's N side (the batch)
-        bm = max(16, min(128, configs.m_bucket(m)))
-        return _grid(BLOCK_M=[bm], BLOCK_N=[64, 128], BLOCK_K=[64, 128, 256], num_warps=[4], num_stages=[3],
-                     waves=[1, 2, 4]) + \
-            _grid(BLOCK_M=[bm], BLOCK_N=[128], BLOCK_K=[128], num_warps=[8], num_stages=[2, 3], waves=[2])
-    if regime == "gemm":
-        return _grid(BLOCK_M=[128, 256], BLOCK_N=[128], BLOCK_K=[128], GROUP_M=[8], num_warps=[8],
-                     num_stages=[2, 3]) + \
-            _grid(BLOCK_M=[128], BLOCK_N=[256], BLOCK_K=[128], GROUP_M=[8], num_warps=[8], num_stages=[2])
-    if regime == "dequant":
-        return _grid(BLOCK_K=[32, 64, 128], BLOCK_N=[64, 128, 256], num_warps=[4], num_stages=[1])
-    raise ValueError(f"no candidates for regime {regime!r}")
+    """A small search space per regime (≤ ~24 configs, so tuning one key takes seconds), kept beside
+    each regime's kernel (``<regime>.candidates``)."""
+    spaces = {"gemv": gemv.candidates, "small_batch": small_batch.candidates, "gemm": gemm.candidates,
+              "dequant": dequant.candidates}
+    if regime not in spaces:
+        raise ValueError(f"no candidates for regime {regime!r}")
+    return spaces[regime](m)
 
 
 Runner = Callable[[str, Any, torch.Tensor, Optional[torch.Tensor], dict[str, Any]], Any]

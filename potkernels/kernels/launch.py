@@ -1,0 +1,104 @@
+"""Host-side helpers every regime's launcher shares: compile options, the split-K count and buffers,
+the PTX-or-twin switch, and the checks of tensor-core configs. Each regime's launcher lives in its own
+file (``gemv.py``, ``small_batch.py``, ``gemm.py``, ``dequant.py``) and takes an already resolved config
+(``api`` looks it up in the table, or tunes it)."""
+from __future__ import annotations
+
+import os
+from typing import Any, Optional
+
+import torch
+import triton
+
+from . import configs
+from .packed import Packed
+from .splitk import splitk_reduce_kernel
+
+
+def launch_opts(cfg: dict[str, Any]) -> dict[str, int]:
+    """Compile options of a launch; ``maxnreg`` caps registers per thread (two CTAs per SM where the
+    speed model says occupancy matters)."""
+    opts = {"num_warps": int(cfg.get("num_warps", 4)), "num_stages": int(cfg.get("num_stages", 2))}
+    if "maxnreg" in cfg:
+        opts["maxnreg"] = int(cfg["maxnreg"])
+    return opts
+
+
+def n_split(tiles: int, k_steps: int, cfg: dict[str, Any], device: torch.device) -> int:
+    """Split K until tiles × splits covers ``waves`` × #SMs (never more splits than K steps)."""
+    if "split" in cfg:
+        return max(1, min(int(cfg["split"]), k_steps))
+    target = int(cfg.get("waves", 2)) * configs.sm_count(device.index)
+    return max(1, min(triton.cdiv(target, tiles), k_steps))
+
+
+_COUNTERS: dict[torch.device, torch.Tensor] = {}
+
+
+def counters(device: torch.device, n: int) -> torch.Tensor:
+    """Per-output-tile arrival counters of the single-launch split-K (zero between launches:
+    the last program of a tile resets its counter). One buffer per device, grown on demand.
+    Calls on concurrent CUDA streams must use ``reduce: "kernel"`` configs."""
+    buf = _COUNTERS.get(device)
+    if buf is None or buf.numel() < n:
+        buf = torch.zeros(max(n, 4096), dtype=torch.int32, device=device)
+        _COUNTERS[device] = buf
+    return buf
+
+
+def reduce_partials(part: torch.Tensor, bias: Optional[torch.Tensor], y: torch.Tensor, n_split: int, n: int) -> None:
+    """``y = Σ_s part[s] (+ bias)`` by a second launch (``reduce: "kernel"`` configs)."""
+    mn = y.numel()
+    block = 1024
+    splitk_reduce_kernel[(triton.cdiv(mn, block),)](part, bias if bias is not None else part, y, mn, n, n_split,
+                                                     HAS_BIAS=bias is not None, BLOCK=block, num_warps=4)
+
+
+def use_asm(device: torch.device) -> bool:
+    """Inline PTX on compiled CUDA runs; the pure-Triton twin under the interpreter (or when
+    ``POTKERNELS_NO_ASM=1``, e.g. to compare the twins bit for bit on a GPU)."""
+    return device.type == "cuda" and not configs.interpreting() and os.environ.get("POTKERNELS_NO_ASM", "0") in ("", "0")
+
+
+MMA_KEYS = {"BLOCK_M", "BLOCK_N", "BLOCK_K", "num_warps", "num_stages", "maxnreg", "scale", "expand",
+            "waves", "split", "reduce",  # small_batch: split-K
+            "GROUP_M"}  # gemm: L2 swizzle
+
+
+def mma_tiles(regime: str, cfg: dict[str, Any]) -> tuple[int, int, int]:
+    """(BLOCK_M, BLOCK_N, BLOCK_K) of a tensor-core regime, checked before any launch."""
+    unknown = set(cfg) - MMA_KEYS
+    if unknown:
+        raise ValueError(f"unknown {regime} config keys {sorted(unknown)} (allowed: {sorted(MMA_KEYS)})")
+    bm, bn, bk = int(cfg["BLOCK_M"]), int(cfg["BLOCK_N"]), int(cfg["BLOCK_K"])
+    min_bk = 128 if regime == "gemm" else 32  # gemm: smaller K tiles trip Triton's layout pass
+    for name, v, lo in (("BLOCK_M", bm, 16), ("BLOCK_N", bn, 16), ("BLOCK_K", bk, min_bk)):
+        if v < lo or v & (v - 1):
+            raise ValueError(f"{regime} {name} must be a power of two >= {lo} (tl.dot tiles), got {v}")
+    return bm, bn, bk
+
+
+def scale_free(cfg: dict[str, Any], w: Packed, block_k: int, default: str) -> bool:
+    """Apply the group scale to the MMA result (``scale: "acc"``) when every K tile lies in one
+    group; otherwise (or ``scale: "weight"``) fold it into each decoded weight."""
+    mode = cfg.get("scale", default)
+    if mode not in ("acc", "weight"):
+        raise ValueError(f"scale must be 'acc' or 'weight', got {mode!r}")
+    return mode == "acc" and (w.G % block_k == 0 or w.G >= w.K)
+
+
+def join_tree(cfg: dict[str, Any]) -> bool:
+    """Tile expansion (``mma_tile.tile_nk``): "join" (in-thread runs, compiled default) or
+    "broadcast" (the interpreter's default: same values, far fewer interpreted calls)."""
+    mode = cfg.get("expand", "broadcast" if configs.interpreting() else "join")
+    if mode not in ("join", "broadcast"):
+        raise ValueError(f"expand must be 'join' or 'broadcast', got {mode!r}")
+    return mode == "join"
+
+
+def dot_f32() -> bool:
+    """Under the interpreter the kernels upcast both operands to fp32 before ``tl.dot`` (exact:
+    fp16/bf16 values and their products are fp32-exact, and the MMA accumulates in fp32 too):
+    its bf16 dot is wrong and its fp16 dot a slow non-BLAS numpy loop. Compiled kernels feed
+    fp16/bf16 to the tensor cores."""
+    return configs.interpreting()
