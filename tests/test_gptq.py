@@ -7,8 +7,9 @@ import torch
 
 from calibration.calibrate import calibrate_model
 from calibration.eval import perplexity
-from calibration.gptq import (IntGrid, PoTGrid, fit_scales, gptq_quantize, gptq_reference, gptq_with_scale_fits,
-                              make_grid, pot_round_nearest, prepare_hessian, relative_output_error)
+from calibration.gptq import (IntGrid, OutputError, PoTGrid, fit_scales, gptq_factor, gptq_quantize, gptq_reference,
+                              gptq_with_scale_fits, make_grid, pot_round_nearest, prepare_hessian,
+                              relative_output_error)
 from calibration.init import init_scales
 from potkernels import IntConfig, IntLinear, PoTConfig, PoTLinear, load_quantized, save_quantized
 from potkernels.format.pot import level_scales, quantize_pot
@@ -118,6 +119,25 @@ def test_scale_fits_lower_the_output_error_and_pack_exactly(cfg):
         errs.append(relative_output_error(w, q, h))
         assert torch.equal(g.pack(q).dequantize(torch.float16), q.half())
     assert errs[2] <= errs[1] <= errs[0] and errs[2] < errs[0]
+
+
+def test_shared_factor_and_output_error_are_exact():
+    """The refits' shortcuts change no bit: GPTQ with a precomputed :func:`gptq_factor` equals GPTQ
+    factorising H itself, and :class:`OutputError` gives one value per candidate, ``‖(W − Q)X‖² / ‖WX‖²``
+    computed from the activations."""
+    n, k = 40, 96
+    w = torch.randn(n, k) * 0.02
+    x = loud_inputs(500, k)
+    h = x.t() @ x
+    for grid in grids(w, h):
+        for act_order in (True, False):
+            want = gptq_quantize(w, h, grid, act_order=act_order)
+            got = gptq_quantize(w, h, grid, act_order=act_order, factor=gptq_factor(h, act_order=act_order))
+            assert torch.equal(got, want)
+        error = OutputError(w, h)
+        for q in (grid.round(w), want):
+            direct = float(((w - q).double() @ x.double().t()).square().sum() / (w.double() @ x.double().t()).square().sum())
+            assert error(q) == relative_output_error(w, q, h) == pytest.approx(direct, rel=1e-6)  # H is fp32
 
 
 @pytest.mark.parametrize("bits", [3, 4])
