@@ -9,10 +9,11 @@ and 2 bits g64. Each row loads the float model afresh, quantizes it, and scores 
 The GPTQ rows are like-for-like pairs: ``gptq-int`` / ``pot-gptq`` run the same calibration/gptq.py path
 (the same ``--scale-fits`` refits), ``gptq-int-refine`` / ``pot-gptq-refine`` add the same frozen-code
 refine (``--refine-epochs``); one invocation gives both kinds the same calibration windows and settings.
-The like-for-like table (CPU size, every row at the same setting) was made with
+bench/results/ladder_like_for_like.{json,md} (CPU size, every row at this one setting; run split by
+config with ``--resume``, the JSON lists each invocation) comes from
 
     python bench/ladder.py --rows fp gptq-int pot-gptq gptq-int-refine pot-gptq-refine --max-windows 4 \
-        --samples 16 --seq-len 256 --batch-size 2 --threads 1 --name ladder_like_for_like
+        --samples 16 --seq-len 256 --batch-size 1 --refine-epochs 4 --threads 1 --name ladder_like_for_like
 
     python bench/ladder.py --device cuda                       # full ladder (GPU, ~20 min)
     python bench/ladder.py --max-windows 2 --rows fp rtn-pot   # quick local check
