@@ -61,7 +61,7 @@ LABELS = {"fp": "FP (fp32)", "rtn-int": "RTN int", "rtn-pot": "RTN PoT", "pot-in
           "gptq-int-refine": "int GPTQ + frozen-code refine",
           "pot-two-step": "PoT two-step (paper)", "hqq-int": "HQQ int", "gptq-int": "int GPTQ",
           "pot-init-act": "PoT step 1, activation-weighted", "pot-two-step-act": "PoT two-step, activation-weighted",
-          "pot-gptq": "PoT GPTQ", "pot-gptq-refine": "PoT GPTQ + frozen-E refine"}
+          "pot-gptq": "PoT GPTQ", "pot-gptq-refine": "PoT GPTQ + frozen-code refine"}
 GPTQ_ROWS = ("gptq-int", "gptq-int-refine", "pot-gptq", "pot-gptq-refine")
 PAIRS = (("gptq-int", "pot-gptq"), ("gptq-int-refine", "pot-gptq-refine"))  # (int, PoT) twins: same path, same settings
 CALIB_ROWS = {"pot-two-step", "pot-init-act", "pot-two-step-act", *GPTQ_ROWS}
@@ -201,7 +201,7 @@ def write_markdown(path: Path, results: list[dict], meta: dict) -> None:
               "inverse Hessian (act-order, 1 % damping, lazy batches of 128, Hessians block by block on the quantized",
               "model's own activations); PoT rounds to the nearest level in value. Then `scale_fits` rounds (in",
               "ladder.json per row) of least-squares scale refits to the codes under H + GPTQ again, the same for",
-              "both kinds (int: zero points kept). \"+ frozen-E\" / \"+ frozen-code refine\": step 2 afterwards with",
+              "both kinds (int: zero points kept). \"+ frozen-code refine\": step 2 afterwards with",
               "the GPTQ codes frozen (PoT: E and sign; int: q and the zero point), only Γ (one per group scale) learns.",
               "All PoT/int rows store b + 16/G bits per weight (+ 8/G for the int zero point); lm_head stays float."]
     if meta.get("note"):
@@ -247,7 +247,7 @@ def main(argv=None) -> int:
     p.add_argument("--lam", type=float, default=0.1)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--refine-epochs", type=int, default=4, help="pot-gptq-refine: Γ epochs with E frozen")
+    p.add_argument("--refine-epochs", type=int, default=4, help="gptq-int-refine / pot-gptq-refine: Γ epochs with the codes frozen")
     p.add_argument("--scale-fits", type=int, default=DEFAULT_SCALE_FITS,
                    help="GPTQ rows: least-squares scale refit + GPTQ rounds per linear")
     p.add_argument("--backend", choices=("decoded", "torch", "triton", "auto"), default="decoded",
