@@ -247,7 +247,8 @@ def main(argv=None) -> int:
     p.add_argument("--lam", type=float, default=0.1)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--refine-epochs", type=int, default=4, help="gptq-int-refine / pot-gptq-refine: Γ epochs with the codes frozen")
+    p.add_argument("--refine-epochs", type=int, default=4,
+                   help="gptq-int-refine / pot-gptq-refine: Γ epochs with the codes frozen")
     p.add_argument("--scale-fits", type=int, default=DEFAULT_SCALE_FITS,
                    help="GPTQ rows: least-squares scale refit + GPTQ rounds per linear")
     p.add_argument("--backend", choices=("decoded", "torch", "triton", "auto"), default="decoded",
