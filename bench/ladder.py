@@ -55,8 +55,8 @@ from potkernels.integrations.hf import dequantize_model, eligible_linears  # noq
 from potkernels.models import load_model  # noqa: E402
 from potkernels.nn import float_weight, is_conv1d  # noqa: E402
 
-ROWS = ("fp", "rtn-int", "hqq-int", "gptq-int", "gptq-int-refine", "rtn-pot", "pot-init", "pot-two-step", "pot-init-act",
-        "pot-two-step-act", "pot-gptq", "pot-gptq-refine")
+ROWS = ("fp", "rtn-int", "hqq-int", "gptq-int", "gptq-int-refine", "rtn-pot", "pot-init", "pot-two-step",
+        "pot-init-act", "pot-two-step-act", "pot-gptq", "pot-gptq-refine")
 LABELS = {"fp": "FP (fp32)", "rtn-int": "RTN int", "rtn-pot": "RTN PoT", "pot-init": "PoT step 1 (paper)",
           "gptq-int-refine": "int GPTQ + frozen-code refine",
           "pot-two-step": "PoT two-step (paper)", "hqq-int": "HQQ int", "gptq-int": "int GPTQ",
@@ -202,7 +202,8 @@ def write_markdown(path: Path, results: list[dict], meta: dict) -> None:
               "model's own activations); PoT rounds to the nearest level in value. Then `scale_fits` rounds (in",
               "ladder.json per row) of least-squares scale refits to the codes under H + GPTQ again, the same for",
               "both kinds (int: zero points kept). \"+ frozen-code refine\": step 2 afterwards with",
-              "the GPTQ codes frozen (PoT: E and sign; int: q and the zero point), only Γ (one per group scale) learns.",
+              "the GPTQ codes frozen (PoT: E and sign; int: q and the zero point), only Γ (one per group scale)",
+              "learns.",
               "All PoT/int rows store b + 16/G bits per weight (+ 8/G for the int zero point); lm_head stays float."]
     if meta.get("note"):
         lines += ["", meta["note"]]

@@ -684,5 +684,5 @@ def _with_scales(grid: Grid, scales: torch.Tensor) -> Grid:
 
 
 __all__ = ["gptq_model", "gptq_quantize", "gptq_reference", "make_grid", "pot_round_nearest", "PoTGrid", "IntGrid",
-           "FrozenCodeLinear", "GPTQBlockReport", "relative_output_error", "OutputError", "gptq_factor", "fit_scales", "gptq_with_scale_fits",
-           "DEFAULT_SCALE_FITS"]
+           "FrozenCodeLinear", "GPTQBlockReport", "relative_output_error", "OutputError", "gptq_factor", "fit_scales",
+           "gptq_with_scale_fits", "DEFAULT_SCALE_FITS"]

@@ -136,7 +136,8 @@ def test_shared_factor_and_output_error_are_exact():
             assert torch.equal(got, want)
         error = OutputError(w, h)
         for q in (grid.round(w), want):
-            direct = float(((w - q).double() @ x.double().t()).square().sum() / (w.double() @ x.double().t()).square().sum())
+            xd = x.double().t()
+            direct = float(((w - q).double() @ xd).square().sum() / (w.double() @ xd).square().sum())
             assert error(q) == relative_output_error(w, q, h) == pytest.approx(direct, rel=1e-6)  # H is fp32
 
 

@@ -29,7 +29,8 @@ def test_gptq_rows_and_note_in_merged_table(tmp_path):
     assert "| int GPTQ + frozen-code refine | — | — | — | 1200.00 |" in md
     # the like-for-like twins side by side: PoT ÷ int per column, only where both ran
     assert "| PoT GPTQ ÷ int GPTQ | — | 45 ÷ 60 = 0.75 | — | — |" in md
-    assert "| PoT GPTQ + frozen-code refine ÷ int GPTQ + frozen-code refine | — | — | — | 900 ÷ 1200 = 0.75 |" in md
+    assert ("| PoT GPTQ + frozen-code refine ÷ int GPTQ + frozen-code refine | — | — | — | 900 ÷ 1200 = 0.75 |"
+            in md)
     assert md.rstrip().endswith("Only some rows ran.")
     assert set(ladder.CALIB_ROWS) < set(ladder.ROWS) and {r for pair in ladder.PAIRS for r in pair} == set(
         ladder.GPTQ_ROWS)
