@@ -1,9 +1,19 @@
 """The quality ladder: WikiText-2 perplexity of SmolLM2-135M under every quantizer, one command.
 
-Rows: FP | RTN int | HQQ int | int GPTQ | RTN PoT | PoT step 1 | PoT two-step | activation-weighted
-step 1 alone and under step 2 (``-act`` rows; see calibration/refine.py: the paper's data-free step 1
-collapses SmolLM2 at 3 bits) | PoT GPTQ | PoT GPTQ + frozen-E refine, at 4/3/2 bits g128 and 2 bits g64. Each row loads the float model afresh, quantizes it, and scores the WikiText-2 raw
-test text (tokenized once, non-overlapping windows of ``--window`` tokens).
+Rows: FP | RTN int | HQQ int | int GPTQ | int GPTQ + frozen-code refine | RTN PoT | PoT step 1 | PoT two-step |
+activation-weighted step 1 alone and under step 2 (``-act`` rows; see calibration/refine.py: the paper's
+data-free step 1 collapses SmolLM2 at 3 bits) | PoT GPTQ | PoT GPTQ + frozen-code refine, at 4/3/2 bits g128
+and 2 bits g64. Each row loads the float model afresh, quantizes it, and scores the WikiText-2 raw test text
+(tokenized once, non-overlapping windows of ``--window`` tokens).
+
+The GPTQ rows are like-for-like pairs: ``gptq-int`` / ``pot-gptq`` run the same calibration/gptq.py path
+(the same ``--scale-fits`` refits), ``gptq-int-refine`` / ``pot-gptq-refine`` add the same frozen-code
+refine (``--refine-epochs``); one invocation gives both kinds the same calibration windows and settings.
+bench/results/ladder_like_for_like.{json,md} (CPU size, every row at this one setting; run split by
+config with ``--resume``, the JSON lists each invocation) comes from
+
+    python bench/ladder.py --rows fp gptq-int pot-gptq gptq-int-refine pot-gptq-refine --max-windows 4 \
+        --samples 16 --seq-len 256 --batch-size 1 --refine-epochs 4 --threads 1 --name ladder_like_for_like
 
     python bench/ladder.py --device cuda                       # full ladder (GPU, ~20 min)
     python bench/ladder.py --max-windows 2 --rows fp rtn-pot   # quick local check
@@ -15,8 +25,8 @@ Under a 10-minute limit per command, split it and let ``--resume`` collect the r
     python bench/ladder.py --device cuda --resume --rows pot-two-step --configs 2:128
     python bench/ladder.py --device cuda --resume --rows pot-two-step --configs 2:64
 
-Results go to bench/results/ladder.json (one entry per row, rewritten after every row so an
-interrupted run keeps what it finished; ``--resume`` skips rows already there) and ladder.md.
+Results go to bench/results/ladder.json (``--name`` changes the stem; one entry per row, rewritten after every
+row so an interrupted run keeps what it finished; ``--resume`` skips rows already there) and ladder.md.
 HQQ rows use the ``hqq`` package's quantizer (``Quantizer.quantize``, optimize=True, float
 zero point) and evaluate its dequantized weights in ``nn.Linear`` (a quality row, not a speed row).
 """
@@ -45,13 +55,16 @@ from potkernels.integrations.hf import dequantize_model, eligible_linears  # noq
 from potkernels.models import load_model  # noqa: E402
 from potkernels.nn import float_weight, is_conv1d  # noqa: E402
 
-ROWS = ("fp", "rtn-int", "hqq-int", "gptq-int", "rtn-pot", "pot-init", "pot-two-step", "pot-init-act",
-        "pot-two-step-act", "pot-gptq", "pot-gptq-refine")
+ROWS = ("fp", "rtn-int", "hqq-int", "gptq-int", "gptq-int-refine", "rtn-pot", "pot-init", "pot-two-step",
+        "pot-init-act", "pot-two-step-act", "pot-gptq", "pot-gptq-refine")
 LABELS = {"fp": "FP (fp32)", "rtn-int": "RTN int", "rtn-pot": "RTN PoT", "pot-init": "PoT step 1 (paper)",
+          "gptq-int-refine": "int GPTQ + frozen-code refine",
           "pot-two-step": "PoT two-step (paper)", "hqq-int": "HQQ int", "gptq-int": "int GPTQ",
           "pot-init-act": "PoT step 1, activation-weighted", "pot-two-step-act": "PoT two-step, activation-weighted",
-          "pot-gptq": "PoT GPTQ", "pot-gptq-refine": "PoT GPTQ + frozen-E refine"}
-CALIB_ROWS = {"pot-two-step", "pot-init-act", "pot-two-step-act", "gptq-int", "pot-gptq", "pot-gptq-refine"}
+          "pot-gptq": "PoT GPTQ", "pot-gptq-refine": "PoT GPTQ + frozen-code refine"}
+GPTQ_ROWS = ("gptq-int", "gptq-int-refine", "pot-gptq", "pot-gptq-refine")
+PAIRS = (("gptq-int", "pot-gptq"), ("gptq-int-refine", "pot-gptq-refine"))  # (int, PoT) twins: same path, same settings
+CALIB_ROWS = {"pot-two-step", "pot-init-act", "pot-two-step-act", *GPTQ_ROWS}
 CONFIGS = ((4, 128), (3, 128), (2, 128), (2, 64))
 DATA = ROOT.parent / "shared" / "data"  # the offline data folder beside the checkout
 
@@ -96,8 +109,8 @@ def run_row(row: str, bits: int, group: int, args, eval_ids: torch.Tensor, calib
         calibrate_model(model, PoTConfig(bits, group), calib_ids, "init" if row == "pot-init-act" else "two-step",
                         epochs=epochs, lr=args.lr, lam=args.lam, batch_size=args.batch_size, progress=True,
                         act_weighted=row.endswith("-act"))
-    elif row in ("gptq-int", "pot-gptq", "pot-gptq-refine"):
-        cfg = IntConfig(bits, group) if row == "gptq-int" else PoTConfig(bits, group)
+    elif row in GPTQ_ROWS:
+        cfg = IntConfig(bits, group) if row.startswith("gptq-int") else PoTConfig(bits, group)
         calibrate_model(model, cfg, calib_ids, "gptq", refine=row.endswith("refine"), epochs=args.refine_epochs,
                         lr=args.lr, lam=args.lam, batch_size=args.batch_size, progress=True,
                         scale_fits=args.scale_fits)
@@ -166,6 +179,14 @@ def write_markdown(path: Path, results: list[dict], meta: dict) -> None:
         cells = [by.get((row, b, g)) for b, g in CONFIGS]
         if any(cells):
             lines.append(f"| {LABELS[row]} | " + " | ".join("—" if c is None else f"{c['ppl']:.2f}" for c in cells) + " |")
+    pairs = [(i, q) for i, q in PAIRS if any(by.get((i, b, g)) and by.get((q, b, g)) for b, g in CONFIGS)]
+    if pairs:  # the like-for-like twins side by side
+        lines += ["", "Like-for-like pairs (same GPTQ path and settings; PoT ÷ int perplexity, < 1: PoT wins):", "",
+                  "| pair | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
+        for i, q in pairs:
+            cells = [(by.get((i, b, g)), by.get((q, b, g))) for b, g in CONFIGS]
+            lines.append(f"| {LABELS[q]} ÷ {LABELS[i]} | " + " | ".join(
+                f"{y['ppl']:.4g} ÷ {x['ppl']:.4g} = {y['ppl'] / x['ppl']:.2f}" if x and y else "—" for x, y in cells) + " |")
     lines += ["", "Command(s):", "", *[f"    {c}" for c in meta["commands"]], "",
               "Environment: " + ", ".join(f"{k} {v}" for k, v in meta["environment"].items()), "",
               f"Two-step settings: {meta['two_step']}. Calibration text: {meta['calib']}.", "",
@@ -178,17 +199,20 @@ def write_markdown(path: Path, results: list[dict], meta: dict) -> None:
               "\"int GPTQ\" / \"PoT GPTQ\" (calibration/gptq.py): scales fixed first (int: static min/max; PoT:",
               "activation-weighted step 1), then GPTQ's column-by-column rounding with error feedback through the",
               "inverse Hessian (act-order, 1 % damping, lazy batches of 128, Hessians block by block on the quantized",
-              "model's own activations); PoT rounds to the nearest level in value. \"+ frozen-E refine\": step 2",
-              "afterwards with the GPTQ codes frozen (only Γ learns).",
+              "model's own activations); PoT rounds to the nearest level in value. Then `scale_fits` rounds (in",
+              "ladder.json per row) of least-squares scale refits to the codes under H + GPTQ again, the same for",
+              "both kinds (int: zero points kept). \"+ frozen-code refine\": step 2 afterwards with",
+              "the GPTQ codes frozen (PoT: E and sign; int: q and the zero point), only Γ (one per group scale)",
+              "learns.",
               "All PoT/int rows store b + 16/G bits per weight (+ 8/G for the int zero point); lm_head stays float."]
     if meta.get("note"):
         lines += ["", meta["note"]]
     path.write_text("\n".join(lines) + "\n")
 
 
-def merge(paths: list[Path], out_dir: Path, note: str | None = None) -> None:
+def merge(paths: list[Path], out_dir: Path, note: str | None = None, name: str = "ladder") -> None:
     """Join the rows of several ``ladder.json`` files made with the same window settings (e.g. two
-    processes each running some configs) into ``out_dir``'s ladder.json / ladder.md."""
+    processes each running some configs) into ``out_dir``'s ``name``.json / ``name``.md."""
     parts = [json.loads(Path(p).read_text()) for p in paths]
     keys = {(m["window"], m["max_windows"]) for m in parts}
     if len(keys) != 1:
@@ -200,8 +224,8 @@ def merge(paths: list[Path], out_dir: Path, note: str | None = None) -> None:
     if note:
         meta["note"] = note
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "ladder.json").write_text(json.dumps({**meta, "results": results}, indent=1))
-    write_markdown(out_dir / "ladder.md", results, meta)
+    (out_dir / f"{name}.json").write_text(json.dumps({**meta, "results": results}, indent=1))
+    write_markdown(out_dir / f"{name}.md", results, meta)
 
 
 def main(argv=None) -> int:
@@ -224,7 +248,8 @@ def main(argv=None) -> int:
     p.add_argument("--lam", type=float, default=0.1)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--refine-epochs", type=int, default=4, help="pot-gptq-refine: Γ epochs with E frozen")
+    p.add_argument("--refine-epochs", type=int, default=4,
+                   help="gptq-int-refine / pot-gptq-refine: Γ epochs with the codes frozen")
     p.add_argument("--scale-fits", type=int, default=DEFAULT_SCALE_FITS,
                    help="GPTQ rows: least-squares scale refit + GPTQ rounds per linear")
     p.add_argument("--backend", choices=("decoded", "torch", "triton", "auto"), default="decoded",
@@ -232,13 +257,14 @@ def main(argv=None) -> int:
                         "same numbers as 'torch', faster on a CPU), 'torch' (reference decode + fp32 matmul "
                         "every forward, the quality reference), 'triton' (the kernels), 'auto' (the op's default)")
     p.add_argument("--results", default=str(ROOT / "bench" / "results"))
-    p.add_argument("--resume", action="store_true", help="keep rows already in ladder.json and skip them")
+    p.add_argument("--name", default="ladder", help="file stem of the results in --results (NAME.json, NAME.md)")
+    p.add_argument("--resume", action="store_true", help="keep rows already in NAME.json and skip them")
     p.add_argument("--merge", nargs="+", metavar="JSON",
                    help="only join these ladder.json files into --results (no evaluation)")
     p.add_argument("--note", default=None, help="with --merge: a paragraph appended to ladder.md (e.g. what was run)")
     args = p.parse_args(argv)
     if args.merge:
-        merge([Path(x) for x in args.merge], Path(args.results), args.note)
+        merge([Path(x) for x in args.merge], Path(args.results), args.note, args.name)
         return 0
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -257,7 +283,7 @@ def main(argv=None) -> int:
 
     out_dir = Path(args.results)
     out_dir.mkdir(parents=True, exist_ok=True)
-    json_path = out_dir / "ladder.json"
+    json_path, md_path = out_dir / f"{args.name}.json", out_dir / f"{args.name}.md"
     old = json.loads(json_path.read_text()) if args.resume and json_path.is_file() else {}
     if old and (old.get("window"), old.get("max_windows")) != (args.window, args.max_windows):
         p.error(f"--resume: {json_path} was made with window {old.get('window')}, max-windows "
@@ -288,13 +314,14 @@ def main(argv=None) -> int:
                 "commands": commands, "environment": environment(args), "calib": args.calib,
                 "two_step": {"samples": args.samples, "seq_len": args.seq_len, "epochs": args.epochs,
                              "epochs_2bit": args.epochs_2bit, "lr": args.lr, "lam": args.lam,
-                             "batch_size": args.batch_size, "refine_epochs": args.refine_epochs},
+                             "batch_size": args.batch_size, "refine_epochs": args.refine_epochs,
+                             "scale_fits": args.scale_fits},
                 "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
         if args.device.startswith("cuda"):
             meta["cuda_max_allocated_mib"] = torch.cuda.max_memory_allocated() / 2**20
         json_path.write_text(json.dumps({**meta, "results": results}, indent=1))
-        write_markdown(out_dir / "ladder.md", results, meta)
-    print(f"done in {time.perf_counter() - t_all:.0f} s → {json_path}, {out_dir / 'ladder.md'}")
+        write_markdown(md_path, results, meta)
+    print(f"done in {time.perf_counter() - t_all:.0f} s → {json_path}, {md_path}")
     return 0
 
 

@@ -250,36 +250,65 @@ def _upper_inverse_cholesky_serial(h: torch.Tensor, damp: float) -> torch.Tensor
     raise FloatingPointError("GPTQ: the Hessian is not positive definite even with heavy damping")
 
 
+class OutputError:
+    """``‖(W − Q) X‖² / ‖W X‖²`` from ``H = X Xᵀ`` for candidates ``Q`` of one ``W [N, K]``, ``H [K, K]``.
+
+    The denominator is computed once (a caller comparing several candidates pays one float64
+    ``[N, K] @ [K, K]`` product per candidate instead of two); each value equals
+    :func:`relative_output_error`'s bit for bit."""
+
+    def __init__(self, w: torch.Tensor, h: torch.Tensor) -> None:
+        self.w, self.h = w, h.double()
+        wd = w.double()
+        wh = wd @ self.h
+        with serial():  # whole-tensor sums: one reduction order at any thread count
+            self.den = float((wh * wd).sum())
+
+    def __call__(self, q: torch.Tensor) -> float:
+        d = (self.w - q).double()
+        dh = d @ self.h
+        with serial():
+            return float((dh * d).sum()) / max(self.den, 1e-300)
+
+
 def relative_output_error(w: torch.Tensor, q: torch.Tensor, h: torch.Tensor) -> float:
     """``‖(W − Q) X‖² / ‖W X‖²`` from ``H = X Xᵀ`` (no activations needed)."""
-    h = h.double()
-    d = (w - q).double()
-    wh, dh = w.double() @ h, d @ h
-    with serial():  # whole-tensor sums: one reduction order at any thread count
-        den = float((wh * w.double()).sum())
-        return float((dh * d).sum()) / max(den, 1e-300)
+    return OutputError(w, h)(q)
+
+
+@torch.no_grad()
+def gptq_factor(h: torch.Tensor, damp: float = DEFAULT_DAMP, act_order: bool = True,
+                dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+    """What :func:`gptq_quantize` needs from ``h [K, K]``: ``(perm [K] int64, U [K, K] upper)``, the column
+    order and the upper Cholesky factor of the damped, permuted ``H⁻¹`` (``dtype``). It depends on H only,
+    so several GPTQ runs on one Hessian (the scale refits) factorise it once."""
+    if damp < 0:
+        raise ValueError(f"need damp ≥ 0, got {damp}")
+    hk, _ = prepare_hessian(h.to(dtype), damp)
+    perm = torch.argsort(torch.diagonal(hk), descending=True, stable=True) if act_order else torch.arange(h.shape[0])
+    perm = perm.to(h.device)
+    return perm, _upper_inverse_cholesky(hk[perm][:, perm], damp)
 
 
 @torch.no_grad()
 def gptq_quantize(w: torch.Tensor, h: torch.Tensor, grid: Grid, damp: float = DEFAULT_DAMP,
                   block_size: int = DEFAULT_BLOCK_SIZE, act_order: bool = True,
-                  dtype: torch.dtype = torch.float32) -> torch.Tensor:
+                  dtype: torch.dtype = torch.float32,
+                  factor: Optional[tuple[torch.Tensor, torch.Tensor]] = None) -> torch.Tensor:
     """GPTQ-round ``w [N, K]`` with Hessian ``h [K, K]`` onto ``grid`` → grid values ``[N, K]`` (``dtype``).
 
     Lazy-batch form: inside a batch of ``block_size`` columns each rounding error updates the
     batch's remaining columns at once; the rest of the matrix is updated once per batch.
+    ``factor``: :func:`gptq_factor` of the same ``h``, ``damp``, ``act_order``, ``dtype`` (computed here if None).
     """
     n, k = w.shape
     if tuple(h.shape) != (k, k):
         raise ValueError(f"Hessian must be [{k}, {k}], got {tuple(h.shape)}")
     if damp < 0 or block_size < 1:
         raise ValueError(f"need damp ≥ 0 and block_size ≥ 1, got {damp}, {block_size}")
-    wk = w.to(dtype).clone()
-    hk, _ = prepare_hessian(h.to(dtype), damp)
-    perm = torch.argsort(torch.diagonal(hk), descending=True, stable=True) if act_order else torch.arange(k)
+    perm, u = factor if factor is not None else gptq_factor(h, damp, act_order, dtype)
     perm = perm.to(w.device)
-    wk, hk = wk[:, perm], hk[perm][:, perm]
-    u = _upper_inverse_cholesky(hk, damp)  # [K, K] upper, rows = scaled rows of the shrinking H_F⁻¹
+    wk = w.to(dtype)[:, perm]  # a copy; u: [K, K] upper, rows = scaled rows of the shrinking H_F⁻¹
     q = torch.empty_like(wk)
     cols = perm.tolist()
     for i1 in range(0, k, block_size):
@@ -490,16 +519,18 @@ def gptq_with_scale_fits(w: torch.Tensor, h: torch.Tensor, grid: Grid, scale_fit
     """GPTQ, then ``scale_fits`` rounds of: scales refitted to the codes (:func:`fit_scales`), GPTQ again
     under them. Returns the ``(grid, values)`` with the lowest output error ``‖(W − Q) X‖²`` seen
     (each round's candidates: the old codes under the new scales, and the new GPTQ result)."""
-    q = gptq_quantize(w, h, grid, damp=damp, block_size=block_size, act_order=act_order)
-    best = (relative_output_error(w, q, h), grid, q)
+    factor = gptq_factor(h, damp, act_order)  # one factorisation for every GPTQ run below
+    q = gptq_quantize(w, h, grid, damp=damp, block_size=block_size, act_order=act_order, factor=factor)
+    error = OutputError(w, h)
+    best = (error(q), grid, q)
     h_damped = prepare_hessian(h.float(), damp)[0]
     for _ in range(scale_fits):
         unit = grid.unit(q)  # the codes, under the scales they were chosen with
         grid = _with_scales(grid, grid.clamp(fit_scales(w, unit, h_damped, grid.g, grid.scales)))
         kept = unit * expand_groups(grid.scales.t().contiguous(), grid.g, grid.k)
-        q = gptq_quantize(w, h, grid, damp=damp, block_size=block_size, act_order=act_order)
+        q = gptq_quantize(w, h, grid, damp=damp, block_size=block_size, act_order=act_order, factor=factor)
         for cand in (kept, q):
-            err = relative_output_error(w, cand, h)
+            err = error(cand)
             if err < best[0]:
                 best = (err, grid, cand)
     return best[1], best[2]
@@ -520,8 +551,8 @@ def _solve_group(block: nn.Module, names: list[str], h: torch.Tensor, cfg, act_w
     for name, n_rows in zip(names, rows):
         sl = slice(r0, r0 + n_rows)
         sub = _sub_grid(grid, sl, w.shape[1])
-        out[name] = (sub, q[sl].float(), relative_output_error(w[sl], q_rtn[sl], h),
-                     relative_output_error(w[sl], q[sl], h))
+        error = OutputError(w[sl], h)
+        out[name] = (sub, q[sl].float(), error(q_rtn[sl]), error(q[sl]))
         r0 += n_rows
     return out
 
@@ -653,5 +684,5 @@ def _with_scales(grid: Grid, scales: torch.Tensor) -> Grid:
 
 
 __all__ = ["gptq_model", "gptq_quantize", "gptq_reference", "make_grid", "pot_round_nearest", "PoTGrid", "IntGrid",
-           "FrozenCodeLinear", "GPTQBlockReport", "relative_output_error", "fit_scales", "gptq_with_scale_fits",
-           "DEFAULT_SCALE_FITS"]
+           "FrozenCodeLinear", "GPTQBlockReport", "relative_output_error", "OutputError", "gptq_factor", "fit_scales",
+           "gptq_with_scale_fits", "DEFAULT_SCALE_FITS"]

@@ -7,8 +7,9 @@ import torch
 
 from calibration.calibrate import calibrate_model
 from calibration.eval import perplexity
-from calibration.gptq import (IntGrid, PoTGrid, fit_scales, gptq_quantize, gptq_reference, gptq_with_scale_fits,
-                              make_grid, pot_round_nearest, prepare_hessian, relative_output_error)
+from calibration.gptq import (IntGrid, OutputError, PoTGrid, fit_scales, gptq_factor, gptq_quantize, gptq_reference,
+                              gptq_with_scale_fits, make_grid, pot_round_nearest, prepare_hessian,
+                              relative_output_error)
 from calibration.init import init_scales
 from potkernels import IntConfig, IntLinear, PoTConfig, PoTLinear, load_quantized, save_quantized
 from potkernels.format.pot import level_scales, quantize_pot
@@ -120,6 +121,26 @@ def test_scale_fits_lower_the_output_error_and_pack_exactly(cfg):
     assert errs[2] <= errs[1] <= errs[0] and errs[2] < errs[0]
 
 
+def test_shared_factor_and_output_error_are_exact():
+    """The refits' shortcuts change no bit: GPTQ with a precomputed :func:`gptq_factor` equals GPTQ
+    factorising H itself, and :class:`OutputError` gives one value per candidate, ``‖(W − Q)X‖² / ‖WX‖²``
+    computed from the activations."""
+    n, k = 40, 96
+    w = torch.randn(n, k) * 0.02
+    x = loud_inputs(500, k)
+    h = x.t() @ x
+    for grid in grids(w, h):
+        for act_order in (True, False):
+            want = gptq_quantize(w, h, grid, act_order=act_order)
+            got = gptq_quantize(w, h, grid, act_order=act_order, factor=gptq_factor(h, act_order=act_order))
+            assert torch.equal(got, want)
+        error = OutputError(w, h)
+        for q in (grid.round(w), want):
+            xd = x.double().t()
+            direct = float(((w - q).double() @ xd).square().sum() / (w.double() @ xd).square().sum())
+            assert error(q) == relative_output_error(w, q, h) == pytest.approx(direct, rel=1e-6)  # H is fp32
+
+
 @pytest.mark.parametrize("bits", [3, 4])
 def test_gptq_lowers_output_error_vs_step1_on_loud_channels(bits):
     """A layer with 4 loud input channels: GPTQ's output error (fresh inputs too) is well below step 1's."""
@@ -177,10 +198,12 @@ def test_pipeline_tiny_models(arch, cfg, refine, tmp_path):
         assert torch.equal(model(x).logits, again(x).logits)
 
 
-def test_refine_keeps_codes_and_true_sequential_option():
+@pytest.mark.parametrize("cfg", [PoTConfig(3, 32), IntConfig(3, 32)])
+def test_refine_keeps_codes_and_true_sequential_option(cfg):
+    """The frozen-code refine changes only the scales, for both kinds alike (int: codes and zero points
+    kept), and the refined scales are the ones stored."""
     torch.manual_seed(0)
     ids = torch.randint(0, VOCAB, (8, 32))
-    cfg = PoTConfig(3, 32)
     base = tiny_llama()
     a, b = tiny_llama(), tiny_llama()
     a.load_state_dict(base.state_dict())
@@ -188,10 +211,17 @@ def test_refine_keeps_codes_and_true_sequential_option():
     # same batching (2 samples per forward) in both, so the Hessians are summed in the same order
     calibrate_model(a, cfg, ids, "gptq", hessian_batch=2, progress=False)
     calibrate_model(b, cfg, ids, "gptq", refine=True, epochs=3, batch_size=2, progress=False)
+    assert b.calibration_report["blocks"][0]["loss_refined"] < b.calibration_report["blocks"][0]["loss_gptq"]
     # block 0 sees the same inputs in both runs, so refinement changed its scales, not its codes
+    moved = 0
     for name in ("model.layers.0.self_attn.q_proj", "model.layers.0.mlp.down_proj"):
         pa, pb = a.get_submodule(name).packed, b.get_submodule(name).packed
-        assert all(torch.equal(u, v) for u, v in zip(pa.codes(), pb.codes()))
+        if isinstance(cfg, IntConfig):
+            assert torch.equal(pa.codes(), pb.codes()) and torch.equal(pa.zeros, pb.zeros)
+        else:
+            assert all(torch.equal(u, v) for u, v in zip(pa.codes(), pb.codes()))
+        moved += int((pa.scales != pb.scales).sum())
+    assert moved > 0
     c = tiny_llama()
     c.load_state_dict(base.state_dict())
     calibrate_model(c, cfg, ids, "gptq", true_sequential=True, progress=False)
@@ -199,9 +229,11 @@ def test_refine_keeps_codes_and_true_sequential_option():
 
 
 @pytest.mark.parametrize("arch", MODELS)
-def test_scale_fits_bring_the_logits_closer_to_float(arch):
-    """Two rounds of scale refits end closer to the float logits than plain GPTQ (tiny models, in-sample:
-    measured 0.76× on Llama, 0.92× on GPT-2), still packed, with the setting in the report."""
+@pytest.mark.parametrize("cfg", [PoTConfig(3, 32), IntConfig(3, 32)])
+def test_scale_fits_bring_the_logits_closer_to_float(arch, cfg):
+    """Two rounds of scale refits end closer to the float logits than plain GPTQ, for PoT and its int twin
+    alike (tiny models, in-sample: measured PoT 0.76× on Llama, 0.92× on GPT-2; int 0.89× on Llama, 0.94× on GPT-2),
+    still packed, with the setting in the report."""
     torch.manual_seed(0)
     ids = torch.randint(0, VOCAB, (8, 32))
     base = MODELS[arch]()
@@ -211,9 +243,9 @@ def test_scale_fits_bring_the_logits_closer_to_float(arch):
     for fits in (0, 2):
         m = MODELS[arch]()
         m.load_state_dict(base.state_dict())
-        calibrate_model(m, PoTConfig(3, 32), ids, "gptq", scale_fits=fits, progress=False)
+        calibrate_model(m, cfg, ids, "gptq", scale_fits=fits, progress=False)
         assert m.calibration_report["scale_fits"] == fits
-        assert sum(isinstance(x, PoTLinear) for x in m.modules()) > 0
+        assert sum(isinstance(x, PoTLinear if isinstance(cfg, PoTConfig) else IntLinear) for x in m.modules()) > 0
         with torch.no_grad():
             errs.append(float((m(ids).logits - want).pow(2).mean()))
     assert errs[1] < 0.96 * errs[0]
