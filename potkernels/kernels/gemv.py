@@ -1,24 +1,26 @@
-"""M = 1 fused decode + matvec on the v2 layout: fp16x2 short runs, fp32 across runs, split-K.
+"""M = 1 (and a few fp16 rows) fused decode + matvec on the v2 layout: fp16x2 short runs, fp32 across runs,
+split-K, a cp.async pipeline.
 
-Each program owns ``BLOCK_N`` output columns and a K-chunk of whole *runs* of 32 k. Per run and
-column it reads the run's packed words once (one [BLOCK_N] row of words per load, 128-bit per
-thread, evict-first: weights are streamed once), decodes two codes per fp16x2 register with the
-pair decoders of ``decode.py`` (one rotate + one LOP3 per pair), and multiplies them with the
-matching pair of x (x is read as int32 fp16x2 pairs, once per run, shared by all of a thread's
-columns):
+Each program owns ``BLOCK_N`` output columns, up to ``BLOCK_M`` x rows and a K-chunk of whole *runs* of
+32 k; each loop step takes ``BLOCK_R`` runs side by side (the warps split K inside the program) and
+``tl.range(num_stages=...)`` streams their packed words (128-bit per thread, one ``[BLOCK_R, BLOCK_N]``
+tile per word index), their group scales and x through shared memory ahead of use. Per run and column
+it decodes two codes per fp16x2 register with the pair decoders of ``decode.py`` (one rotate + one LOP3
+per pair) and multiplies them with the matching pair of each x row (read as int32 fp16x2 pairs, shared
+by all of a thread's columns):
 
 * **fp16 activations**: ``acc2 = fma.rn.f16x2(x2, v2, acc2)`` over the run's 16 pairs (16 terms per
   lane), then ``acc += (lo + hi) · s`` in fp32, ``s`` = the group's stored S_top (PoT) or s·2^bits
   (int). PoT lanes are ±2^(E − qmax) — exact; int lanes ``(q − z)·2^−bits`` (one HFMA2 from the
   Marlin magic ``1024 + q·2^o``) — exact. |lane| ≤ 1, so a run's lane sum is ≤ Σ|x| over 16
   elements: no overflow while max|x| < 4096 (FORMAT.md §6 states the error bound; larger
-  activations: use ``gemv_fp32_acc``).
+  activations: pass them as bf16 / fp32).
 * **bf16 / fp32 activations**: the same lanes converted to fp32 and FFMA'd (no fp16 rounding).
 
 ``USE_ASM`` selects inline PTX (``shf.r.wrap`` / ``lop3`` in ``decode.py``'s pair decoders,
 ``fma.rn.f16x2`` here; compiled GPU runs) or the pure-Triton twin (same bit operations; fp16 FMA emulated exactly in fp64 — bit-identical,
-see FORMAT.md §6), which the interpreter tests. Split-K partials go to an fp32 ``[n_split, N]``
-buffer reduced in split order (deterministic) by the last program of each column block.
+see FORMAT.md §6), which the interpreter tests. Split-K partials go to an fp32 ``[n_split, M, N]``
+buffer reduced in a fixed order (deterministic) by the last program of each output tile (``splitk.py``).
 """
 from __future__ import annotations
 
