@@ -67,6 +67,18 @@ def _seed():
 
 
 @pytest.fixture
+def no_model_load(monkeypatch):
+    """Fail the test if anything loads a model (inputs must be checked before any long work)."""
+    import potkernels.models
+
+    def boom(*a, **k):
+        raise AssertionError("a model was loaded before the inputs were checked")
+
+    monkeypatch.setattr(potkernels.models, "load_model", boom)
+    monkeypatch.setattr(potkernels.models, "load_quantized", boom, raising=False)
+
+
+@pytest.fixture
 def shared_data() -> pathlib.Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"offline data folder {SHARED_DATA} not found")

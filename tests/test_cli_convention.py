@@ -33,16 +33,6 @@ def tiny_model_dir(tmp_path, shared_data):
     return out
 
 
-@pytest.fixture
-def no_model_load(monkeypatch):
-    import potkernels.models
-
-    def boom(*a, **k):
-        raise AssertionError("a model was loaded before the inputs were checked")
-
-    monkeypatch.setattr(potkernels.models, "load_model", boom)
-
-
 def one_line_error(capsys, main, argv, only_output: bool = True) -> str:
     """The ``error:`` line of a run that must exit 2; ``only_output``: stderr holds nothing else (no model
     loading progress, so nothing was loaded)."""

@@ -31,18 +31,6 @@ def text_file(tmp_path, shared_data):
     return path
 
 
-@pytest.fixture
-def no_model_load(monkeypatch):
-    """Fail the test if anything loads a model."""
-    import potkernels.models
-
-    def boom(*a, **k):
-        raise AssertionError("a model was loaded before the inputs were checked")
-
-    monkeypatch.setattr(potkernels.models, "load_model", boom)
-    monkeypatch.setattr(potkernels.models, "load_quantized", boom, raising=False)
-
-
 def _listing(folder):
     return sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in folder.rglob("*"))
 
