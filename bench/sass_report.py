@@ -251,20 +251,23 @@ def steady_loop(sass):
     return sass[lo: hi + 1], True, outer_len
 
 
-_REG = re.compile(r"\bR(\d+)\b")
+REGISTER = re.compile(r"\bR(\d+)\b")  # a general register operand of a SASS line
+# opcodes whose first register operand is read, not written (stores, barriers, branches, MMA fences ...)
+NO_DEST_OPS = ("STS", "STG", "ST", "STL", "RED", "LDGSTS", "BAR", "BRA", "DEPBAR", "LDGDEPBAR", "WARPGROUP",
+               "MEMBAR", "EXIT", "SYNCS", "ARRIVES", "UTMALDG", "UBLKCP", "NOP", "WARPSYNC", "FENCE")
 
 
 def waited_loads(body) -> list[str]:
     """``LDG`` instructions of a loop body whose destination is read later in the same iteration."""
     out = []
     for i, (_, op, mods, operands) in enumerate(body):
-        regs = [int(r) for r in _REG.findall(operands)]
+        regs = [int(r) for r in REGISTER.findall(operands)]
         if op != "LDG" or not regs:
             continue
         dest = set(range(regs[0], regs[0] + max(1, ldg_width(mods) // 32)))
         for _, op2, _, operands2 in body[i + 1:]:
-            regs2 = [int(r) for r in _REG.findall(operands2)]
-            writes = op2 not in ("STS", "STG", "ST", "RED", "LDGSTS", "BRA", "BAR") and regs2
+            regs2 = [int(r) for r in REGISTER.findall(operands2)]
+            writes = op2 not in NO_DEST_OPS and regs2
             srcs = set(regs2[1:] if writes else regs2)
             if dest & srcs:
                 out.append(f"{op}{mods}")
@@ -323,6 +326,7 @@ def run_spec(spec: KernelSpec, kind: str, bits: int, group: int, gpu: str, arch:
     # shared-memory stores in the loop, in fp16 elements per weight (1.0 = every decoded weight once)
     sts_bytes = sum(ldg_width(mods) // 8 for _, op, mods, _ in body if op == "STS")
     mma_ops = sorted({op + mods for _, op, mods, _ in sass if op in ("HGMMA", "HMMA")})
+    waited = waited_loads(body)
     rec = {
         "kernel": spec.name, "kind": kind, "bits": bits, "group_size": group, "M": spec.M,
         "config": {kk: v for kk, v in cfg.items()},
@@ -338,8 +342,8 @@ def run_spec(spec: KernelSpec, kind: str, bits: int, group: int, gpu: str, arch:
         "mma_opcodes": mma_ops,
         # global loads in the steady loop that the same iteration waits on (cp.async LDGSTS is not one;
         # a load whose value is first read in the next iteration is a prefetch)
-        "sync_ldg_in_loop": waited_loads(body),
-        "prefetch_ldg_in_loop": sum(op == "LDG" for _, op, _, _ in body) - len(waited_loads(body)),
+        "sync_ldg_in_loop": waited,
+        "prefetch_ldg_in_loop": sum(op == "LDG" for _, op, _, _ in body) - len(waited),
         "compile_s": round(time.time() - t0, 1),
     }
     rec["smem_over_limit"] = kern.metadata.shared > SMEM_LIMIT.get(arch, 232448)

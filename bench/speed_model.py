@@ -182,11 +182,6 @@ def compile_current(b: sr.Build, tag: Any) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
-_REG = re.compile(r"\bR(\d+)\b")
-_STORE_LIKE = ("STS", "STG", "ST", "STL", "RED", "LDGSTS", "BAR", "BRA", "DEPBAR", "LDGDEPBAR", "WARPGROUP",
-               "MEMBAR", "EXIT", "SYNCS", "ARRIVES", "UTMALDG", "UBLKCP", "NOP", "WARPSYNC", "FENCE")
-
-
 def _width(op: str, mods: str) -> int:
     """Registers one load writes (LDG.128: 4, LDSM .x4: 4, ...)."""
     if op == "LDSM":
@@ -245,8 +240,8 @@ class Loop:
         first_read: dict[int, float] = {}  # registers read before this iteration writes them: loop-carried
         t, mma_done = 0.0, 0.0
         for _, op, mods, operands in self.body:
-            regs = [int(r) for r in _REG.findall(operands)]
-            has_dest = op not in _STORE_LIKE and regs
+            regs = [int(r) for r in sr.REGISTER.findall(operands)]
+            has_dest = op not in sr.NO_DEST_OPS and regs
             srcs = regs[1:] if has_dest else regs
             t = max([t + 1] + [ready.get(r, 0.0) for r in srcs])
             for r in srcs:
