@@ -77,6 +77,21 @@ def test_fp16_model_interpolates_measured_efficiency(sm):
     assert sm.fp16_us(64, 4096, 4096, gpu, eff) == pytest.approx(sm.fp16_ceiling_us(64, 4096, 4096, gpu))
 
 
+def test_ceiling_is_a_lower_bound_on_any_one_launch_kernel(sm):
+    """ceiling_us: launch + max(bytes once, FLOPs); fewer bits only help while bytes bound, and no
+    launch the model times (same launch cost, bytes incl. split-K partials, loop, tail) beats it."""
+    gpu, p = sm.GPUS["h200"], sm.Params(375, 225, 3.0, 2.5)
+    c = {b: sm.ceiling_us("pot", b, 1, 4096, 4096, gpu, p) for b in (2, 3, 4)}
+    assert c[2] < c[3] < c[4] < sm.fp16_ceiling_us(1, 4096, 4096, gpu) + p.launch_us
+    assert c[4] == pytest.approx(p.launch_us + sm.weight_bytes("pot", 4, 4096, 4096) / gpu["hbm_bps"] * 1e6, rel=1e-3)
+    big = {b: sm.ceiling_us("pot", b, 4096, 4096, 4096, gpu, p) for b in (2, 4)}
+    assert big[2] == big[4] == pytest.approx(2 * 4096 ** 3 / gpu["mma_flops"] * 1e6 + p.launch_us)
+    tiny = loop(sm, [("FFMA", "", "R1, R2, R3, R4")])
+    ln = sm.Launch(tiny, 4, 1, ctas=132, iters=1, n_split=1,
+                   bytes=sm.weight_bytes("pot", 4, 4096, 4096) + sm.io_bytes(1, 4096, 4096, 1))
+    assert sm.predict_launch(ln, gpu, p)["us"] >= c[4]
+
+
 def test_gpu_skip_reason_rule():
     from gpu_rules import gpu_skip_reason
 

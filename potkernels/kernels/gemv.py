@@ -371,6 +371,5 @@ def launch(x: torch.Tensor, w: Packed, bias: Optional[torch.Tensor], y: torch.Te
 
 def candidates(m: int) -> list[dict[str, Any]]:
     """The tuner's search space (``tune.py``): a few pipeline shapes around the model's choice."""
-    grid = [dict(BLOCK_N=128, BLOCK_R=r, num_warps=4, num_stages=s, waves=v) for r in (4, 8) for s in (3, 4)
-            for v in (1, 2, 4)]
-    return grid + [dict(BLOCK_N=256, BLOCK_R=r, num_warps=4, num_stages=3, waves=v) for r in (2, 4) for v in (2, 4)]
+    return [dict(BLOCK_N=n, BLOCK_R=r, num_warps=w, num_stages=2, waves=v)
+            for n in (32, 64, 128) for r in (8, 16) for w in (2, 4) for v in (2, 5, 8)]
