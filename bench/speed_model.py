@@ -36,6 +36,7 @@ applied to the other GPU's ceilings. ``predict``/``compare`` read the fitted val
     git worktree add ../v1src bddbd22   # the kernels the H100 run measured (only to fill a cold SASS cache)
     python bench/speed_model.py validate [--json] [--out bench/results/sm90-static]
     python bench/speed_model.py predict --gpu h200 [--json]  # today's kernels, Llama-3-8B shapes
+    python bench/speed_model.py grid --m 1 [--gpu h200]      # the tuner's candidates at one M, best first
     python bench/speed_model.py compare --measured matmul.json [--gpu h200]
 """
 from __future__ import annotations
@@ -509,8 +510,9 @@ def cmd_validate(args) -> int:
 
 # ------------------------------------------------------------------ today's kernels (predict)
 def current_launch(kind: str, bits: int, m: int, k: int, n: int, gpu: dict[str, Any],
-                   specs: dict[str, sr.KernelSpec]) -> tuple[str, Launch]:
-    """Regime, config and grid the dispatcher (kernels/api.py) uses for one call, with its loop."""
+                   specs: dict[str, sr.KernelSpec], config: dict[str, Any] | None = None) -> tuple[str, Launch]:
+    """Regime, config and grid the dispatcher (kernels/api.py) uses for one call, with its loop;
+    ``config`` replaces the table's config of that regime (the ``grid`` command)."""
     from potkernels.kernels import configs, gemv, launch, small_batch
 
     class _W:  # what api.pick_regime reads of a Packed
@@ -524,7 +526,7 @@ def current_launch(kind: str, bits: int, m: int, k: int, n: int, gpu: dict[str, 
               "dequant_mm" if m >= int(d.get("dequant_mm_min_m", 1 << 62)) else "gemm")
     if regime == "dequant_mm":
         raise NotImplementedError("dequant_mm is not modelled (no table entry dispatches to it)")
-    cfg = configs.lookup(regime, kind, bits, m, n, k, device=gpu["name"])
+    cfg = dict(config) if config is not None else configs.lookup(regime, kind, bits, m, n, k, device=gpu["name"])
     if regime == "gemv":  # the x rows one program multiplies (gemv.launch)
         cfg = dict(cfg, BLOCK_M=min(triton.next_power_of_2(m), gemv.gemv_tiles(cfg)[2]))
     b = specs[regime].build(kind, bits, 128, cfg)
@@ -650,6 +652,37 @@ def cmd_predict(args) -> int:
     return 0
 
 
+def cmd_grid(args) -> int:
+    """Every tuner candidate of the regime the dispatcher picks at ``--m`` (``tune.candidates``), per
+    code: modelled µs summed over ``LLAMA3_8B``, best first. How the GEMV table entries were chosen."""
+    from potkernels.kernels import tune
+
+    p = fitted_params()
+    if not sr.SPECS:
+        sr._kernel_specs()
+    specs = {s.name: s for s in sr.SPECS}
+    gpu = GPUS[args.gpu]
+    eff = fp16_efficiency(measured_rows())
+    ref = sum(fp16_us(args.m, k, n, gpu, eff) for k, n in LLAMA3_8B)
+    codes = [(c[:3], int(c[3:])) for c in args.codes.split(",")]
+    out = {}
+    for kind, bits in codes:
+        regime = current_launch(kind, bits, args.m, *LLAMA3_8B[0], gpu, specs)[0]
+        rows = []
+        for cfg in tune.candidates(regime, args.m):
+            us = sum(predict_launch(current_launch(kind, bits, args.m, k, n, gpu, specs, cfg)[1], gpu, p)["us"]
+                     for k, n in LLAMA3_8B)
+            rows.append({"config": cfg, "us": round(us, 2), "speedup": round(ref / us, 3)})
+        rows.sort(key=lambda r: r["us"])
+        out[f"{kind}{bits}"] = {"regime": regime, "rows": rows[:args.top]}
+        print(f"# {kind}{bits} M={args.m} {regime} ({len(rows)} candidates, fp16 {ref:.1f} µs)")
+        for r in rows[:args.top]:
+            print(f"  {r['us']:8.2f} µs  ×{r['speedup']:.3f}  {json.dumps(r['config'])}")
+    if args.json:
+        print(json.dumps(out))
+    return 0
+
+
 def cmd_compare(args) -> int:
     """Predicted vs measured for rows in bench/matmul.py's JSON form (today's kernels). ``--dry-run``
     compares the model with itself on two synthetic rows (checks the plumbing on a CPU box)."""
@@ -701,12 +734,18 @@ def main(argv: list[str] | None = None) -> int:
     pr.add_argument("--gpu", choices=sorted(GPUS), default="h200")
     pr.add_argument("--out", type=Path, default=None)
     pr.add_argument("--json", action="store_true")
+    g = sub.add_parser("grid", help="every tuner candidate at one M, per code, best first (how configs are chosen)")
+    g.add_argument("--gpu", choices=sorted(GPUS), default="h200")
+    g.add_argument("--m", type=int, default=1)
+    g.add_argument("--codes", default="pot4,pot3,pot2,int4,int3,int2")
+    g.add_argument("--top", type=int, default=5, help="rows shown per code")
+    g.add_argument("--json", action="store_true")
     c = sub.add_parser("compare", help="predicted vs measured rows (bench/matmul.py JSON)")
     c.add_argument("--measured", type=Path, default=None, help="bench/matmul.py JSON of a GPU run")
     c.add_argument("--dry-run", action="store_true", help="model vs itself on two synthetic rows (CPU check)")
     c.add_argument("--gpu", choices=sorted(GPUS), default="h200")
     args = ap.parse_args(argv)
-    return {"validate": cmd_validate, "predict": cmd_predict, "compare": cmd_compare}[args.cmd](args)
+    return {"validate": cmd_validate, "predict": cmd_predict, "grid": cmd_grid, "compare": cmd_compare}[args.cmd](args)
 
 
 if __name__ == "__main__":
