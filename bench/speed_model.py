@@ -509,11 +509,16 @@ def cmd_validate(args) -> int:
 
 
 # ------------------------------------------------------------------ today's kernels (predict)
-def current_launch(kind: str, bits: int, m: int, k: int, n: int, gpu: dict[str, Any],
-                   specs: dict[str, sr.KernelSpec], config: dict[str, Any] | None = None) -> tuple[str, Launch]:
-    """Regime, config and grid the dispatcher (kernels/api.py) uses for one call, with its loop;
-    ``config`` replaces the table's config of that regime (the ``grid`` command)."""
-    from potkernels.kernels import configs, gemv, launch, small_batch
+def kernel_specs() -> dict[str, sr.KernelSpec]:
+    """The static report's kernel specs by regime name."""
+    if not sr.SPECS:
+        sr._kernel_specs()
+    return {s.name: s for s in sr.SPECS}
+
+
+def dispatch_regime(kind: str, bits: int, m: int, k: int, n: int, gpu: dict[str, Any]) -> str:
+    """The regime the dispatcher (``api.pick_regime``) takes for one call on ``gpu``'s table entry."""
+    from potkernels.kernels import api, configs
 
     class _W:  # what api.pick_regime reads of a Packed
         pass
@@ -521,9 +526,16 @@ def current_launch(kind: str, bits: int, m: int, k: int, n: int, gpu: dict[str, 
     w = _W()
     w.kind, w.bits, w.N, w.K = kind, bits, n, k
     configs.lookup.cache_clear()
-    d = configs.lookup("dispatch", kind, bits, m, n, k, device=gpu["name"])
-    regime = ("gemv" if m <= int(d["gemv_max_m"]) else "small_batch" if m <= int(d["small_batch_max_m"]) else
-              "dequant_mm" if m >= int(d.get("dequant_mm_min_m", 1 << 62)) else "gemm")
+    return api.pick_regime(w, m, device=gpu["name"])
+
+
+def current_launch(kind: str, bits: int, m: int, k: int, n: int, gpu: dict[str, Any],
+                   specs: dict[str, sr.KernelSpec], config: dict[str, Any] | None = None) -> tuple[str, Launch]:
+    """Regime, config and grid the dispatcher (kernels/api.py) uses for one call, with its loop;
+    ``config`` replaces the table's config of that regime (the ``grid`` command)."""
+    from potkernels.kernels import configs, gemv, launch, small_batch
+
+    regime = dispatch_regime(kind, bits, m, k, n, gpu)
     if regime == "dequant_mm":
         raise NotImplementedError("dequant_mm is not modelled (no table entry dispatches to it)")
     cfg = dict(config) if config is not None else configs.lookup(regime, kind, bits, m, n, k, device=gpu["name"])
@@ -611,9 +623,7 @@ def predictions(gpu_key: str, p: Params, ms: list[int] = PREDICT_M,
     speed-up, the term that bounds most of the time, and the model's ceiling for any kernel with one
     launch per layer (:func:`ceiling_us`)."""
     gpu = GPUS[gpu_key]
-    if not sr.SPECS:
-        sr._kernel_specs()
-    specs = {s.name: s for s in sr.SPECS}
+    specs = kernel_specs()
     eff = fp16_efficiency(measured_rows())
     out = []
     for kind, bits in codes:
@@ -658,16 +668,14 @@ def cmd_grid(args) -> int:
     from potkernels.kernels import tune
 
     p = fitted_params()
-    if not sr.SPECS:
-        sr._kernel_specs()
-    specs = {s.name: s for s in sr.SPECS}
+    specs = kernel_specs()
     gpu = GPUS[args.gpu]
     eff = fp16_efficiency(measured_rows())
     ref = sum(fp16_us(args.m, k, n, gpu, eff) for k, n in LLAMA3_8B)
     codes = [(c[:3], int(c[3:])) for c in args.codes.split(",")]
     out = {}
     for kind, bits in codes:
-        regime = current_launch(kind, bits, args.m, *LLAMA3_8B[0], gpu, specs)[0]
+        regime = dispatch_regime(kind, bits, args.m, *LLAMA3_8B[0], gpu)
         rows = []
         for cfg in tune.candidates(regime, args.m):
             us = sum(predict_launch(current_launch(kind, bits, args.m, k, n, gpu, specs, cfg)[1], gpu, p)["us"]
@@ -687,9 +695,7 @@ def cmd_compare(args) -> int:
     """Predicted vs measured for rows in bench/matmul.py's JSON form (today's kernels). ``--dry-run``
     compares the model with itself on two synthetic rows (checks the plumbing on a CPU box)."""
     p = fitted_params()
-    if not sr.SPECS:
-        sr._kernel_specs()
-    specs = {s.name: s for s in sr.SPECS}
+    specs = kernel_specs()
     gpu = GPUS[args.gpu]
     if args.dry_run:
         rows = [{"impl": f"{kind}{bits}", "M": m, "K": 4096, "N": 4096, "regime": None,

@@ -62,11 +62,12 @@ def run_regime(regime: str, w: Packed, x: torch.Tensor, y: Optional[torch.Tensor
     return matmul(x, w, None, regime=regime, config=config, out=y)
 
 
-def pick_regime(w: Packed, m: int) -> str:
+def pick_regime(w: Packed, m: int, device: Optional[str] = None) -> str:
     """M ≤ gemv_max_m → gemv, ≤ small_batch_max_m → small_batch, else gemm (thresholds in the
-    config table, per GPU). ``dequant_mm`` is only used when forced, or where a table entry
-    sets ``dequant_mm_min_m`` (to be backed by a committed measurement)."""
-    d = configs.lookup("dispatch", w.kind, w.bits, m, w.N, w.K)
+    config table, per GPU; ``device``: a table entry name, default this process's GPU). ``dequant_mm``
+    is only used when forced, or where a table entry sets ``dequant_mm_min_m`` (to be backed by a
+    committed measurement)."""
+    d = configs.lookup("dispatch", w.kind, w.bits, m, w.N, w.K, device=device)
     if m <= int(d["gemv_max_m"]):
         return "gemv"
     if m <= int(d["small_batch_max_m"]):
