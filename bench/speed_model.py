@@ -672,9 +672,8 @@ def cmd_grid(args) -> int:
     gpu = GPUS[args.gpu]
     eff = fp16_efficiency(measured_rows())
     ref = sum(fp16_us(args.m, k, n, gpu, eff) for k, n in LLAMA3_8B)
-    codes = [(c[:3], int(c[3:])) for c in args.codes.split(",")]
     out = {}
-    for kind, bits in codes:
+    for kind, bits in args.codes:
         regime = dispatch_regime(kind, bits, args.m, *LLAMA3_8B[0], gpu)
         rows = []
         for cfg in tune.candidates(regime, args.m):
@@ -725,6 +724,15 @@ def cmd_compare(args) -> int:
     return 0
 
 
+def _codes(text: str) -> list[tuple[str, int]]:
+    """``"pot4,int3"`` → ``[("pot", 4), ("int", 3)]``, each one of :data:`CODES`."""
+    names = {f"{k}{b}": (k, b) for k, b in CODES}
+    bad = [c for c in text.split(",") if c not in names]
+    if bad:
+        raise argparse.ArgumentTypeError(f"unknown code(s) {', '.join(bad)}; expected some of {', '.join(names)}")
+    return [names[c] for c in text.split(",")]
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -743,7 +751,8 @@ def main(argv: list[str] | None = None) -> int:
     g = sub.add_parser("grid", help="every tuner candidate at one M, per code, best first (how configs are chosen)")
     g.add_argument("--gpu", choices=sorted(GPUS), default="h200")
     g.add_argument("--m", type=int, default=1)
-    g.add_argument("--codes", default="pot4,pot3,pot2,int4,int3,int2")
+    g.add_argument("--codes", type=_codes, default="pot4,pot3,pot2,int4,int3,int2",
+                   help="comma-separated, each one of " + ",".join(f"{k}{b}" for k, b in CODES))
     g.add_argument("--top", type=int, default=5, help="rows shown per code")
     g.add_argument("--json", action="store_true")
     c = sub.add_parser("compare", help="predicted vs measured rows (bench/matmul.py JSON)")

@@ -98,3 +98,9 @@ def test_gpu_skip_reason_rule():
     assert gpu_skip_reason(("f.py", 3, "Skipped: compiled GPU run only")) is not None
     assert gpu_skip_reason(("f.py", 3, "Skipped: needs CUDA")) is not None
     assert gpu_skip_reason(("f.py", 3, "Skipped: interpreter only")) is None
+
+
+def test_grid_codes_are_checked_before_any_compile(sm):
+    assert sm._codes("pot4,int3") == [("pot", 4), ("int", 3)]
+    with pytest.raises(SystemExit):
+        sm.main(["grid", "--codes", "pot5"])
