@@ -20,6 +20,8 @@ p.add_argument("--kind", default="pot"); p.add_argument("--samples", type=int, d
 p.add_argument("--seq-len", type=int, default=512); p.add_argument("--refine", action="store_true")
 p.add_argument("--ts", action="store_true"); p.add_argument("--damp", type=float, default=0.01)
 p.add_argument("--epochs", type=int, default=4); p.add_argument("--threads", type=int, default=1)
+# the refine settings these variants were measured with (before the CLI defaults became 1 epoch, lr 2e-3, 1 window)
+p.add_argument("--lr", type=float, default=1e-3); p.add_argument("--batch-size", type=int, default=2)
 p.add_argument("--windows", type=int, default=4); p.add_argument("--extra", default="{}")
 p.add_argument("--tag", required=True)
 p.add_argument("--results", default="gptq_variants.jsonl", help="JSON-lines file to append to")
@@ -30,6 +32,7 @@ cfg = (PoTConfig if a.kind == "pot" else IntConfig)(bits=a.bits, group_size=a.g)
 ids = get_calibration_ids(str(DATA / "wikitext-2/valid.txt"), tok, a.samples, a.seq_len, seed=0, model=model)
 t0 = time.perf_counter()
 calibrate_model(model, cfg, ids, "gptq", refine=a.refine, damp=a.damp, true_sequential=a.ts, epochs=a.epochs,
+                lr=a.lr, batch_size=a.batch_size,
                 act_weighted=(a.kind == "pot"), progress=False, **json.loads(a.extra))
 tc = time.perf_counter() - t0
 ev = tokenize_text(read_text(str(DATA / "wikitext-2-raw/wiki.test.raw")), tok)

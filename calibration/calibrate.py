@@ -12,7 +12,8 @@ from potkernels.format.config import IntConfig, PoTConfig
 from potkernels.integrations.hf import SQNR_WARN_DB, eligible_linears, quantize_model, summarize_report, warn_low_sqnr
 from potkernels.nn import float_weight
 
-from .gptq import DEFAULT_BLOCK_SIZE, DEFAULT_DAMP, DEFAULT_SCALE_FITS, gptq_model
+from .gptq import (DEFAULT_BLOCK_SIZE, DEFAULT_DAMP, DEFAULT_REFINE_BATCH, DEFAULT_REFINE_EPOCHS, DEFAULT_REFINE_LR,
+                   DEFAULT_SCALE_FITS, gptq_model)
 from .init import init_scales
 from .refine import refine_model
 from .stream import BlockLoop, ResumeState, fingerprint
@@ -23,12 +24,19 @@ METHODS = ("rtn", "init", "two-step", "gptq")
 DATA_METHODS = ("two-step", "gptq")
 INT_METHODS = ("rtn", "gptq")
 
-# Defaults sized for a 2-core CPU run of a 135M model (≈15 min); raise them on a GPU
-# (the paper: 128 × 2048 tokens, 10 epochs at 3 bits, 40 at 2 bits).
+# Step-2 defaults of "two-step", sized for a 2-core CPU run of a 135M model (≈15 min); raise them on
+# a GPU (the paper: 128 × 2048 tokens, 10 epochs at 3 bits, 40 at 2 bits).
 DEFAULT_EPOCHS = 4
 DEFAULT_LR = 1e-3
 DEFAULT_LAM = 0.1
 DEFAULT_BATCH = 2
+
+
+def step2_defaults(method: str) -> tuple[int, float, int]:
+    """``(epochs, lr, batch_size)`` of step 2 when the caller gives none: GPTQ's refine, or two-step's."""
+    if method == "gptq":
+        return DEFAULT_REFINE_EPOCHS, DEFAULT_REFINE_LR, DEFAULT_REFINE_BATCH
+    return DEFAULT_EPOCHS, DEFAULT_LR, DEFAULT_BATCH
 
 
 def check_method(cfg: PoTConfig | IntConfig, method: str) -> None:
@@ -42,8 +50,8 @@ def check_method(cfg: PoTConfig | IntConfig, method: str) -> None:
 
 
 def calibrate_model(model: nn.Module, cfg: PoTConfig | IntConfig, calib_ids: Optional[torch.Tensor] = None,
-                    method: Method = "two-step", epochs: int = DEFAULT_EPOCHS, lr: float = DEFAULT_LR,
-                    lam: float = DEFAULT_LAM, batch_size: int = DEFAULT_BATCH,
+                    method: Method = "two-step", epochs: Optional[int] = None, lr: Optional[float] = None,
+                    lam: float = DEFAULT_LAM, batch_size: Optional[int] = None,
                     device: Optional[str | torch.device] = None, skip: Iterable[str] = ("lm_head",),
                     act_dtype: Optional[torch.dtype] = None, progress: bool = True, seed: int = 0,
                     act_weighted: Optional[bool] = None, refine: bool = False, damp: float = DEFAULT_DAMP,
@@ -63,7 +71,8 @@ def calibrate_model(model: nn.Module, cfg: PoTConfig | IntConfig, calib_ids: Opt
             ``"gptq"`` scales from (activation-weighted) step 1, then GPTQ's error-compensating
             rounding onto the PoT (or int, min/max scales) grid, see :mod:`calibration.gptq`.
         epochs, lr, lam, batch_size: step-2 Adam epochs over the samples, learning rate, λ of
-            the Γ regulariser, samples per step (``"two-step"``, and ``"gptq"`` with ``refine``).
+            the Γ regulariser, samples per step (``"two-step"``, and ``"gptq"`` with ``refine``);
+            None: :func:`step2_defaults` of the method (two-step 4, 1e-3, 2; gptq's refine 1, 2e-3, 1).
         refine: ``"gptq"`` only: afterwards learn Γ per group with the GPTQ codes frozen.
         damp, act_order, true_sequential, gptq_block_size, hessian_batch: ``"gptq"`` settings
             (damping fraction of mean diag H, column order by decreasing diag H, groups of linears
@@ -95,6 +104,10 @@ def calibrate_model(model: nn.Module, cfg: PoTConfig | IntConfig, calib_ids: Opt
         per-block losses and per-layer SQNR of step 1 vs final.
     """
     check_method(cfg, method)
+    d_epochs, d_lr, d_batch = step2_defaults(method)
+    epochs = d_epochs if epochs is None else epochs
+    lr = d_lr if lr is None else lr
+    batch_size = d_batch if batch_size is None else batch_size
     if act_weighted is None:
         act_weighted = method in DATA_METHODS and calib_ids is not None and isinstance(cfg, PoTConfig)
     if act_weighted and method == "rtn":

@@ -24,13 +24,12 @@ from potkernels.format.config import INT_BITS, POT_BITS, IntConfig, PoTConfig
 from potkernels._startup import INTERRUPTED
 from potkernels.cli_help import EXIT_INTERRUPTED, EXIT_USAGE, ArgumentParser, CliError, HelpFormatter
 
-from .calibrate import (DATA_METHODS, DEFAULT_BATCH, DEFAULT_EPOCHS, DEFAULT_LAM, DEFAULT_LR, METHODS, calibrate_model,
-                        check_method)
+from .calibrate import DATA_METHODS, DEFAULT_LAM, METHODS, calibrate_model, check_method, step2_defaults
 from .data import get_calibration_ids
 from .eval import default_window, perplexity, read_text, tokenize_text
 from .gptq import DEFAULT_DAMP, DEFAULT_SCALE_FITS
 
-# Default calibration set: 32 windows of 256 tokens (with DEFAULT_EPOCHS/BATCH: 64 Adam steps
+# Default calibration set: 32 windows of 256 tokens (with two-step's step-2 defaults: 64 Adam steps
 # per block), sized for the 2-core CPU budget; on a GPU use e.g. --samples 128 --seq-len 2048.
 DEFAULT_SAMPLES = 32
 DEFAULT_SEQ_LEN = 256
@@ -291,6 +290,9 @@ def stream_options(args: argparse.Namespace) -> dict[str, Any]:
 
 def cmd_quantize(args: argparse.Namespace) -> dict[str, Any]:
     cfg = build_config(args.kind, args.bits, args.group_size)
+    for flag, default in zip(("epochs", "lr", "batch_size"), step2_defaults(args.method)):
+        if getattr(args, flag) is None:
+            setattr(args, flag, default)
     check_numbers(args)
     try:
         check_method(cfg, args.method)
@@ -358,7 +360,7 @@ def cmd_quantize(args: argparse.Namespace) -> dict[str, Any]:
         "act_weighted": args.act_weighted, "refine": args.refine, **gptq_options(args),
         "calib": args.calib if ids is not None else None,
         "samples": None if ids is None else ids.shape[0], "seq_len": None if ids is None else ids.shape[1],
-        "epochs": report.get("epochs"), "lr": args.lr, "lam": args.lam,
+        "epochs": report.get("epochs"), "lr": args.lr, "lam": args.lam, "batch_size": args.batch_size,
         "device": str(args.device), "threads": torch.get_num_threads(), "mkl_cbwr": os.environ.get("MKL_CBWR"),
         "calibration_seconds": calib_seconds, "summary": report["summary"],
     }
@@ -464,10 +466,17 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--seq-len", type=int, default=None,
                    help=f"tokens per calibration window, ≥ 2 (default: {DEFAULT_SEQ_LEN_GPTQ} for gptq, "
                         f"{DEFAULT_SEQ_LEN} otherwise; clamped to the model's context).")
-    q.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS, help="step-2 passes over the calibration windows.")
-    q.add_argument("--lr", type=float, default=DEFAULT_LR, help="step-2 Adam learning rate.")
+    two_step, gptq = step2_defaults("two-step"), step2_defaults("gptq")
+    q.add_argument("--epochs", type=int, default=None,
+                   help=f"step-2 passes over the calibration windows (default: {two_step[0]} for two-step, "
+                        f"{gptq[0]} for gptq's refine).")
+    q.add_argument("--lr", type=float, default=None,
+                   help=f"step-2 Adam learning rate (default: {two_step[1]:g} for two-step, {gptq[1]:g} for gptq's "
+                        "refine).")
     q.add_argument("--lam", type=float, default=DEFAULT_LAM, help="step-2 weight λ of the scale regulariser.")
-    q.add_argument("--batch-size", type=positive_int, default=DEFAULT_BATCH, help="step-2 windows per Adam step.")
+    q.add_argument("--batch-size", type=positive_int, default=None,
+                   help=f"step-2 windows per Adam step (default: {two_step[2]} for two-step, {gptq[2]} for gptq's "
+                        "refine).")
     q.add_argument("--seed", type=int, default=0, help="seed for the calibration windows and step 2.")
     q.add_argument("--out", default=None,
                    help="checkpoint folder to write (must not exist or be empty unless --overwrite); reload "

@@ -31,8 +31,8 @@ DEFAULT_PROMPT = "The three primary colors are"
 SMOLLM2_FP = "SmolLM2-135M as shipped: its Q4_1 GGUF weights dequantized to fp32"
 # WikiText-2 test perplexity of SmolLM2-135M, 16 windows of 2048, FP 20.82 (bench/results/ladder.md: 1 thread,
 # calibrated on 32 × 512 tokens of WikiText-2 valid): (kind, bits) at g128 → (RTN, calibrated, what calibrated).
-LADDER_G128 = {("pot", 4): (66.90, 26.48, "the default GPTQ + refits + refine"),
-               ("pot", 3): (316626.62, 31.77, "the default GPTQ + refits + refine"),
+LADDER_G128 = {("pot", 4): (66.90, 26.48, "GPTQ + refits + refine (4 epochs × 2 windows)"),
+               ("pot", 3): (316626.62, 31.77, "GPTQ + refits + refine (4 epochs × 2 windows)"),
                ("int", 4): (27.84, 25.68, "GPTQ"), ("int", 3): (110.94, 45.37, "GPTQ")}
 
 
@@ -131,8 +131,8 @@ def calibration_hint(model: str, cfg: QuantConfig) -> list[str]:
         rtn, cal, what = known
         lines.append(f"  measured (WikiText-2 test perplexity, 16 windows, calibrated on WikiText-2 valid, 1 thread; "
                      f"bench/results/ladder.md): round-to-nearest {rtn:.2f} → {what} {cal:.2f}, FP 20.82")
-        lines.append("  cost: the PoT3 default took 606 s on 2 idle CPU threads "
-                     "(bench/results/calibrate_smollm2_pot3_gptq_default.json)")
+        lines.append("  cost: the PoT3 default (builtin calibration text) took 488 s on 2 idle CPU threads "
+                     "(bench/results/calibrate_smollm2_pot3_refine_defaults.json)")
     return lines
 
 

@@ -150,6 +150,8 @@ def test_short_context_model_calibrates_with_default_flags(capsys, context128_mo
     assert "longer than the model's context (128 tokens)" in err
     q = json.loads(out.strip().splitlines()[-1])
     assert q["seq_len"] == 128 and q["samples"] == 32 and q["method"] == method
+    # step-2 defaults per method: gptq's refine 1 pass, 1 window per step, lr 2e-3; two-step 2 windows, 1e-3
+    assert (q["epochs"], q["batch_size"], q["lr"]) == ((1, 1, 2e-3) if method == "gptq" else (1, 2, 1e-3))
 
 
 def test_init_with_calib_says_it_is_unused(capsys, tiny_model_dir, text_file):

@@ -48,6 +48,30 @@ def test_pot_round_nearest_is_nearest_in_value():
         assert torch.equal(sign, (w < 0).int())
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_batch_rounder_equals_round_column_bit_for_bit(dtype):
+    """``grid.columns`` (GPTQ's inner loop) == ``round_column``: cuts hit exactly, ±0, zero-scale groups."""
+    n, k = 40, 80  # a partial last group
+    w = torch.randn(n, k) * 0.02
+    w[:4, :32] = 0  # an all-zero group: S = 0
+    h = loud_inputs(200, k)
+    h = h.t() @ h
+    pot = make_grid(w, PoTConfig(3, 32), h)
+    zeroed = pot.scales.clone()
+    zeroed[4:8, 1] = 0  # S = 0 under non-zero weights of both signs: decodes to +0
+    for grid in [*grids(w, h), PoTGrid(pot.cfg, zeroed, k)]:
+        x = w.to(dtype).clone()
+        if isinstance(grid, PoTGrid):  # weights exactly on the cuts 0.75·S·2^e, both signs, and -0.0
+            s = grid.scales[:, 1].to(dtype)
+            x[:, 33], x[:, 34], x[:, 35] = 0.75 * 2 * s, -0.75 * 4 * s, -0.0
+        cols = torch.randperm(k)
+        rounder = grid.columns(cols, dtype)
+        for i, j in enumerate(cols.tolist()):
+            want = grid.round_column(x[:, j], j)
+            got = rounder(x[:, j], i)
+            assert got.dtype == want.dtype and torch.equal(got.view(torch.uint8), want.view(torch.uint8)), (i, j)
+
+
 @pytest.mark.parametrize("act_order", [True, False])
 @pytest.mark.parametrize("block_size", [1, 16, 128])
 def test_gptq_equals_slow_reference(act_order, block_size):
@@ -179,6 +203,7 @@ def test_pipeline_tiny_models(arch, cfg, refine, tmp_path):
     packed = [n for n, m in model.named_modules() if isinstance(m, cls)]
     assert len(packed) == len(model.quantization_report) == (8 if arch == "gpt2" else 14)
     assert rep["method"] == "gptq" and rep["refine"] == refine and len(rep["blocks"]) == 2
+    assert (rep["lr"], rep["batch_size"]) == (2e-3, 1)  # the refine's defaults for method "gptq"
     for b in rep["blocks"]:  # GPTQ beats plain rounding under the same scales on every layer (its own inputs)
         assert all(b["err_gptq"][n] < b["err_rtn"][n] for n in b["err_gptq"])
         if refine:
