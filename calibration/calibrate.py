@@ -32,11 +32,14 @@ DEFAULT_LAM = 0.1
 DEFAULT_BATCH = 2
 
 
-def step2_defaults(method: str) -> tuple[int, float, int]:
-    """``(epochs, lr, batch_size)`` of step 2 when the caller gives none: GPTQ's refine, or two-step's."""
-    if method == "gptq":
-        return DEFAULT_REFINE_EPOCHS, DEFAULT_REFINE_LR, DEFAULT_REFINE_BATCH
-    return DEFAULT_EPOCHS, DEFAULT_LR, DEFAULT_BATCH
+def step2_settings(method: str, epochs: Optional[int] = None, lr: Optional[float] = None,
+                   batch_size: Optional[int] = None) -> tuple[int, float, int]:
+    """``(epochs, lr, batch_size)`` of step 2, each None replaced by the method's default (GPTQ's refine:
+    1, 2e-3, 1; two-step: 4, 1e-3, 2)."""
+    defaults = ((DEFAULT_REFINE_EPOCHS, DEFAULT_REFINE_LR, DEFAULT_REFINE_BATCH) if method == "gptq" else
+                (DEFAULT_EPOCHS, DEFAULT_LR, DEFAULT_BATCH))
+    given = (epochs, lr, batch_size)
+    return tuple(d if v is None else v for v, d in zip(given, defaults))  # type: ignore[return-value]
 
 
 def check_method(cfg: PoTConfig | IntConfig, method: str) -> None:
@@ -72,7 +75,7 @@ def calibrate_model(model: nn.Module, cfg: PoTConfig | IntConfig, calib_ids: Opt
             rounding onto the PoT (or int, min/max scales) grid, see :mod:`calibration.gptq`.
         epochs, lr, lam, batch_size: step-2 Adam epochs over the samples, learning rate, λ of
             the Γ regulariser, samples per step (``"two-step"``, and ``"gptq"`` with ``refine``);
-            None: :func:`step2_defaults` of the method (two-step 4, 1e-3, 2; gptq's refine 1, 2e-3, 1).
+            None: the method's default (:func:`step2_settings`).
         refine: ``"gptq"`` only: afterwards learn Γ per group with the GPTQ codes frozen.
         damp, act_order, true_sequential, gptq_block_size, hessian_batch: ``"gptq"`` settings
             (damping fraction of mean diag H, column order by decreasing diag H, groups of linears
@@ -104,10 +107,7 @@ def calibrate_model(model: nn.Module, cfg: PoTConfig | IntConfig, calib_ids: Opt
         per-block losses and per-layer SQNR of step 1 vs final.
     """
     check_method(cfg, method)
-    d_epochs, d_lr, d_batch = step2_defaults(method)
-    epochs = d_epochs if epochs is None else epochs
-    lr = d_lr if lr is None else lr
-    batch_size = d_batch if batch_size is None else batch_size
+    epochs, lr, batch_size = step2_settings(method, epochs, lr, batch_size)
     if act_weighted is None:
         act_weighted = method in DATA_METHODS and calib_ids is not None and isinstance(cfg, PoTConfig)
     if act_weighted and method == "rtn":

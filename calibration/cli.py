@@ -24,7 +24,7 @@ from potkernels.format.config import INT_BITS, POT_BITS, IntConfig, PoTConfig
 from potkernels._startup import INTERRUPTED
 from potkernels.cli_help import EXIT_INTERRUPTED, EXIT_USAGE, ArgumentParser, CliError, HelpFormatter
 
-from .calibrate import DATA_METHODS, DEFAULT_LAM, METHODS, calibrate_model, check_method, step2_defaults
+from .calibrate import DATA_METHODS, DEFAULT_LAM, METHODS, calibrate_model, check_method, step2_settings
 from .data import get_calibration_ids
 from .eval import default_window, perplexity, read_text, tokenize_text
 from .gptq import DEFAULT_DAMP, DEFAULT_SCALE_FITS
@@ -290,9 +290,7 @@ def stream_options(args: argparse.Namespace) -> dict[str, Any]:
 
 def cmd_quantize(args: argparse.Namespace) -> dict[str, Any]:
     cfg = build_config(args.kind, args.bits, args.group_size)
-    for flag, default in zip(("epochs", "lr", "batch_size"), step2_defaults(args.method)):
-        if getattr(args, flag) is None:
-            setattr(args, flag, default)
+    args.epochs, args.lr, args.batch_size = step2_settings(args.method, args.epochs, args.lr, args.batch_size)
     check_numbers(args)
     try:
         check_method(cfg, args.method)
@@ -466,7 +464,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--seq-len", type=int, default=None,
                    help=f"tokens per calibration window, ≥ 2 (default: {DEFAULT_SEQ_LEN_GPTQ} for gptq, "
                         f"{DEFAULT_SEQ_LEN} otherwise; clamped to the model's context).")
-    two_step, gptq = step2_defaults("two-step"), step2_defaults("gptq")
+    two_step, gptq = step2_settings("two-step"), step2_settings("gptq")
     q.add_argument("--epochs", type=int, default=None,
                    help=f"step-2 passes over the calibration windows (default: {two_step[0]} for two-step, "
                         f"{gptq[0]} for gptq's refine).")

@@ -131,6 +131,12 @@ def pot_round_nearest(w: torch.Tensor, s: torch.Tensor, qmax: int) -> tuple[torc
     return torch.where(live, e, 0), (live & (w < 0)).to(torch.int32)
 
 
+def pot_round_values(w: torch.Tensor, s: torch.Tensor, qmax: int) -> torch.Tensor:
+    """The nearest PoT level's value ``±S·2^E`` (:func:`pot_round_nearest`), ``w``'s dtype and shape."""
+    e, sign = pot_round_nearest(w, s, qmax)
+    return torch.where(sign.bool(), -s, s) * torch.exp2(e.to(w.dtype))
+
+
 class _PoTColumns:
     """:func:`pot_round_nearest` for a batch of columns, its per-column tables built once.
 
@@ -159,9 +165,7 @@ class PoTGrid(Grid):
         self.g = cfg.groups_in(k)[0]
 
     def round_column(self, w: torch.Tensor, j: int) -> torch.Tensor:
-        s = self.scales[:, j // self.g].to(w.dtype)
-        e, sign = pot_round_nearest(w, s, self.cfg.qmax)
-        return torch.where(sign.bool(), -s, s) * torch.exp2(e.to(w.dtype))
+        return pot_round_values(w, self.scales[:, j // self.g].to(w.dtype), self.cfg.qmax)
 
     def columns(self, cols: torch.Tensor, dtype: torch.dtype) -> Callable[[torch.Tensor, int], torch.Tensor]:
         return _PoTColumns(self.scales[:, cols // self.g], self.cfg.qmax, dtype)
@@ -173,8 +177,7 @@ class PoTGrid(Grid):
 
     def round(self, w: torch.Tensor) -> torch.Tensor:
         s = expand_groups(self.scales.t().contiguous(), self.g, self.k).to(w.dtype)
-        e, sign = pot_round_nearest(w, s, self.cfg.qmax)
-        return torch.where(sign.bool(), -s, s) * torch.exp2(e.to(w.dtype))
+        return pot_round_values(w, s, self.cfg.qmax)
 
     def unit(self, q: torch.Tensor) -> torch.Tensor:
         """``±2^E`` float32 ``[N, K]``: the grid values with the scale divided out."""
@@ -193,6 +196,11 @@ class PoTGrid(Grid):
         return packed
 
 
+def int_round_values(w: torch.Tensor, s: torch.Tensor, z: torch.Tensor, qmax: int) -> torch.Tensor:
+    """The nearest int level's value ``(q − z)·s``, ``q = clamp(round(w / s) + z, 0, qmax)`` (shapes broadcast)."""
+    return ((torch.round(w / s) + z).clamp(0, qmax) - z) * s
+
+
 class IntGrid(Grid):
     """Uniform asymmetric int levels ``(q − z)·s``, scales/zeros float32 ``[N, n_groups]`` fixed (min/max)."""
 
@@ -205,13 +213,12 @@ class IntGrid(Grid):
     def round_column(self, w: torch.Tensor, j: int) -> torch.Tensor:
         s = self.scales[:, j // self.g].to(w.dtype)
         z = self.zeros[:, j // self.g].to(w.dtype)
-        q = (torch.round(w / s) + z).clamp(0, self.cfg.qmax)
-        return (q - z) * s
+        return int_round_values(w, s, z, self.cfg.qmax)
 
     def columns(self, cols: torch.Tensor, dtype: torch.dtype) -> Callable[[torch.Tensor, int], torch.Tensor]:
         s = self.scales[:, cols // self.g].to(dtype).t().contiguous()  # [B, N]
         z = self.zeros[:, cols // self.g].to(dtype).t().contiguous()
-        return lambda w, i: ((torch.round(w / s[i]) + z[i]).clamp(0, self.cfg.qmax) - z[i]) * s[i]
+        return lambda w, i: int_round_values(w, s[i], z[i], self.cfg.qmax)
 
     def _expanded(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         s = expand_groups(self.scales.t().contiguous(), self.g, self.k).to(dtype)
@@ -224,7 +231,7 @@ class IntGrid(Grid):
 
     def round(self, w: torch.Tensor) -> torch.Tensor:
         s, z = self._expanded(w.dtype)
-        return ((torch.round(w / s) + z).clamp(0, self.cfg.qmax) - z) * s
+        return int_round_values(w, s, z, self.cfg.qmax)
 
     def unit(self, q: torch.Tensor) -> torch.Tensor:
         """``q − z`` float32 ``[N, K]``."""
