@@ -145,13 +145,17 @@ def _kernel_specs() -> None:
     def build_dot(kernel_name):
         def build(kind, bits, g, cfg):
             from potkernels.kernels import gemm, small_batch
+            from potkernels.kernels.launch import frag_k
 
             fn = small_batch.small_batch_kernel if kernel_name == "small_batch" else gemm.gemm_kernel
             w, s = _warps(cfg)
             bk = cfg["BLOCK_K"]
             scale = cfg.get("scale", "acc" if kernel_name == "small_batch" else "weight")
             consts = dict(_code(kind, bits), IS_BF16=False, HAS_BIAS=False, SPLIT=True, FUSED_REDUCE=True,
-                          SCALE_FREE=scale == "acc" and g % bk == 0, DOT_F32=False, JOIN_TREE=True, GROUP_RUNS=g // 32,
+                          SCALE_FREE=scale == "acc" and g % bk == 0, DOT_F32=False, JOIN_TREE=True, USE_ASM=True,
+                          GROUP_RUNS=g // 32,
+                          FRAG_K=frag_k(cfg, bk), EVEN_K=True,
+                          REDUCE_CHUNK=small_batch.reduce_chunk(cfg["BLOCK_M"], cfg["BLOCK_N"], w),
                           BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], BLOCK_K=bk, GROUP_M=cfg.get("GROUP_M", 8))
             return Build(fn, _only_params(fn, consts), {"x_ptr": "fp16", "y_ptr": "fp16"},
                          bk * cfg["BLOCK_N"] / (32 * w), w, s, cfg.get("maxnreg"))
@@ -168,7 +172,7 @@ def _kernel_specs() -> None:
 
     register(KernelSpec("gemv", "gemv", 1, build_gemv))
     # the tensor-core regimes at the M the targets name (the dispatcher's regime at each)
-    for m in (2, 16, 64, 128):
+    for m in (2, 16, 64, 128, 256):
         register(KernelSpec("small_batch", "small_batch", m, build_dot("small_batch")))
     register(KernelSpec("gemm", "gemm", 2048, build_dot("gemm")))
     register(KernelSpec("dequant", "dequant", 1, build_dequant))

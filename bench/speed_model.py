@@ -567,7 +567,8 @@ def current_launch(kind: str, bits: int, m: int, k: int, n: int, gpu: dict[str, 
             ns, iters = 1, _cdiv(kp, bk)
         ctas = tiles * ns
     # today's reduction loads a chunk of splits at once (splitk.splitk_finish): chunk × loads per thread in flight
-    chunk = gemv.GEMV_REDUCE_CHUNK if regime == "gemv" else small_batch.SMALL_BATCH_REDUCE_CHUNK
+    chunk = gemv.GEMV_REDUCE_CHUNK if regime == "gemv" else small_batch.reduce_chunk(*launch.mma_tiles(regime, cfg)[:2],
+                                                                                      b.num_warps)
     per_thread = math.ceil(tile / (32 * b.num_warps) / 4)
     return regime, Launch(loop, b.num_warps, b.num_stages, ctas, iters, ns,
                           weight_bytes(kind, bits, k, n) * w_reads + io_bytes(m, k, n, ns), tile,
@@ -664,27 +665,41 @@ def cmd_predict(args) -> int:
 
 def cmd_grid(args) -> int:
     """Every tuner candidate of the regime the dispatcher picks at ``--m`` (``tune.candidates``), per
-    code: modelled µs summed over ``LLAMA3_8B``, best first. How the GEMV table entries were chosen."""
-    from potkernels.kernels import tune
+    code: modelled µs summed over ``LLAMA3_8B``, best first; with ``--by-class`` per size class of the
+    config table (``configs.size_class``) and, for several codes, the joint ranking (µs summed over the
+    codes). How the GEMV and small_batch table entries were chosen."""
+    from potkernels.kernels import configs, tune
 
     p = fitted_params()
     specs = kernel_specs()
     gpu = GPUS[args.gpu]
     eff = fp16_efficiency(measured_rows())
-    ref = sum(fp16_us(args.m, k, n, gpu, eff) for k, n in LLAMA3_8B)
+    groups = collections.defaultdict(list)
+    for k, n in LLAMA3_8B:
+        groups[configs.size_class(n, k) if args.by_class else "*"].append((k, n))
     out = {}
-    for kind, bits in args.codes:
-        regime = dispatch_regime(kind, bits, args.m, *LLAMA3_8B[0], gpu)
-        rows = []
-        for cfg in tune.candidates(regime, args.m):
-            us = sum(predict_launch(current_launch(kind, bits, args.m, k, n, gpu, specs, cfg)[1], gpu, p)["us"]
-                     for k, n in LLAMA3_8B)
-            rows.append({"config": cfg, "us": round(us, 2), "speedup": round(ref / us, 3)})
-        rows.sort(key=lambda r: r["us"])
-        out[f"{kind}{bits}"] = {"regime": regime, "rows": rows[:args.top]}
-        print(f"# {kind}{bits} M={args.m} {regime} ({len(rows)} candidates, fp16 {ref:.1f} µs)")
-        for r in rows[:args.top]:
-            print(f"  {r['us']:8.2f} µs  ×{r['speedup']:.3f}  {json.dumps(r['config'])}")
+    for cls, shapes in sorted(groups.items()):
+        ref = sum(fp16_us(args.m, k, n, gpu, eff) for k, n in shapes)
+        joint: dict[str, float] = collections.Counter()
+        for kind, bits in args.codes:
+            regime = dispatch_regime(kind, bits, args.m, *shapes[0], gpu)
+            rows = []
+            for cfg in tune.candidates(regime, args.m):
+                us = sum(predict_launch(current_launch(kind, bits, args.m, k, n, gpu, specs, cfg)[1], gpu, p)["us"]
+                         for k, n in shapes)
+                rows.append({"config": cfg, "us": round(us, 2), "speedup": round(ref / us, 3)})
+                joint[json.dumps(cfg)] += us
+            rows.sort(key=lambda r: r["us"])
+            out[f"{kind}{bits}:{cls}"] = {"regime": regime, "rows": rows[:args.top]}
+            print(f"# {kind}{bits} M={args.m} size class {cls} {regime} ({len(rows)} candidates, fp16 {ref:.1f} µs)")
+            for r in rows[:args.top]:
+                print(f"  {r['us']:8.2f} µs  ×{r['speedup']:.3f}  {r['config'] and json.dumps(r['config'])}")
+        if len(args.codes) > 1:
+            best = sorted(joint.items(), key=lambda kv: kv[1])[:args.top]
+            out[f"joint:{cls}"] = [{"config": json.loads(c), "us": round(us, 2)} for c, us in best]
+            print(f"# joint ({','.join(f'{k}{b}' for k, b in args.codes)}) M={args.m} size class {cls}")
+            for c, us in best:
+                print(f"  {us:8.2f} µs  {c}")
     if args.json:
         print(json.dumps(out))
     return 0
@@ -754,6 +769,7 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--codes", type=_codes, default="pot4,pot3,pot2,int4,int3,int2",
                    help="comma-separated, each one of " + ",".join(f"{k}{b}" for k, b in CODES))
     g.add_argument("--top", type=int, default=5, help="rows shown per code")
+    g.add_argument("--by-class", action="store_true", help="rank per size class of the config table (s/m/l)")
     g.add_argument("--json", action="store_true")
     c = sub.add_parser("compare", help="predicted vs measured rows (bench/matmul.py JSON)")
     c.add_argument("--measured", type=Path, default=None, help="bench/matmul.py JSON of a GPU run")

@@ -20,24 +20,37 @@ import _common  # noqa: F401  (repo on sys.path)
 
 from potkernels.kernels import configs
 
-SMALL_BATCH_MAX_M = 128  # swap-AB + split-K keeps all SMs busy where M/BLOCK_M · N/BLOCK_N tiles are few
-# The GEMV decodes once for all its x rows. At M = 2 the speed model puts it ahead of swap-AB with triton
-# 3.7.1's code (PoT4 63 vs 78 µs on the H200, Llama-3-8B layers) but behind with 3.6.0's (92 vs 78 µs: its x
-# rows take twice the shared-memory traffic there), and behind at M = 4 on both: M = 2 stays on small_batch
-# until a measured run says otherwise (regime="gemv" takes any M).
+SMALL_BATCH_MAX_M = 512  # swap-AB with the decoded tile in the wgmma operand's registers beats the gemm to M = 512
+# The GEMV decodes once for all its x rows, but at M = 2 the speed model puts it behind swap-AB on both compilers
+# (PoT4 on the H200, Llama-3-8B layers: 60 µs with triton 3.7.1's code, 86 µs with 3.6.0's, against 44 µs):
+# M = 2 goes to small_batch (regime="gemv" takes any M).
 GEMV_MAX_M = 1
 
 
-def small_batch_config(bucket: int) -> dict:
-    """Swap-AB: BLOCK_M is the wgmma N side (the batch); 128 output features per program."""
-    bm = max(16, bucket)
-    if bm <= 32:  # one warpgroup, 3-stage cp.async pipeline of the packed words
-        return {"BLOCK_M": bm, "BLOCK_N": 128, "BLOCK_K": 128, "num_warps": 4, "num_stages": 3, "waves": 2}
-    # BLOCK_M 64/128: two warpgroups (64 features each) keep the accumulator + decode in registers
-    if bm == 64:  # capped at 128 registers (0 spills): two CTAs per SM hide each other's waits (model: +3 %)
+# BLOCK_M ≤ 32: (BLOCK_N, waves) per size class 'm' / 'l' of the config table, the joint best for PoT4 + PoT3
+# on the Llama-3-8B layers (`python bench/speed_model.py grid --m M --by-class --codes pot4,pot3`, H200);
+# other sizes take the '*' entry
+SMALL_BATCH_BY_CLASS = {2: {"m": (128, 3), "l": (128, 6)}, 4: {"m": (128, 3), "l": (128, 6)},
+                        8: {"m": (128, 3), "l": (128, 4)}, 16: {"m": (64, 4), "l": (128, 3)},
+                        32: {"m": (64, 3), "l": (128, 2)}}
+
+
+def small_batch_config(bucket: int, kind: str = "pot", size: str = "*") -> dict:
+    """Swap-AB: BLOCK_M is the wgmma N side (the batch, at most 128 per program); BLOCK_K 128 puts the decoded
+    columns in the MMA operand's order (``k_order`` "frag"). Chosen by ``speed_model.py grid`` over the tuner's
+    candidates on the Llama-3-8B layers (H200), 0 spills (``sass_report.py``)."""
+    bm = min(max(16, bucket), 128)
+    if bm <= 32:  # one warpgroup, 3-stage cp.async pipeline
+        bn, waves = SMALL_BATCH_BY_CLASS.get(bucket, {}).get(size, (128, 2))
+        return {"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": 128, "num_warps": 4, "num_stages": 3, "waves": waves}
+    if bm == 64:
+        if kind == "int":  # the int twin: one warpgroup, one CTA per SM (capped at 128 registers it spills)
+            return {"BLOCK_M": 64, "BLOCK_N": 128, "BLOCK_K": 128, "num_warps": 4, "num_stages": 3, "waves": 2}
+        # capped at 128 registers (0 spills): two CTAs per SM hide each other's waits
         return {"BLOCK_M": 64, "BLOCK_N": 128, "BLOCK_K": 128, "num_warps": 8, "num_stages": 3, "waves": 2,
                 "maxnreg": 128}
-    return {"BLOCK_M": bm, "BLOCK_N": 128, "BLOCK_K": 128, "num_warps": 8, "num_stages": 2, "waves": 1}
+    # two warpgroups of 64 features (4 warps at BLOCK_N 64 would be faster by the model, but spill 232 B)
+    return {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 128, "num_warps": 8, "num_stages": 3, "waves": 2}
 
 
 def gemm_config(bucket: int) -> dict:
@@ -67,10 +80,16 @@ def build(table: dict) -> dict:
     table["_doc"] = DOC
     entry = table.setdefault("default", {})
     entry["dispatch"] = {"*:*:*": {"gemv_max_m": GEMV_MAX_M, "small_batch_max_m": SMALL_BATCH_MAX_M}}
-    entry["small_batch"] = {f"*:m{b}:*": small_batch_config(b) for b in configs.M_BUCKETS if 1 < b <= SMALL_BATCH_MAX_M}
+    buckets = [b for b in configs.M_BUCKETS if 1 < b <= SMALL_BATCH_MAX_M]
+    entry["small_batch"] = {f"*:m{b}:*": small_batch_config(b) for b in buckets}
+    for b, by_size in SMALL_BATCH_BY_CLASS.items():
+        for size in by_size:
+            entry["small_batch"][f"*:m{b}:{size}"] = small_batch_config(b, size=size)
     entry["small_batch"]["*:*:*"] = small_batch_config(16)
-    for bits in (2, 3, 4, 8):  # the int tile's zero points need more registers: capped at 128 they spill 16 B
-        entry["small_batch"][f"int{bits}:m64:*"] = {k: v for k, v in small_batch_config(64).items() if k != "maxnreg"}
+    for b in buckets:  # the int twin's own choice where it differs
+        for bits in (2, 3, 4, 8):
+            if small_batch_config(b, "int") != small_batch_config(b):
+                entry["small_batch"][f"int{bits}:m{b}:*"] = small_batch_config(b, "int")
     entry["gemm"] = {f"*:m{b}:*": gemm_config(b) for b in configs.M_BUCKETS if b > SMALL_BATCH_MAX_M}
     entry["gemm"]["*:*:*"] = gemm_config(4096)
     for gpu in [g for g in table if g not in ("_doc", "default", "interpreter")]:

@@ -274,6 +274,22 @@ def test_bf16_dot_regimes_under_interpreter_are_correct():
 
 
 @gpu_only
+@pytest.mark.parametrize("kind,bits", [("pot", 2), ("pot", 3), ("pot", 4)])
+def test_gpu_tensor_core_asm_equals_twin(kind, bits, monkeypatch):
+    """The tensor-core regimes' inline-PTX pair decode and its pure-Triton twin give the same bits:
+    small_batch in the table's config (fragment column order), in natural order, and gemm."""
+    packed = make_weight(kind, bits, 128, 4096, 4096)
+    natural = {"BLOCK_M": 16, "BLOCK_N": 128, "BLOCK_K": 64, "num_warps": 4, "num_stages": 3}
+    for regime, m, cfg in (("small_batch", 16, None), ("small_batch", 16, natural), ("gemm", 300, None)):
+        x = torch.randn(m, 4096, device=DEVICE).to(F16)
+        a = matmul(x, packed, None, regime=regime, config=cfg)
+        monkeypatch.setenv("POTKERNELS_NO_ASM", "1")
+        b = matmul(x, packed, None, regime=regime, config=cfg)
+        monkeypatch.delenv("POTKERNELS_NO_ASM")
+        assert torch.equal(a.view(torch.int16), b.view(torch.int16)), (regime, cfg)
+
+
+@gpu_only
 @pytest.mark.parametrize("kind,bits", [("pot", 2), ("pot", 3), ("pot", 4), ("int", 2), ("int", 3), ("int", 4), ("int", 8)])
 def test_gpu_gemv_asm_equals_twin(kind, bits, monkeypatch):
     """The inline-PTX GEMV and its pure-Triton twin give the same bits (fp16 and bf16 x, one row and
@@ -291,3 +307,20 @@ def test_gpu_gemv_asm_equals_twin(kind, bits, monkeypatch):
         assert torch.equal(a.view(torch.int16), b.view(torch.int16)), (dtype, m)
     x = torch.randn(4096, device=DEVICE, dtype=F16)
     assert torch.isfinite(decode_reduce(w, x, 2)).all()
+
+
+def test_packed_geometry_checked_once_per_layer_shape():
+    """Forward passes re-check nothing: the packed-weight checks depend only on dtypes, shapes, devices and the
+    code parameters and are cached on exactly those; bad input still fails on every call (errors are not cached)."""
+    from potkernels.kernels import packed as packed_module
+
+    packed_module._check.cache_clear()
+    w = make_weight("pot", 3, 64, 40, 200)
+    x = torch.randn(1, 200, device=DEVICE).to(F16)
+    for _ in range(3):
+        assert torch.isfinite(matmul(x, w, None)).all()
+    info = packed_module._check.cache_info()
+    assert (info.misses, info.hits) == (1, 2)
+    for _ in range(2):
+        with pytest.raises(TypeError, match="scales must be fp16"):
+            pot_matmul_triton(x, w.qweight, w.scales.float(), None, 3, 64, 200)

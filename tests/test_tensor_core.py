@@ -8,9 +8,12 @@ import json
 
 import pytest
 import torch
+import triton
+import triton.language as tl
 
 from potkernels.format import IntConfig, PoTConfig, quantize_int, quantize_pot
 from potkernels.kernels import api, configs, gemv, int_matmul_triton, launch, pot_matmul_triton
+from potkernels.kernels.mma_tile import tile_k
 
 ON_GPU = torch.cuda.is_available() and not configs.interpreting()
 DEVICE = "cuda" if ON_GPU else "cpu"
@@ -88,6 +91,40 @@ def test_scale_modes_agree_closely():
     assert rel_err(a, b.float()) <= 2e-3
 
 
+@pytest.mark.parametrize("kind,bits,group,k,block_k", [
+    ("pot", 3, 128, 512, 128),   # whole K tiles: unpredicated loads, clamped rows (M, N not tile multiples)
+    ("pot", 2, 64, 300, 128),    # partial last tile (masked), scale folded into the weights (G < BLOCK_K)
+    ("pot", 4, None, 512, 256),  # two runs per MMA lane (a = 1 in mma_tile.tile_k), per-channel
+    ("int", 4, 128, 384, 128), ("int", 3, 32, 260, 128), ("int", 8, 128, 256, 256)])
+def test_fragment_k_order_sums_what_natural_order_sums(kind, bits, group, k, block_k):
+    """``k_order: "frag"`` (decoded columns in the MMA operand's order, x loaded in the same order) adds
+    the same exact products as natural order; only the summation order, hence the last fp16 bit, differs."""
+    packed = make_weight(kind, bits, group, 45, k)
+    x = torch.randn(5, k, device=DEVICE).to(F16)
+    cfg = dict(SB, BLOCK_N=32, BLOCK_K=block_k, split=2)
+    frag = run(packed, x, regime="small_batch", config=dict(cfg, k_order="frag"))
+    natural = run(packed, x, regime="small_batch", config=dict(cfg, k_order="natural"))
+    assert rel_err(frag, natural.float()) <= 2e-3
+    assert rel_err(frag, reference(packed, x)) <= 1e-2
+
+
+@triton.jit
+def _frag_columns(out_ptr, BLOCK_K: tl.constexpr):
+    tl.store(out_ptr + tl.arange(0, BLOCK_K), tile_k(1024, BLOCK_K, True))
+
+
+def test_fragment_k_order_is_a_permutation_of_each_tile():
+    """``tile_k``: each K tile's columns are a permutation of its k, and in the MMA lane order (column
+    ``16c + 8h + 2t + l``) lane ``t`` holds run ``t`` of the tile (k // 32 == t) for every c, h, l."""
+    for bk in (128, 256):
+        out = torch.empty(bk, dtype=torch.int32, device=DEVICE)
+        _frag_columns[(1,)](out, BLOCK_K=bk)
+        k = out.cpu() - 1024
+        assert sorted(k.tolist()) == list(range(bk))
+        j = torch.arange(bk)
+        assert torch.equal((k % 128) // 32, (j // 2) % 4)  # lane t of the quad owns run t of each 128
+
+
 def test_small_batch_split_k_deterministic():
     packed = make_weight("int", 4, 32, 48, 320)
     x = torch.randn(9, 320, device=DEVICE).to(F16)
@@ -105,6 +142,10 @@ def test_bad_configs_raise_before_launch():
         run(packed, x, regime="small_batch", config=dict(SB, BLOCK_K=96))
     with pytest.raises(ValueError, match="gemm BLOCK_K must be a power of two >= 128"):
         run(packed, x, regime="gemm", config=dict(GEMM, BLOCK_K=64))
+    with pytest.raises(ValueError, match="k_order 'frag' needs BLOCK_K a multiple of 128"):
+        run(packed, x, regime="small_batch", config=dict(SB, k_order="frag"))
+    with pytest.raises(ValueError, match="k_order must be 'frag' or 'natural'"):
+        run(packed, x, regime="small_batch", config=dict(SB, BLOCK_K=128, k_order="mma"))
     with pytest.raises(ValueError, match="BLOCK_M"):
         run(packed, x, regime="small_batch", config=dict(SB, BLOCK_M=8))
     with pytest.raises(ValueError, match="scale must be"):
@@ -159,8 +200,9 @@ def test_join_tree_and_broadcast_expansion_identical(kind, bits, group):
     packed = make_weight(kind, bits, group, 20, 100)
     x = torch.randn(3, 100, device=DEVICE).to(F16)
     for scale in ("acc", "weight"):
-        cfg = dict(SB, BLOCK_N=32, scale=scale)
-        a = run(packed, x, regime="small_batch", config=dict(cfg, expand="join"))
-        b = run(packed, x, regime="small_batch", config=dict(cfg, expand="broadcast"))
-        assert torch.equal(a, b), scale
-        assert rel_err(a, reference(packed, x)) <= 1e-2
+        for block_k in (64, 128):  # natural and fragment column order
+            cfg = dict(SB, BLOCK_N=32, BLOCK_K=block_k, scale=scale)
+            a = run(packed, x, regime="small_batch", config=dict(cfg, expand="join"))
+            b = run(packed, x, regime="small_batch", config=dict(cfg, expand="broadcast"))
+            assert torch.equal(a, b), (scale, block_k)
+            assert rel_err(a, reference(packed, x)) <= 1e-2

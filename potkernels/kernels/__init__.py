@@ -5,7 +5,7 @@ file holds its kernel, its launcher (``launch``) and its tuning candidates (``ca
                      gather codes, bit-exact PoT / int decode;
 * ``dequant.py``     packed → ``[N, K]`` fp16/bf16 (bit-exact);
 * ``gemv.py``        M = 1 (and a few fp16 rows), pipelined split-K matvec on CUDA cores;
-* ``small_batch.py`` M = 2 … 128, swap-AB split-K ``tl.dot``;
+* ``small_batch.py`` M = 2 … 512, swap-AB split-K ``tl.dot``;
 * ``gemm.py``        large M, tiled ``tl.dot``;
 * ``mma_tile.py``    the decoded weight tile of the two ``tl.dot`` regimes; ``splitk.py`` the split-K reduction;
 * ``launch.py``      host helpers the launchers share; ``packed.py`` the checked packed tensors;

@@ -181,6 +181,24 @@ def join_halves(lo, hi):
     return (a | (b << 16)).to(tl.uint32, bitcast=True)
 
 
+# ------------------------------------------------------------------ fp16x2 arithmetic: PTX and its twin
+@triton.jit
+def hfma2(a, b, c, USE_ASM: tl.constexpr):
+    """fp16x2 ``a·b + c`` per lane, one rounding (int32/uint32 bit containers)."""
+    if USE_ASM:
+        r = tl.inline_asm_elementwise("fma.rn.f16x2 $0, $1, $2, $3;", "=r,r,r,r", [a, b, c],
+                                      dtype=tl.uint32, is_pure=True, pack=1)
+    else:
+        # a·b + c of fp16 operands is exact in fp64 (≤ 22-bit product, exponent span < 53 bits), so
+        # one rounding to fp16 is the fused fp16 FMA, bit for bit (FORMAT.md §6).
+        lo = (lo_half(c).to(tl.float64) + lo_half(a).to(tl.float64) * lo_half(b).to(tl.float64)).to(tl.float16)
+        hi = (hi_half(c).to(tl.float64) + hi_half(a).to(tl.float64) * hi_half(b).to(tl.float64)).to(tl.float16)
+        lo_b = lo.to(tl.int16, bitcast=True).to(tl.int32) & 0xFFFF
+        hi_b = hi.to(tl.int16, bitcast=True).to(tl.int32) & 0xFFFF
+        r = (lo_b | (hi_b << 16)).to(tl.uint32, bitcast=True)
+    return r
+
+
 # ------------------------------------------------------------------ generic tile decoder
 @triton.jit
 def to_bf16_rne(x):

@@ -30,7 +30,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .decode import group_of_run, hi_half, int3_spare_magic, int_pair_magic, lo_half, pot3_spare_pair, pot_pair
+from .decode import group_of_run, hfma2, hi_half, int3_spare_magic, int_pair_magic, lo_half, pot3_spare_pair, pot_pair
 from .launch import counters, reduce_partials, use_asm
 from .launch import n_split as launch_n_split
 from .packed import Packed
@@ -43,23 +43,6 @@ GEMV_REDUCE_CHUNK: tl.constexpr = tl.constexpr(16)
 
 
 # ------------------------------------------------------------------ fp16x2 arithmetic: PTX and its twin
-@triton.jit
-def hfma2(a, b, c, USE_ASM: tl.constexpr):
-    """fp16x2 ``a·b + c`` per lane, one rounding (int32/uint32 bit containers)."""
-    if USE_ASM:
-        r = tl.inline_asm_elementwise("fma.rn.f16x2 $0, $1, $2, $3;", "=r,r,r,r", [a, b, c],
-                                      dtype=tl.uint32, is_pure=True, pack=1)
-    else:
-        # a·b + c of fp16 operands is exact in fp64 (≤ 22-bit product, exponent span < 53 bits), so
-        # one rounding to fp16 is the fused fp16 FMA, bit for bit (FORMAT.md §6).
-        lo = (lo_half(c).to(tl.float64) + lo_half(a).to(tl.float64) * lo_half(b).to(tl.float64)).to(tl.float16)
-        hi = (hi_half(c).to(tl.float64) + hi_half(a).to(tl.float64) * hi_half(b).to(tl.float64)).to(tl.float16)
-        lo_b = lo.to(tl.int16, bitcast=True).to(tl.int32) & 0xFFFF
-        hi_b = hi.to(tl.int16, bitcast=True).to(tl.int32) & 0xFFFF
-        r = (lo_b | (hi_b << 16)).to(tl.uint32, bitcast=True)
-    return r
-
-
 @triton.jit
 def fold2(acc2, s, acc, USE_ASM: tl.constexpr):
     """``acc + (lo(acc2) + hi(acc2)) · s`` in fp32 (one fma)."""

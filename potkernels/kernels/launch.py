@@ -61,7 +61,7 @@ def use_asm(device: torch.device) -> bool:
 
 
 MMA_KEYS = {"BLOCK_M", "BLOCK_N", "BLOCK_K", "num_warps", "num_stages", "maxnreg", "scale", "expand",
-            "waves", "split", "reduce",  # small_batch: split-K
+            "waves", "split", "reduce", "k_order",  # small_batch: split-K, decoded-tile column order
             "GROUP_M"}  # gemm: L2 swizzle
 
 
@@ -94,6 +94,18 @@ def join_tree(cfg: dict[str, Any]) -> bool:
     if mode not in ("join", "broadcast"):
         raise ValueError(f"expand must be 'join' or 'broadcast', got {mode!r}")
     return mode == "join"
+
+
+def frag_k(cfg: dict[str, Any], block_k: int) -> bool:
+    """Decoded-tile column order of the swap-AB kernel (``mma_tile.tile_k``): "frag" (the MMA operand's:
+    no shared-memory round trip of the decoded tile; needs ``BLOCK_K`` a multiple of 128, the default
+    there) or "natural"."""
+    mode = cfg.get("k_order", "frag" if block_k % 128 == 0 else "natural")
+    if mode not in ("frag", "natural"):
+        raise ValueError(f"k_order must be 'frag' or 'natural', got {mode!r}")
+    if mode == "frag" and block_k % 128:
+        raise ValueError(f"k_order 'frag' needs BLOCK_K a multiple of 128, got {block_k}")
+    return mode == "frag"
 
 
 def dot_f32() -> bool:

@@ -6,11 +6,14 @@ product ``yᵀ = W · xᵀ``, and (``tl.trans``) the B operand of ``y = x · W�
 
 A run of 32 k of one column is ``BITS`` packed words (FORMAT.md §4). With ``JOIN_TREE`` (the
 compiled kernels) the thread that loads a run's words decodes all of it: the pair decoders of
-``decode.py`` give 16 fp16x2 registers (one rotate + one LOP3 per pair for PoT, Marlin's magic
-number for int, every shift a compile-time constant), a ``tl.join`` tree puts them in k order in
-that thread's registers, and the two fp16 lanes are split off — so ``tl.reshape`` is free and
-the tile reaches shared memory (when the MMA needs it there) with 128-bit stores, once per weight
-per K step. Without it (the interpreter's default) codes are gathered through the layout table
+``decode.py`` give 16 fp16x2 registers (one rotate + one LOP3 per pair for PoT — inline PTX on the GPU
+(``USE_ASM``), the pure-Triton twin otherwise; Marlin's magic number then one exact HFMA2 to ``q`` for
+int; every shift a compile-time constant), a ``tl.join`` tree puts them in k order in that thread's
+registers, and the two fp16 lanes are split off — so ``tl.reshape`` is free. As the swap-AB A operand
+with ``FRAG_K`` the columns are then permuted into the MMA operand's order (:func:`tile_k`): each
+thread's run lands where the wgmma reads it from registers, with no shared-memory round trip; as the
+gemm's B operand the tile reaches shared memory with 128-bit stores, once per weight per K step.
+Without it (the interpreter's default) codes are gathered through the layout table
 (``decode.gather_codes``): the same values in a dozen tensor ops instead of ~60 nested calls,
 which is what the interpreter pays for; a test checks both give identical bits.
 
@@ -27,7 +30,8 @@ Rows ``k ≥ K`` decode to finite values (zero codes or masked words): callers m
 import triton
 import triton.language as tl
 
-from .decode import gather_codes, group_of_run, int3_spare_magic, int_pair_magic, pot3_spare_pair, pot_pair, to_bf16_rne
+from .decode import (gather_codes, group_of_run, hfma2, int3_spare_magic, int_pair_magic, pot3_spare_pair, pot_pair,
+                     to_bf16_rne)
 
 
 @triton.jit
@@ -53,74 +57,77 @@ def _word(w0, w1, w2, w3, w4, w5, w6, w7, U: tl.constexpr):
 
 
 @triton.jit
-def _pair(w0, w1, w2, w3, w4, w5, w6, w7, P: tl.constexpr, IS_POT: tl.constexpr, BITS: tl.constexpr):
-    """fp16x2 bits (uint32) of codes 2P, 2P + 1 of every run: PoT ±2^(E − qmax); int the magic
-    ``1024 + q·2^O`` (O from :func:`_int_offsets`)."""
+def _pair(w0, w1, w2, w3, w4, w5, w6, w7, P: tl.constexpr, IS_POT: tl.constexpr, BITS: tl.constexpr,
+          USE_ASM: tl.constexpr):
+    """fp16x2 bits (uint32) of codes 2P, 2P + 1 of every run: PoT ±2^(E − qmax); int ``q`` (the magic
+    ``1024 + q·2^O`` times ``2^−O`` minus ``1024·2^−O``: one exact HFMA2)."""
     if BITS == 3:
         if P == 15:
             if IS_POT:
                 p = pot3_spare_pair(w0, w1, w2)
             else:
-                p = int3_spare_magic(w0, w1, w2)
+                p = _int_q(int3_spare_magic(w0, w1, w2), 0, USE_ASM)
         else:
             w = _word(w0, w1, w2, w3, w4, w5, w6, w7, P // 5)
             if IS_POT:
-                p = pot_pair(w, 3, P % 5, False)
+                p = pot_pair(w, 3, P % 5, USE_ASM)
             else:
-                p = int_pair_magic(w, 9 * ((P % 5) // 3), 3 * ((P % 5) % 3), 3)
+                p = _int_q(int_pair_magic(w, 9 * ((P % 5) // 3), 3 * ((P % 5) % 3), 3), 3 * ((P % 5) % 3), USE_ASM)
     else:
         PAIRS: tl.constexpr = 16 // BITS
         w = _word(w0, w1, w2, w3, w4, w5, w6, w7, P // PAIRS)
         J: tl.constexpr = P % PAIRS
         if IS_POT:
-            p = pot_pair(w, BITS, J, False)
+            p = pot_pair(w, BITS, J, USE_ASM)
         else:
             # pair J of a word: source word >> SHIFT·(J // SPLIT), lane offset BITS·(J % SPLIT) (gemv.run_dot)
             SPLIT: tl.constexpr = (BITS == 2) * 5 + (BITS == 4) * 2 + (BITS == 8) * 1
             SHIFT: tl.constexpr = (BITS == 2) * 10 + (BITS == 4) * 8 + (BITS == 8) * 8
-            p = int_pair_magic(w, SHIFT * (J // SPLIT), BITS * (J % SPLIT), BITS)
+            p = _int_q(int_pair_magic(w, SHIFT * (J // SPLIT), BITS * (J % SPLIT), BITS), BITS * (J % SPLIT), USE_ASM)
     return p
 
 
 @triton.jit
 def _run_pairs(w0, w1, w2, w3, w4, w5, w6, w7, START: tl.constexpr, STEP: tl.constexpr, COUNT: tl.constexpr,
-               IS_POT: tl.constexpr, BITS: tl.constexpr):
+               IS_POT: tl.constexpr, BITS: tl.constexpr, USE_ASM: tl.constexpr):
     """Pairs START, START + STEP, … (COUNT of them) of every run, stacked on log2(COUNT) trailing
     in-thread axes of size 2 in natural order: ``join(evens, odds)`` recursively."""
     if COUNT == 1:
-        r = _pair(w0, w1, w2, w3, w4, w5, w6, w7, START, IS_POT, BITS)
+        r = _pair(w0, w1, w2, w3, w4, w5, w6, w7, START, IS_POT, BITS, USE_ASM)
     else:
-        r = tl.join(_run_pairs(w0, w1, w2, w3, w4, w5, w6, w7, START, 2 * STEP, COUNT // 2, IS_POT, BITS),
-                    _run_pairs(w0, w1, w2, w3, w4, w5, w6, w7, START + STEP, 2 * STEP, COUNT // 2, IS_POT, BITS))
+        r = tl.join(_run_pairs(w0, w1, w2, w3, w4, w5, w6, w7, START, 2 * STEP, COUNT // 2, IS_POT, BITS, USE_ASM),
+                    _run_pairs(w0, w1, w2, w3, w4, w5, w6, w7, START + STEP, 2 * STEP, COUNT // 2, IS_POT, BITS,
+                               USE_ASM))
     return r
 
 
 @triton.jit
-def _int_offsets(BITS: tl.constexpr):
-    """Lane offset O of the int magic value of pair P = 0 … 15 of a run, ``[16]`` int32."""
-    p = tl.arange(0, 16)
-    if BITS == 3:
-        o = tl.where(p == 15, 0, 3 * ((p % 5) % 3))
-    else:
-        PAIRS: tl.constexpr = 16 // BITS
-        SPLIT: tl.constexpr = (BITS == 2) * 5 + (BITS == 4) * 2 + (BITS == 8) * 1
-        o = BITS * ((p % PAIRS) % SPLIT)
-    return o
+def _int_q(h, O: tl.constexpr, USE_ASM: tl.constexpr):
+    """Magic ``1024 + q·2^O`` lanes → exactly ``q``: ``h · 2^−O − 1024·2^−O`` in one HFMA2."""
+    MUL: tl.constexpr = ((15 - O) << 10) * 0x10001  # fp16x2 2^−O
+    NEG: tl.constexpr = (0x8000 | ((25 - O) << 10)) * 0x10001  # fp16x2 −2^(10 − O)
+    return hfma2(h, tl.full(h.shape, MUL, tl.uint32), tl.full(h.shape, NEG, tl.uint32), USE_ASM)
 
 
 @triton.jit
-def _load_word(q_ptr, offs_r, offs_n, mask_nr, N, U: tl.constexpr, BITS: tl.constexpr):
-    """Word U of runs ``offs_r`` ``[BN, R]`` uint32 (word 0 again when U ≥ BITS: never used)."""
+def _load_word(q_ptr, offs_r, offs_n, mask_nr, N, U: tl.constexpr, BITS: tl.constexpr, EVEN: tl.constexpr):
+    """Word U of runs ``offs_r`` ``[BN, R]`` uint32 (word 0 again when U ≥ BITS: never used); ``EVEN``:
+    every address is in bounds (see :func:`tile_nk`), ``mask_nr`` unused."""
     u: tl.constexpr = U if U < BITS else 0
-    return tl.load(q_ptr + (offs_r[None, :] * BITS + u) * N + offs_n[:, None], mask=mask_nr,
-                   other=0).to(tl.uint32, bitcast=True)
+    ptrs = q_ptr + (offs_r[None, :] * BITS + u) * N + offs_n[:, None]
+    if EVEN:  # no predicate per copy
+        w = tl.load(ptrs)
+    else:
+        w = tl.load(ptrs, mask=mask_nr, other=0)
+    return w.to(tl.uint32, bitcast=True)
 
 
 @triton.jit
-def _joined_values(q_ptr, offs_r, offs_n, mask_nr, N, IS_POT: tl.constexpr, BITS: tl.constexpr):
+def _joined_values(q_ptr, offs_r, offs_n, mask_nr, N, IS_POT: tl.constexpr, BITS: tl.constexpr, USE_ASM: tl.constexpr,
+                   EVEN: tl.constexpr):
     """Scale-free fp16 ``[BN, R, 16, 2]`` (pair, lane) of the runs by the join tree: PoT
-    ±2^(E − qmax); int the magic ``1024 + q·2^O`` (fixed by the caller)."""
-    w0 = _load_word(q_ptr, offs_r, offs_n, mask_nr, N, 0, BITS)
+    ±2^(E − qmax); int ``q``."""
+    w0 = _load_word(q_ptr, offs_r, offs_n, mask_nr, N, 0, BITS, EVEN)
     w1 = w0
     w2 = w0
     w3 = w0
@@ -129,17 +136,17 @@ def _joined_values(q_ptr, offs_r, offs_n, mask_nr, N, IS_POT: tl.constexpr, BITS
     w6 = w0
     w7 = w0
     if BITS >= 2:
-        w1 = _load_word(q_ptr, offs_r, offs_n, mask_nr, N, 1, BITS)
+        w1 = _load_word(q_ptr, offs_r, offs_n, mask_nr, N, 1, BITS, EVEN)
     if BITS >= 3:
-        w2 = _load_word(q_ptr, offs_r, offs_n, mask_nr, N, 2, BITS)
+        w2 = _load_word(q_ptr, offs_r, offs_n, mask_nr, N, 2, BITS, EVEN)
     if BITS >= 4:
-        w3 = _load_word(q_ptr, offs_r, offs_n, mask_nr, N, 3, BITS)
+        w3 = _load_word(q_ptr, offs_r, offs_n, mask_nr, N, 3, BITS, EVEN)
     if BITS >= 8:
-        w4 = _load_word(q_ptr, offs_r, offs_n, mask_nr, N, 4, BITS)
-        w5 = _load_word(q_ptr, offs_r, offs_n, mask_nr, N, 5, BITS)
-        w6 = _load_word(q_ptr, offs_r, offs_n, mask_nr, N, 6, BITS)
-        w7 = _load_word(q_ptr, offs_r, offs_n, mask_nr, N, 7, BITS)
-    pairs = _run_pairs(w0, w1, w2, w3, w4, w5, w6, w7, 0, 1, 16, IS_POT, BITS)
+        w4 = _load_word(q_ptr, offs_r, offs_n, mask_nr, N, 4, BITS, EVEN)
+        w5 = _load_word(q_ptr, offs_r, offs_n, mask_nr, N, 5, BITS, EVEN)
+        w6 = _load_word(q_ptr, offs_r, offs_n, mask_nr, N, 6, BITS, EVEN)
+        w7 = _load_word(q_ptr, offs_r, offs_n, mask_nr, N, 7, BITS, EVEN)
+    pairs = _run_pairs(w0, w1, w2, w3, w4, w5, w6, w7, 0, 1, 16, IS_POT, BITS, USE_ASM)
     pairs = tl.reshape(pairs, [offs_n.shape[0], offs_r.shape[0], 16])
     lo = (pairs & 0xFFFF).to(tl.uint16).to(tl.float16, bitcast=True)
     hi = (pairs >> 16).to(tl.uint16).to(tl.float16, bitcast=True)
@@ -149,21 +156,21 @@ def _joined_values(q_ptr, offs_r, offs_n, mask_nr, N, IS_POT: tl.constexpr, BITS
 @triton.jit
 def tile_nk(q_ptr, lut_ptr, sc_ptr, z_ptr, z_tile, k0, offs_n, mask_n, N, K, KP, GROUP_RUNS: tl.constexpr,
             IS_POT: tl.constexpr, BITS: tl.constexpr, IS_BF16: tl.constexpr,
-            SCALE_FREE: tl.constexpr, JOIN_TREE: tl.constexpr, BLOCK_K: tl.constexpr):
+            SCALE_FREE: tl.constexpr, JOIN_TREE: tl.constexpr, BLOCK_K: tl.constexpr, USE_ASM: tl.constexpr,
+            FRAG_K: tl.constexpr = False, EVEN: tl.constexpr = False):
     """Decoded ``W[offs_n, k0 : k0 + BLOCK_K]`` as fp16/bf16 ``[BN, BLOCK_K]`` (see module doc). ``z_tile``:
     the tile's int zero points ``[BN]`` (:func:`tile_zero`, the caller may load them a step ahead) when
-    ``SCALE_FREE`` and int; unused otherwise."""
+    ``SCALE_FREE`` and int; unused otherwise. ``FRAG_K``: the columns come in the order of
+    :func:`tile_k` (the MMA operand's, see there) instead of natural k order. ``EVEN``: the caller clamped
+    ``offs_n`` into ``[0, N)`` and the tile's runs all exist (``KP % BLOCK_K == 0``), so the packed words
+    load without predicates (rows past N decode to garbage the caller never stores)."""
     R: tl.constexpr = BLOCK_K // 32
     BN: tl.constexpr = offs_n.shape[0]
     QMAX: tl.constexpr = 2 ** (BITS - 1) - 1
     offs_r = k0 // 32 + tl.arange(0, R)
     mask_nr = mask_n[:, None] & (offs_r < KP // 32)[None, :]
     if JOIN_TREE:
-        v = _joined_values(q_ptr, offs_r, offs_n, mask_nr, N, IS_POT, BITS)  # [BN, R, 16, 2]
-        if not IS_POT:  # magic 1024 + q·2^O → q·… : h·2^−O is exactly 1024·2^−O + q
-            o = _int_offsets(BITS)[None, None, :, None]
-            v = v * (((15 - o) << 10).to(tl.uint16).to(tl.float16, bitcast=True))
-            base = (1024 >> o).to(tl.float16)  # 1024·2^−O, subtracted with z below
+        v = _joined_values(q_ptr, offs_r, offs_n, mask_nr, N, IS_POT, BITS, USE_ASM, EVEN)  # [BN, R, 16, 2]
     else:
         UNIT_WORDS: tl.constexpr = 3 if BITS == 3 else 1
         UNIT_CODES: tl.constexpr = 32 if BITS == 3 else 32 // BITS
@@ -175,8 +182,7 @@ def tile_nk(q_ptr, lut_ptr, sc_ptr, z_ptr, z_tile, k0, offs_n, mask_n, N, K, KP,
             bits = ((c >> (BITS - 1)) << 15) | ((15 - QMAX) << 10) | ((c & QMAX) << 10)
             v = bits.to(tl.int16).to(tl.float16, bitcast=True)
         else:
-            v = (c | 0x6400).to(tl.int16).to(tl.float16, bitcast=True)  # 1024 + q
-            base = tl.full([1, 1, 1, 1], 1024.0, tl.float16)
+            v = c.to(tl.float16)  # q, exact
     if IS_POT:
         if SCALE_FREE:
             if IS_BF16:
@@ -196,7 +202,7 @@ def tile_nk(q_ptr, lut_ptr, sc_ptr, z_ptr, z_tile, k0, offs_n, mask_n, N, K, KP,
         else:
             g_ptrs = group_of_run(offs_r, GROUP_RUNS)[None, :] * N + offs_n[:, None]
             z = tl.load(z_ptr + g_ptrs, mask=mask_nr, other=0)[:, :, None, None]
-        qz = v - (base + z.to(tl.float16))  # exactly q − z (integers below 2^11)
+        qz = v - z.to(tl.float16)  # exactly q − z (integers below 2^9)
         if SCALE_FREE:
             if IS_BF16:
                 w = qz.to(tl.bfloat16)  # |q − z| ≤ 255: exact
@@ -208,7 +214,27 @@ def tile_nk(q_ptr, lut_ptr, sc_ptr, z_ptr, z_tile, k0, offs_n, mask_n, N, K, KP,
                 w = to_bf16_rne(qz.to(tl.float32) * s.to(tl.float32))
             else:
                 w = qz * s  # one rounding of the exact product
+    if FRAG_K:  # [BN, R, 16, 2] = (n, run, pair, lane) → columns (a, c, h, t, lane) of tile_k
+        w = tl.permute(tl.reshape(w, [BN, R // 4, 4, 8, 2, 2]), [0, 1, 3, 4, 2, 5])
     return tl.reshape(w, [BN, BLOCK_K])
+
+
+@triton.jit
+def tile_k(k0, BLOCK_K: tl.constexpr, FRAG_K: tl.constexpr):
+    """k of each column of a :func:`tile_nk` tile, ``[BLOCK_K]`` int32 (the caller loads x in this order).
+
+    ``FRAG_K`` (``BLOCK_K`` a multiple of 128): column ``j = 128a + 16c + 8h + 2t + l`` holds
+    ``k = k0 + 128a + 32t + 4c + 2h + l``. In the A operand of a 16-bit MMA (wgmma ``m64nNk16`` from
+    registers, ``mma.m16n8k16``) the thread with ``t = lane % 4`` holds the columns ``16c + 8h + 2t + l``,
+    so in this order it holds exactly run ``4a + t`` of its row: the thread that decodes a run's words
+    owns its values where the MMA wants them and the compiler needs no shared-memory round trip
+    (STS + LDSM of the decoded tile) to reshuffle them. The sum over k does not care about the order."""
+    j = tl.arange(0, BLOCK_K)
+    if FRAG_K:
+        k = k0 + (j // 128) * 128 + 32 * ((j // 2) % 4) + 4 * ((j // 16) % 8) + 2 * ((j // 8) % 2) + j % 2
+    else:
+        k = k0 + j
+    return k
 
 
 @triton.jit

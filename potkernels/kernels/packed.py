@@ -1,6 +1,7 @@
 """The packed tensors of one weight as the kernels see them, checked once (no Triton here)."""
 from __future__ import annotations
 
+import functools
 from typing import Optional
 
 import torch
@@ -21,41 +22,19 @@ def layout_lut(kind: str, bits: int, device: torch.device) -> torch.Tensor:
 
 class Packed:
     """v2-layout ``qweight`` words, fp16 scales (PoT: the v3 top levels S_top; int: s) and (int)
-    uint8 zero points of one ``[N, K]`` weight."""
+    uint8 zero points of one ``[N, K]`` weight. The checks depend only on the tensors' dtypes, shapes and
+    devices and the code parameters, so they run once per distinct layer geometry (:func:`_check`, cached):
+    a model's forward passes re-check nothing."""
 
     def __init__(self, kind: str, q: torch.Tensor, scales: torch.Tensor, zeros: Optional[torch.Tensor],
                  bits: int, group_size: int, in_features: int):
-        if kind not in ("pot", "int"):
-            raise ValueError(f"kind must be 'pot' or 'int', got {kind!r}")
-        self.kind, self.bits, self.K = kind, int(bits), int(in_features)
-        allowed = (2, 3, 4) if kind == "pot" else (2, 3, 4, 8)
-        if self.bits not in allowed:
-            raise ValueError(f"{kind} bits must be one of {allowed}, got {bits}")
-        if self.K <= 0:
-            raise ValueError(f"in_features must be positive, got {in_features}")
-        self.G = int(group_size)
-        if self.G <= 0 or (self.G != self.K and self.G % 32 != 0):
-            raise ValueError(f"group_size must be a multiple of 32 or in_features ({self.K}), got {group_size}")
-        if scales.dtype != torch.float16:
-            raise TypeError(f"scales must be fp16 [n_groups, N], got {scales.dtype} {list(scales.shape)}")
-        if q.dim() != 2:
-            raise ValueError(f"packed codes must be a 2-D int32 [rows, N] tensor, got shape {list(q.shape)}")
-        self.N = q.shape[1]
-        n_groups = -(-self.K // self.G)
-        _expect("scales", scales, torch.float16, (n_groups, self.N))
-        _expect("qweight", q, torch.int32, (packed_rows(self.K, self.bits), self.N))
-        if kind == "int":
-            _expect("zeros", zeros, torch.uint8, (n_groups, self.N))
-        lay = layout(kind, self.bits)
-        self.unit_words, self.unit_codes = lay.unit_words, lay.unit_codes
-        self.KP = padded_k(self.K)
+        self.kind, self.bits, self.G, self.K = kind, int(bits), int(group_size), int(in_features)
+        self.N, self.KP, self.unit_words, self.unit_codes = _check(kind, self.bits, self.G, self.K, _meta(q),
+                                                                   _meta(scales), _meta(zeros))
         self.q, self.scales = q.contiguous(), scales.contiguous()
         # Unused pointer slots get a real tensor of the right device (never dereferenced).
         self.zeros = zeros.contiguous() if zeros is not None else self.scales
         self.device = q.device
-        for name, t in (("scales", scales), ("zeros", zeros)):
-            if t is not None and t.device != self.device:
-                raise ValueError(f"{name} is on {t.device} but the packed codes are on {self.device}")
         self.lut = layout_lut(kind, self.bits, self.device)
 
     @property
@@ -73,8 +52,46 @@ class Packed:
         return 0 if self.G >= self.K else self.G // 32
 
 
-def _expect(name: str, t: Optional[torch.Tensor], dtype: torch.dtype, shape: tuple[int, ...]) -> None:
+_Meta = Optional[tuple[torch.dtype, tuple[int, ...], torch.device]]
+
+
+def _meta(t: Optional[torch.Tensor]) -> _Meta:
+    return None if t is None else (t.dtype, tuple(t.shape), t.device)
+
+
+@functools.lru_cache(maxsize=4096)
+def _check(kind: str, bits: int, group_size: int, in_features: int, q: _Meta, scales: _Meta,
+           zeros: _Meta) -> tuple[int, int, int, int]:
+    """Every check of one packed weight's geometry, raising a clear error (errors are not cached, so bad
+    input fails on every call); returns (N, KP, unit_words, unit_codes)."""
+    if kind not in ("pot", "int"):
+        raise ValueError(f"kind must be 'pot' or 'int', got {kind!r}")
+    allowed = (2, 3, 4) if kind == "pot" else (2, 3, 4, 8)
+    if bits not in allowed:
+        raise ValueError(f"{kind} bits must be one of {allowed}, got {bits}")
+    if in_features <= 0:
+        raise ValueError(f"in_features must be positive, got {in_features}")
+    if group_size <= 0 or (group_size != in_features and group_size % 32 != 0):
+        raise ValueError(f"group_size must be a multiple of 32 or in_features ({in_features}), got {group_size}")
+    if scales[0] != torch.float16:
+        raise TypeError(f"scales must be fp16 [n_groups, N], got {scales[0]} {list(scales[1])}")
+    if len(q[1]) != 2:
+        raise ValueError(f"packed codes must be a 2-D int32 [rows, N] tensor, got shape {list(q[1])}")
+    n = q[1][1]
+    n_groups = -(-in_features // group_size)
+    _expect("scales", scales, torch.float16, (n_groups, n))
+    _expect("qweight", q, torch.int32, (packed_rows(in_features, bits), n))
+    if kind == "int":
+        _expect("zeros", zeros, torch.uint8, (n_groups, n))
+    for name, t in (("scales", scales), ("zeros", zeros)):
+        if t is not None and t[2] != q[2]:
+            raise ValueError(f"{name} is on {t[2]} but the packed codes are on {q[2]}")
+    lay = layout(kind, bits)
+    return n, padded_k(in_features), lay.unit_words, lay.unit_codes
+
+
+def _expect(name: str, t: _Meta, dtype: torch.dtype, shape: tuple[int, ...]) -> None:
     if t is None:
         raise ValueError(f"{name} is required")
-    if t.dtype != dtype or tuple(t.shape) != tuple(shape):
-        raise ValueError(f"{name} must be {dtype} {list(shape)}, got {t.dtype} {list(t.shape)}")
+    if t[0] != dtype or t[1] != tuple(shape):
+        raise ValueError(f"{name} must be {dtype} {list(shape)}, got {t[0]} {list(t[1])}")

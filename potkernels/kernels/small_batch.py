@@ -1,17 +1,23 @@
-"""M = 2 … 64: swap-AB tensor-core kernel (fused decode + ``tl.dot``), split-K, fp32 accumulation.
+"""M = 2 … 512: swap-AB tensor-core kernel (fused decode + ``tl.dot``), split-K, fp32 accumulation.
 
 Computes ``yᵀ = W · xᵀ`` instead of ``y = x · Wᵀ``: the output features fill the MMA's 64-row
-side (Hopper wgmma ``m64nBMk16``, one warpgroup per 64 features) and the small batch is its
-N side (``BLOCK_M`` ∈ {16, 32, 64}), so no MMA rows are wasted on padding the batch to 64.
-The decoded ``[BLOCK_N, BLOCK_K]`` W tile is the MMA's A operand, which Hopper may read from
-registers; x arrives as ``[BLOCK_K, BLOCK_M]`` tiles by wide loads along K.
+side (Hopper wgmma ``m64nBMk16``, one warpgroup per 64 features) and the batch is its N side
+(``BLOCK_M`` ∈ {16, 32, 64, 128}; larger M runs several programs along M), so no MMA rows are
+wasted on padding a small batch to 64. The decoded ``[BLOCK_N, BLOCK_K]`` W tile is the MMA's A
+operand, read from registers; x arrives as ``[BLOCK_K, BLOCK_M]`` tiles through shared memory.
 
-Per K step a program loads each packed word of its tile once (:func:`mma_tile.tile_nk`). When
-the K tile lies in one group (``SCALE_FREE``), the tile holds the scale-free values ``±2^E`` /
-``q − z`` and the group scale multiplies the fp32 MMA result, one multiply per output per step
-instead of one per weight. Splitting K keeps every SM streaming weights when
-``N / BLOCK_N`` alone is too few programs; partial sums go to an fp32 ``[n_split, M, N]``
-buffer reduced in split order (:func:`splitk.splitk_finish`, deterministic).
+Per K step a program loads each packed word of its tile once (:func:`mma_tile.tile_nk`); the thread
+that loads a run's words decodes all 32 of its weights. With ``FRAG_K`` (``BLOCK_K`` a multiple of
+128, the default) the tile's columns are in the MMA operand's order (:func:`mma_tile.tile_k`) and x
+is loaded in that same k order, so each thread's decoded run already sits where the wgmma wants it:
+no shared-memory round trip of the decoded tile (STS + LDSM, 4 B per weight), the cost is x loaded
+4 bytes at a time. ``EVEN_K`` (K a multiple of ``BLOCK_K``): rows past N and M are clamped instead of
+masked, so the cp.async copies need no predicates (those rows are never stored). When the K tile lies
+in one group (``SCALE_FREE``), the tile holds the scale-free values ``±2^E`` / ``q − z`` and the group
+scale multiplies the fp32 MMA result, one multiply per output per step instead of one per weight.
+Splitting K keeps every SM streaming weights when ``N / BLOCK_N`` alone is too few programs;
+partial sums go to an fp32 ``[n_split, M, N]`` buffer reduced in split order
+(:func:`splitk.splitk_finish`, deterministic, ``REDUCE_CHUNK`` splits per load).
 """
 from __future__ import annotations
 
@@ -22,15 +28,18 @@ import triton
 import triton.language as tl
 
 from . import configs
-from .launch import counters, dot_f32, join_tree, launch_opts, mma_tiles, reduce_partials, scale_free
+from .launch import counters, dot_f32, frag_k, join_tree, launch_opts, mma_tiles, reduce_partials, scale_free, use_asm
 from .launch import n_split as launch_n_split
-from .mma_tile import tile_nk, tile_scale, tile_zero
+from .mma_tile import tile_k, tile_nk, tile_scale, tile_zero
 from .packed import Packed
 from .splitk import splitk_finish
 
-# the tile is [BLOCK_N, BLOCK_M] partials per split (up to 64 per thread): one split per load, which the
-# compiler unrolls 4 deep (a chunk of 4 would cost 256 registers at M = 128 and spill)
-SMALL_BATCH_REDUCE_CHUNK: tl.constexpr = tl.constexpr(1)
+
+def reduce_chunk(block_m: int, block_n: int, num_warps: int) -> int:
+    """Splits the split-K tail loads at once (``splitk_finish``): as many as keep ≤ 64 partials per
+    thread in flight (one cache round trip per chunk; a chunk of 4 at 64 partials per thread spills)."""
+    per_thread = block_m * block_n // (32 * num_warps)
+    return max(1, min(16, 64 // max(per_thread, 1)))
 
 
 @triton.jit
@@ -38,7 +47,8 @@ def small_batch_kernel(x_ptr, q_ptr, lut_ptr, sc_ptr, z_ptr, b_ptr, y_ptr, part_
                        M, N, K, KP, stride_xm, k_per_split, n_split,
                        IS_POT: tl.constexpr, BITS: tl.constexpr, IS_BF16: tl.constexpr, GROUP_RUNS: tl.constexpr,
                        HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr, FUSED_REDUCE: tl.constexpr,
-                       SCALE_FREE: tl.constexpr, DOT_F32: tl.constexpr, JOIN_TREE: tl.constexpr,
+                       SCALE_FREE: tl.constexpr, DOT_F32: tl.constexpr, JOIN_TREE: tl.constexpr, USE_ASM: tl.constexpr,
+                       FRAG_K: tl.constexpr, EVEN_K: tl.constexpr, REDUCE_CHUNK: tl.constexpr,
                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
@@ -47,6 +57,12 @@ def small_batch_kernel(x_ptr, q_ptr, lut_ptr, sc_ptr, z_ptr, b_ptr, y_ptr, part_
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     mask_m = offs_m < M
     mask_n = offs_n < N
+    if EVEN_K:  # every K tile is whole: clamp rows instead of predicating every copy (never stored)
+        offs_nl = tl.minimum(offs_n, N - 1)
+        offs_ml = tl.minimum(offs_m, M - 1)
+    else:
+        offs_nl = offs_n
+        offs_ml = offs_m
     k_lo = pid_k * k_per_split
     k_hi = tl.minimum(k_lo + k_per_split, KP)
     acc = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)  # yᵀ tile
@@ -58,11 +74,14 @@ def small_batch_kernel(x_ptr, q_ptr, lut_ptr, sc_ptr, z_ptr, b_ptr, y_ptr, part_
         ahead = mask_n & SCALE_FREE & (k0 + BLOCK_K < k_hi)
         s_next = tile_scale(sc_ptr, k0 + BLOCK_K, offs_n, ahead, N, GROUP_RUNS)
         z_next = tile_zero(z_ptr, k0 + BLOCK_K, offs_n, ahead & (not IS_POT), N, GROUP_RUNS)
-        offs_k = k0 + tl.arange(0, BLOCK_K)
-        xt = tl.load(x_ptr + offs_m[None, :] * stride_xm + offs_k[:, None],
-                     mask=mask_m[None, :] & (offs_k < K)[:, None], other=0.0)  # [BK, BM], K contiguous
-        w = tile_nk(q_ptr, lut_ptr, sc_ptr, z_ptr, z_cur, k0, offs_n, mask_n, N, K, KP, GROUP_RUNS,
-                    IS_POT, BITS, IS_BF16, SCALE_FREE, JOIN_TREE, BLOCK_K)
+        offs_k = tile_k(k0, BLOCK_K, FRAG_K)
+        x_ptrs = x_ptr + offs_ml[None, :] * stride_xm + offs_k[:, None]  # [BK, BM], K contiguous
+        if EVEN_K:
+            xt = tl.load(x_ptrs)
+        else:
+            xt = tl.load(x_ptrs, mask=mask_m[None, :] & (offs_k < K)[:, None], other=0.0)
+        w = tile_nk(q_ptr, lut_ptr, sc_ptr, z_ptr, z_cur, k0, offs_nl, mask_n, N, K, KP, GROUP_RUNS,
+                    IS_POT, BITS, IS_BF16, SCALE_FREE, JOIN_TREE, BLOCK_K, USE_ASM, FRAG_K, EVEN_K)
         if DOT_F32:  # interpreter only (launch.dot_f32): exact upcast
             w = w.to(tl.float32)
             xt = xt.to(tl.float32)
@@ -78,7 +97,7 @@ def small_batch_kernel(x_ptr, q_ptr, lut_ptr, sc_ptr, z_ptr, b_ptr, y_ptr, part_
         tl.store(part_ptr + pid_k * M * N + offs_y, acc, mask=mask)
         if FUSED_REDUCE:
             splitk_finish(part_ptr, cnt_ptr, b_ptr, y_ptr, pid_m * tl.num_programs(0) + pid_n, n_split, M * N,
-                          offs_y, mask, offs_n[:, None], HAS_BIAS, SMALL_BATCH_REDUCE_CHUNK)
+                          offs_y, mask, offs_n[:, None], HAS_BIAS, REDUCE_CHUNK, True)
     else:
         if HAS_BIAS:
             acc += tl.load(b_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[:, None]
@@ -88,7 +107,7 @@ def small_batch_kernel(x_ptr, q_ptr, lut_ptr, sc_ptr, z_ptr, b_ptr, y_ptr, part_
 # ------------------------------------------------------------------ host side
 def launch(x: torch.Tensor, w: Packed, bias: Optional[torch.Tensor], y: torch.Tensor,
            cfg: dict[str, Any]) -> torch.Tensor:
-    """Swap-AB tensor-core regime (M = 2 … 128): ``yᵀ = W xᵀ``, split-K; x fp16/bf16."""
+    """Swap-AB tensor-core regime (M = 2 … 512): ``yᵀ = W xᵀ``, split-K; x fp16/bf16."""
     m = x.shape[0]
     bm, bn, bk = mma_tiles("small_batch", cfg)
     tiles = triton.cdiv(w.N, bn) * triton.cdiv(m, bm)
@@ -106,7 +125,9 @@ def launch(x: torch.Tensor, w: Packed, bias: Optional[torch.Tensor], y: torch.Te
                              IS_POT=w.is_pot, BITS=w.bits, IS_BF16=x.dtype == torch.bfloat16,
                              HAS_BIAS=bias is not None, SPLIT=split, FUSED_REDUCE=fused,
                              SCALE_FREE=scale_free(cfg, w, bk, "acc"), DOT_F32=dot_f32(),
-                             JOIN_TREE=join_tree(cfg), BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, **launch_opts(cfg))
+                             JOIN_TREE=join_tree(cfg), USE_ASM=use_asm(x.device), FRAG_K=frag_k(cfg, bk),
+                             EVEN_K=w.K % bk == 0, REDUCE_CHUNK=reduce_chunk(bm, bn, launch_opts(cfg)["num_warps"]),
+                             BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, **launch_opts(cfg))
     if split and not fused:
         reduce_partials(part, bias, y, n_split, w.N)
     return y
@@ -116,6 +137,6 @@ def candidates(m: int) -> list[dict[str, Any]]:
     """The tuner's search space (``tune.py``); BLOCK_M is the MMA's N side (the batch)."""
     bm = max(16, min(128, configs.m_bucket(m)))
     grid = [dict(BLOCK_M=bm, BLOCK_N=n, BLOCK_K=k, num_warps=4, num_stages=3, waves=v) for n in (64, 128)
-            for k in (64, 128, 256) for v in (1, 2, 4)]
+            for k in (64, 128, 256) for v in (1, 2, 3, 4, 6)]
     return grid + [dict(BLOCK_M=bm, BLOCK_N=128, BLOCK_K=128, num_warps=8, num_stages=s, waves=2) for s in (2, 3)] + \
         [dict(BLOCK_M=bm, BLOCK_N=128, BLOCK_K=128, num_warps=8, num_stages=3, waves=2, maxnreg=128)]

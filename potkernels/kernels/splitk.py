@@ -8,11 +8,14 @@ import triton.language as tl
 
 @triton.jit
 def splitk_finish(part_ptr, cnt_ptr, b_ptr, y_ptr, tile, n_split, MN, offs, mask, offs_col,
-                  HAS_BIAS: tl.constexpr, CHUNK: tl.constexpr):
+                  HAS_BIAS: tl.constexpr, CHUNK: tl.constexpr, PER_SPLIT: tl.constexpr = False):
     """Single-launch split-K: after storing its fp32 partial, each program bumps its output tile's
     counter; the last one to arrive adds the ``n_split`` partials, ``CHUNK`` splits per load (all
     in flight at once: the tail costs one cache round trip per chunk, not per split), chunks in
-    split order and a fixed tree inside a chunk (deterministic), adds the bias, casts, stores, and
+    split order and, inside a chunk, a fixed tree (one ``[CHUNK, ...]`` load) or, with ``PER_SPLIT``, one
+    load per split in the tile's own layout added in split order (an MMA accumulator's layout: triton 3.6
+    would spread a ``[CHUNK, ...]`` tile across lanes and add it with shuffles) — deterministic; adds the
+    bias, casts, stores, and
     resets the counter for the next launch. ``offs``/``mask``: the tile's flat output offsets (any rank)."""
     tl.debug_barrier()  # every thread's partial store is issued before the release below
     arrived = tl.atomic_add(cnt_ptr + tile, 1, sem="acq_rel", scope="gpu")
@@ -20,13 +23,18 @@ def splitk_finish(part_ptr, cnt_ptr, b_ptr, y_ptr, tile, n_split, MN, offs, mask
         total = tl.zeros(offs.shape, dtype=tl.float32)
         sp = tl.arange(0, CHUNK)
         for s0 in range(0, n_split, CHUNK):
-            if len(offs.shape) == 1:
-                pp = part_ptr + (s0 + sp)[:, None] * MN + offs[None, :]
-                pm = ((s0 + sp) < n_split)[:, None] & mask[None, :]
+            if PER_SPLIT:  # CHUNK independent loads, all issued before the adds
+                for c in tl.static_range(CHUNK):
+                    total += tl.load(part_ptr + (s0 + c) * MN + offs, mask=mask & (s0 + c < n_split), other=0.0,
+                                     cache_modifier=".cg")
             else:
-                pp = part_ptr + (s0 + sp)[:, None, None] * MN + offs[None, :, :]
-                pm = ((s0 + sp) < n_split)[:, None, None] & mask[None, :, :]
-            total += tl.sum(tl.load(pp, mask=pm, other=0.0, cache_modifier=".cg"), axis=0)
+                if len(offs.shape) == 1:
+                    pp = part_ptr + (s0 + sp)[:, None] * MN + offs[None, :]
+                    pm = ((s0 + sp) < n_split)[:, None] & mask[None, :]
+                else:
+                    pp = part_ptr + (s0 + sp)[:, None, None] * MN + offs[None, :, :]
+                    pm = ((s0 + sp) < n_split)[:, None, None] & mask[None, :, :]
+                total += tl.sum(tl.load(pp, mask=pm, other=0.0, cache_modifier=".cg"), axis=0)
         if HAS_BIAS:
             total += tl.load(b_ptr + offs_col, mask=mask, other=0.0).to(tl.float32)
         tl.store(y_ptr + offs, total.to(y_ptr.dtype.element_ty), mask=mask)
