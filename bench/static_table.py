@@ -35,7 +35,7 @@ SMALL_BATCH_BY_CLASS = {2: {"m": (128, 3), "l": (128, 6)}, 4: {"m": (128, 3), "l
                         32: {"m": (64, 3), "l": (128, 2)}}
 
 
-def small_batch_config(bucket: int, kind: str = "pot", size: str = "*") -> dict:
+def small_batch_config(bucket: int, size: str = "*") -> dict:
     """Swap-AB: BLOCK_M is the wgmma N side (the batch, at most 128 per program); BLOCK_K 128 puts the decoded
     columns in the MMA operand's order (``k_order`` "frag"). Chosen by ``speed_model.py grid`` over the tuner's
     candidates on the Llama-3-8B layers (H200), 0 spills (``sass_report.py``)."""
@@ -43,10 +43,7 @@ def small_batch_config(bucket: int, kind: str = "pot", size: str = "*") -> dict:
     if bm <= 32:  # one warpgroup, 3-stage cp.async pipeline
         bn, waves = SMALL_BATCH_BY_CLASS.get(bucket, {}).get(size, (128, 2))
         return {"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": 128, "num_warps": 4, "num_stages": 3, "waves": waves}
-    if bm == 64:
-        if kind == "int":  # the int twin: one warpgroup, one CTA per SM (capped at 128 registers it spills)
-            return {"BLOCK_M": 64, "BLOCK_N": 128, "BLOCK_K": 128, "num_warps": 4, "num_stages": 3, "waves": 2}
-        # capped at 128 registers (0 spills): two CTAs per SM hide each other's waits
+    if bm == 64:  # capped at 128 registers (0 spills): two CTAs per SM hide each other's waits
         return {"BLOCK_M": 64, "BLOCK_N": 128, "BLOCK_K": 128, "num_warps": 8, "num_stages": 3, "waves": 2,
                 "maxnreg": 128}
     # two warpgroups of 64 features (4 warps at BLOCK_N 64 would be faster by the model, but spill 232 B)
@@ -54,12 +51,7 @@ def small_batch_config(bucket: int, kind: str = "pot", size: str = "*") -> dict:
 
 
 def gemm_config(bucket: int) -> dict:
-    """Two consumer warpgroups; BLOCK_M 256 halves the decode per MMA flop once M fills the GPU. At M = 256
-    a 128 × 128 tile leaves SMs idle on the N = 4096 layers (64 tiles): 128 × 64 (model: 0.64× vs 0.56× fp16)."""
-    if bucket <= 256:
-        return {"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_K": 128, "GROUP_M": 8, "num_warps": 4, "num_stages": 3}
-    if bucket <= 512:
-        return {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 128, "GROUP_M": 8, "num_warps": 8, "num_stages": 3}
+    """Two consumer warpgroups; BLOCK_M 256 halves the decode per MMA flop (M > 512: below, small_batch)."""
     return {"BLOCK_M": 256, "BLOCK_N": 128, "BLOCK_K": 128, "GROUP_M": 8, "num_warps": 8, "num_stages": 2}
 
 
@@ -88,10 +80,6 @@ def build(table: dict) -> dict:
         for size in by_size:
             entry["small_batch"][f"*:m{b}:{size}"] = small_batch_config(b, size=size)
     entry["small_batch"]["*:*:*"] = small_batch_config(16)
-    for b in buckets:  # the int twin's own choice where it differs
-        for bits in (2, 3, 4, 8):
-            if small_batch_config(b, "int") != small_batch_config(b):
-                entry["small_batch"][f"int{bits}:m{b}:*"] = small_batch_config(b, "int")
     entry["gemm"] = {f"*:m{b}:*": gemm_config(b) for b in configs.M_BUCKETS if b > SMALL_BATCH_MAX_M}
     entry["gemm"]["*:*:*"] = gemm_config(4096)
     for gpu in [g for g in table if g not in ("_doc", "default", "interpreter")]:

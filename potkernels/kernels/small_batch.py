@@ -66,21 +66,21 @@ def small_batch_kernel(x_ptr, q_ptr, lut_ptr, sc_ptr, z_ptr, b_ptr, y_ptr, part_
     k_lo = pid_k * k_per_split
     k_hi = tl.minimum(k_lo + k_per_split, KP)
     acc = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)  # yᵀ tile
-    # the scale (and int zero point) of step k0 is loaded one step ahead (1- and 2-byte loads per thread
-    # cannot ride cp.async)
+    # the scale of step k0 is loaded one step ahead (a 2-byte load per thread cannot ride cp.async). The int
+    # zero point is not: loaded ahead, it is a loop-carried value that triton 3.6 cannot rematerialize in the
+    # decoded tile's register layout, and it then sends the whole tile through shared memory instead
     s_cur = tile_scale(sc_ptr, k_lo, offs_n, mask_n & SCALE_FREE, N, GROUP_RUNS)
-    z_cur = tile_zero(z_ptr, k_lo, offs_n, mask_n & SCALE_FREE & (not IS_POT), N, GROUP_RUNS)
     for k0 in range(k_lo, k_hi, BLOCK_K):
         ahead = mask_n & SCALE_FREE & (k0 + BLOCK_K < k_hi)
         s_next = tile_scale(sc_ptr, k0 + BLOCK_K, offs_n, ahead, N, GROUP_RUNS)
-        z_next = tile_zero(z_ptr, k0 + BLOCK_K, offs_n, ahead & (not IS_POT), N, GROUP_RUNS)
         offs_k = tile_k(k0, BLOCK_K, FRAG_K)
         x_ptrs = x_ptr + offs_ml[None, :] * stride_xm + offs_k[:, None]  # [BK, BM], K contiguous
         if EVEN_K:
             xt = tl.load(x_ptrs)
         else:
             xt = tl.load(x_ptrs, mask=mask_m[None, :] & (offs_k < K)[:, None], other=0.0)
-        w = tile_nk(q_ptr, lut_ptr, sc_ptr, z_ptr, z_cur, k0, offs_nl, mask_n, N, K, KP, GROUP_RUNS,
+        z_tile = tile_zero(z_ptr, k0, offs_n, mask_n & SCALE_FREE & (not IS_POT), N, GROUP_RUNS)
+        w = tile_nk(q_ptr, lut_ptr, sc_ptr, z_ptr, z_tile, k0, offs_nl, mask_n, N, K, KP, GROUP_RUNS,
                     IS_POT, BITS, IS_BF16, SCALE_FREE, JOIN_TREE, BLOCK_K, USE_ASM, FRAG_K, EVEN_K)
         if DOT_F32:  # interpreter only (launch.dot_f32): exact upcast
             w = w.to(tl.float32)
@@ -90,7 +90,6 @@ def small_batch_kernel(x_ptr, q_ptr, lut_ptr, sc_ptr, z_ptr, b_ptr, y_ptr, part_
         else:
             acc = tl.dot(w, xt, acc)
         s_cur = s_next
-        z_cur = z_next
     mask = mask_n[:, None] & mask_m[None, :]
     offs_y = offs_m[None, :] * N + offs_n[:, None]
     if SPLIT:
