@@ -234,7 +234,9 @@ def resources(cubin: bytes) -> dict[str, int]:
 
 def steady_loop(sass):
     """Instructions of the steady-state loop: the longest *innermost* loop body (a branch back to
-    a lower address whose range holds no other backward branch); the whole kernel if none.
+    a lower address whose range holds no other backward branch) among those holding an MMA if any
+    loop does (a split-K tail loop can be the longer one: triton 3.6 once unrolled it to 700
+    instructions); the whole kernel if there is no loop.
     Per-group work outside it (scale loads, zero-point constants) is excluded: it is amortized
     over ``G / 32`` runs (the report states ``outer_loop_instructions`` too)."""
     addr_index = {a: i for i, (a, *_rest) in enumerate(sass)}
@@ -249,7 +251,8 @@ def steady_loop(sass):
                                                      for lo2, hi2 in loops)]
     if not inner:
         return [s for s in sass if s[1] not in ("NOP",)], False, 0
-    lo, hi = max(inner, key=lambda r: r[1] - r[0])
+    with_mma = [(lo, hi) for lo, hi in inner if any(sass[i][1] in ("HGMMA", "HMMA") for i in range(lo, hi + 1))]
+    lo, hi = max(with_mma or inner, key=lambda r: r[1] - r[0])
     outer = [(l2, h2) for l2, h2 in loops if l2 <= lo and hi <= h2 and (l2, h2) != (lo, hi)]
     outer_len = min((h2 - l2 + 1 for l2, h2 in outer), default=0)
     return sass[lo: hi + 1], True, outer_len
