@@ -15,19 +15,18 @@ def splitk_finish(part_ptr, cnt_ptr, b_ptr, y_ptr, tile, n_split, MN, offs, mask
     split order and, inside a chunk, a fixed tree (one ``[CHUNK, ...]`` load) or, with ``PER_SPLIT``, one
     load per split in the tile's own layout added in split order (an MMA accumulator's layout: triton 3.6
     would spread a ``[CHUNK, ...]`` tile across lanes and add it with shuffles) — deterministic; adds the
-    bias, casts, stores, and
-    resets the counter for the next launch. ``offs``/``mask``: the tile's flat output offsets (any rank)."""
+    bias, casts, stores, and resets the counter for the next launch. ``offs``/``mask``: the tile's flat output offsets (any rank)."""
     tl.debug_barrier()  # every thread's partial store is issued before the release below
     arrived = tl.atomic_add(cnt_ptr + tile, 1, sem="acq_rel", scope="gpu")
     if arrived == n_split - 1:
         total = tl.zeros(offs.shape, dtype=tl.float32)
-        sp = tl.arange(0, CHUNK)
         for s0 in range(0, n_split, CHUNK):
             if PER_SPLIT:  # CHUNK independent loads, all issued before the adds
                 for c in tl.static_range(CHUNK):
                     total += tl.load(part_ptr + (s0 + c) * MN + offs, mask=mask & (s0 + c < n_split), other=0.0,
                                      cache_modifier=".cg")
             else:
+                sp = tl.arange(0, CHUNK)
                 if len(offs.shape) == 1:
                     pp = part_ptr + (s0 + sp)[:, None] * MN + offs[None, :]
                     pm = ((s0 + sp) < n_split)[:, None] & mask[None, :]
