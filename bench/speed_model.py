@@ -342,8 +342,9 @@ def io_bytes(m: int, k: int, n: int, n_split: int) -> float:
     return 2 * m * (k + n) + (8 * n_split * m * n if n_split > 1 else 0)
 
 
-def _split(tiles: int, k_steps: int, cfg: dict[str, Any], sms: int) -> int:
-    """The dispatcher's split-K count (launch.n_split, v1 and v2 alike)."""
+def _split_v1(tiles: int, k_steps: int, cfg: dict[str, Any], sms: int) -> int:
+    """The version-1 dispatcher's split-K count (splits rounded up to cover ``waves`` × SMs; today's rule is
+    ``launch.split_count``)."""
     if "split" in cfg:
         return max(1, min(int(cfg["split"]), k_steps))
     return max(1, min(-(-int(cfg.get("waves", 2)) * sms // tiles), k_steps))
@@ -398,7 +399,7 @@ def v1_launch(regime: str, kind: str, bits: int, m: int, k: int, n: int, cfg: di
         br, bn = cfg["BLOCK_R"], cfg["BLOCK_N"]
         n_rows = kp // 32
         tiles = _cdiv(n, bn) * m
-        ns = _split(tiles, _cdiv(n_rows, br), cfg, sms)
+        ns = _split_v1(tiles, _cdiv(n_rows, br), cfg, sms)
         rps = _cdiv(_cdiv(n_rows, ns), br) * br
         ns = _cdiv(n_rows, rps)
         iters, tile = rps // br, bn
@@ -406,7 +407,7 @@ def v1_launch(regime: str, kind: str, bits: int, m: int, k: int, n: int, cfg: di
         bm, bn, bk = cfg["BLOCK_M"], cfg["BLOCK_N"], cfg["BLOCK_K"]
         tile = bm * bn
         tiles = _cdiv(n, bn) * _cdiv(m, bm)
-        ns = _split(tiles, _cdiv(kp, bk), cfg, sms)
+        ns = _split_v1(tiles, _cdiv(kp, bk), cfg, sms)
         kps = _cdiv(_cdiv(kp, bk), ns) * bk
         ns = _cdiv(kp, kps)
         iters = kps // bk
@@ -549,7 +550,7 @@ def current_launch(kind: str, bits: int, m: int, k: int, n: int, gpu: dict[str, 
         bn, br = int(cfg["BLOCK_N"]), int(cfg.get("BLOCK_R", 1))  # as gemv.launch
         n_runs = kp // 32
         tiles = _cdiv(n, bn) * _cdiv(m, cfg["BLOCK_M"])
-        ns = _split(tiles, _cdiv(n_runs, br), cfg, gpu["sms"])
+        ns = launch.split_count(tiles, _cdiv(n_runs, br), cfg, gpu["sms"])
         rps = _cdiv(_cdiv(n_runs, br), ns) * br
         ns = _cdiv(n_runs, rps)
         ctas, iters, tile = tiles * ns, rps // br, bn * cfg["BLOCK_M"]
@@ -559,7 +560,7 @@ def current_launch(kind: str, bits: int, m: int, k: int, n: int, gpu: dict[str, 
         tile = bm * bn
         tiles = _cdiv(n, bn) * _cdiv(m, bm)
         if regime == "small_batch":
-            ns = _split(tiles, _cdiv(kp, bk), cfg, gpu["sms"])
+            ns = launch.split_count(tiles, _cdiv(kp, bk), cfg, gpu["sms"])
             kps = _cdiv(_cdiv(kp, bk), ns) * bk
             ns = _cdiv(kp, kps)
             iters = kps // bk

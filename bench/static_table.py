@@ -27,27 +27,23 @@ SMALL_BATCH_MAX_M = 512  # swap-AB with the decoded tile in the wgmma operand's 
 GEMV_MAX_M = 1
 
 
-# BLOCK_M ≤ 32: (BLOCK_N, waves) per size class 'm' / 'l' of the config table, the joint best for PoT4 + PoT3
-# on the Llama-3-8B layers (`python bench/speed_model.py grid --m M --by-class --codes pot4,pot3`, H200);
-# other sizes take the '*' entry
-SMALL_BATCH_BY_CLASS = {2: {"m": (128, 3), "l": (128, 6)}, 4: {"m": (128, 3), "l": (128, 6)},
-                        8: {"m": (128, 3), "l": (128, 4)}, 16: {"m": (64, 4), "l": (128, 3)},
-                        32: {"m": (64, 3), "l": (128, 2)}}
+# (BLOCK_N, num_warps, waves) per M bucket and size class 'm' / 'l' of the config table: the joint best for PoT4 +
+# PoT3 on the Llama-3-8B layers without spills on triton 3.6.0 and 3.7.1 (`python bench/speed_model.py grid --m M
+# --by-class --codes pot4,pot3`, H200; waves = programs per SM, launch.split_count). Other sizes take the '*' entry.
+SMALL_BATCH_BY_CLASS = {2: {"m": (128, 4, 3), "l": (128, 4, 4)}, 4: {"m": (128, 4, 3), "l": (128, 4, 2)},
+                        8: {"m": (128, 4, 2), "l": (128, 4, 2)}, 16: {"m": (64, 4, 3), "l": (128, 4, 2)},
+                        32: {"m": (64, 4, 3), "l": (128, 4, 2)}, 64: {"m": (128, 4, 1), "l": (128, 4, 2)}}
 
 
 def small_batch_config(bucket: int, size: str = "*") -> dict:
     """Swap-AB: BLOCK_M is the wgmma N side (the batch, at most 128 per program); BLOCK_K 128 puts the decoded
-    columns in the MMA operand's order (``k_order`` "frag"). Chosen by ``speed_model.py grid`` over the tuner's
-    candidates on the Llama-3-8B layers (H200), 0 spills (``sass_report.py``)."""
+    columns in the MMA operand's order (``k_order`` "frag"); a 3-stage cp.async pipeline. Chosen by
+    ``speed_model.py grid`` over the tuner's candidates on the Llama-3-8B layers (H200), 0 spills
+    (``sass_report.py``). BLOCK_M ≤ 64: one warpgroup (at 64, 246 registers: two CTAs per SM);
+    BLOCK_M 128: two warpgroups of 64 features (one warpgroup spills: 600 B at BLOCK_N 128, 232 B at 64)."""
     bm = min(max(16, bucket), 128)
-    if bm <= 32:  # one warpgroup, 3-stage cp.async pipeline
-        bn, waves = SMALL_BATCH_BY_CLASS.get(bucket, {}).get(size, (128, 2))
-        return {"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": 128, "num_warps": 4, "num_stages": 3, "waves": waves}
-    if bm == 64:  # capped at 128 registers (0 spills): two CTAs per SM hide each other's waits
-        return {"BLOCK_M": 64, "BLOCK_N": 128, "BLOCK_K": 128, "num_warps": 8, "num_stages": 3, "waves": 2,
-                "maxnreg": 128}
-    # two warpgroups of 64 features (4 warps at BLOCK_N 64 would be faster by the model, but spill 232 B)
-    return {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 128, "num_warps": 8, "num_stages": 3, "waves": 2}
+    bn, warps, waves = SMALL_BATCH_BY_CLASS.get(bucket, {}).get(size, (128, 4 if bm <= 64 else 8, 2))
+    return {"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": 128, "num_warps": warps, "num_stages": 3, "waves": waves}
 
 
 def gemm_config(bucket: int) -> dict:
@@ -59,7 +55,8 @@ DOC = ("Launch configs per GPU name (torch.cuda.get_device_name), then 'default'
        "'<kind><bits>:m<M bucket>:<size s|m|l>' with '*' wildcards, most specific wins. gemv: BLOCK_N columns x "
        "BLOCK_R runs of 32 k per loop step (the warps split K inside a program; 4 columns per thread: one 128-bit "
        "load per word row), decoded once for up to rows_per_program x rows (default 8), num_stages = cp.async "
-       "pipeline depth, split-K until tiles x splits covers 'waves' x SMs; small_batch: BLOCK_M x BLOCK_N "
+       "pipeline depth, split-K: the most splits with tiles x splits <= 'waves' x SMs (waves = programs an SM runs "
+       "at once); small_batch: BLOCK_M x BLOCK_N "
        "outputs per program, BLOCK_K per step, k_order 'frag' (decoded columns in the MMA operand's order; "
        "the default when BLOCK_K is a multiple of 128) or 'natural'; "
        "chosen with bench/speed_model.py (not GPU-tuned). dispatch: M <= gemv_max_m "

@@ -7,9 +7,11 @@ Outputs are poisoned with NaN before each launch so an unwritten element cannot 
 """
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from potkernels.format import IntConfig, PoTConfig, quantize_int, quantize_pot
-from potkernels.kernels import api, configs
+from potkernels.kernels import api, configs, launch
 from potkernels.kernels import int_dequantize_triton, int_matmul_triton, pot_dequantize_triton, pot_matmul_triton
 
 ON_GPU = torch.cuda.is_available() and not configs.interpreting()
@@ -152,6 +154,18 @@ def test_gemv_split_k_deterministic(split, reduce, k):
     assert torch.equal(a, b)
     ref = x.float() @ packed.dequantize(F16).float().t()
     assert rel_err(a, ref) <= 1e-2
+
+
+@settings(max_examples=300, deadline=None)
+@given(tiles=st.integers(1, 5000), k_steps=st.integers(1, 512), waves=st.integers(1, 16), sms=st.integers(1, 200))
+def test_split_count_fills_one_round_of_programs(tiles, k_steps, waves, sms):
+    """The split-K count is the most splits whose programs fit in ``waves`` per SM (none left for a
+    nearly empty extra round), at least one, at most the K steps; an explicit ``split`` wins."""
+    s = launch.split_count(tiles, k_steps, {"waves": waves}, sms)
+    assert 1 <= s <= k_steps
+    assert s == 1 or tiles * s <= waves * sms
+    assert s == k_steps or tiles * (s + 1) > waves * sms
+    assert launch.split_count(tiles, k_steps, {"waves": waves, "split": 3}, sms) == min(3, k_steps)
 
 
 def test_dispatch_by_m():

@@ -355,4 +355,4 @@ def launch(x: torch.Tensor, w: Packed, bias: Optional[torch.Tensor], y: torch.Te
 def candidates(m: int) -> list[dict[str, Any]]:
     """The tuner's search space (``tune.py``): a few pipeline shapes around the model's choice."""
     return [dict(BLOCK_N=n, BLOCK_R=r, num_warps=w, num_stages=2, waves=v)
-            for n in (32, 64, 128) for r in (8, 16) for w in (2, 4) for v in (5, 8)]
+            for n in (32, 64, 128) for r in (8, 16) for w in (2, 4) for v in (4, 6, 8, 12)]

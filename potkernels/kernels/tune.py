@@ -48,7 +48,7 @@ def graph_time_ms(fn, rep_ms: float = 20, calls: int = 8) -> float:
 
 
 def candidates(regime: str, m: int) -> list[dict[str, Any]]:
-    """A small search space per regime (≤ ~24 configs, so tuning one key takes seconds), kept beside
+    """A small search space per regime (≤ ~48 configs, so tuning one key takes seconds), kept beside
     each regime's kernel (``<regime>.candidates``)."""
     spaces = {"gemv": gemv.candidates, "small_batch": small_batch.candidates, "gemm": gemm.candidates,
               "dequant": dequant.candidates}
