@@ -32,17 +32,19 @@ GEMV_MAX_M = 1
 # --by-class --codes pot4,pot3`, H200; waves = programs per SM, launch.split_count). Other sizes take the '*' entry.
 SMALL_BATCH_BY_CLASS = {2: {"m": (128, 4, 3), "l": (128, 4, 4)}, 4: {"m": (128, 4, 3), "l": (128, 4, 2)},
                         8: {"m": (128, 4, 2), "l": (128, 4, 2)}, 16: {"m": (64, 4, 3), "l": (128, 4, 2)},
-                        32: {"m": (64, 4, 3), "l": (128, 4, 2)}, 64: {"m": (128, 4, 1), "l": (128, 4, 2)}}
+                        32: {"m": (64, 4, 3), "l": (128, 4, 2)}, 64: {"m": (128, 8, 1), "l": (128, 4, 2)},
+                        256: {"m": (128, 8, 3), "l": (128, 8, 1)}}
 
 
 def small_batch_config(bucket: int, size: str = "*") -> dict:
     """Swap-AB: BLOCK_M is the wgmma N side (the batch, at most 128 per program); BLOCK_K 128 puts the decoded
     columns in the MMA operand's order (``k_order`` "frag"); a 3-stage cp.async pipeline. Chosen by
     ``speed_model.py grid`` over the tuner's candidates on the Llama-3-8B layers (H200), 0 spills
-    (``sass_report.py``). BLOCK_M ≤ 64: one warpgroup (at 64, 246 registers: two CTAs per SM);
-    BLOCK_M 128: two warpgroups of 64 features (one warpgroup spills: 600 B at BLOCK_N 128, 232 B at 64)."""
+    (``sass_report.py``). BLOCK_M ≤ 64: one warpgroup (at 64, 246 registers: two CTAs per SM) except the
+    mid-size layers at M = 64; BLOCK_M 128: two warpgroups of 64 features (one warpgroup spills: 600 B at
+    BLOCK_N 128, 232 B at 64), one program per SM at a time (waves 1) but for the mid-size layers at M = 256."""
     bm = min(max(16, bucket), 128)
-    bn, warps, waves = SMALL_BATCH_BY_CLASS.get(bucket, {}).get(size, (128, 4 if bm <= 64 else 8, 2))
+    bn, warps, waves = SMALL_BATCH_BY_CLASS.get(bucket, {}).get(size, (128, 4, 2) if bm <= 64 else (128, 8, 1))
     return {"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": 128, "num_warps": warps, "num_stages": 3, "waves": waves}
 
 

@@ -139,5 +139,6 @@ def candidates(m: int) -> list[dict[str, Any]]:
     bm = max(16, min(128, configs.m_bucket(m)))
     grid = [dict(BLOCK_M=bm, BLOCK_N=n, BLOCK_K=k, num_warps=4, num_stages=3, waves=v) for n in (64, 128)
             for k in (64, 128, 256) for v in (1, 2, 3, 4, 6)]
-    return grid + [dict(BLOCK_M=bm, BLOCK_N=128, BLOCK_K=128, num_warps=8, num_stages=s, waves=2) for s in (2, 3)] + \
-        [dict(BLOCK_M=bm, BLOCK_N=128, BLOCK_K=128, num_warps=8, num_stages=3, waves=2, maxnreg=128)]
+    return grid + [dict(BLOCK_M=bm, BLOCK_N=128, BLOCK_K=128, num_warps=8, num_stages=s, waves=v)
+                   for s in (2, 3) for v in (1, 2, 3)] + \
+        [dict(BLOCK_M=bm, BLOCK_N=128, BLOCK_K=128, num_warps=8, num_stages=3, waves=v, maxnreg=128) for v in (1, 2)]
