@@ -152,6 +152,7 @@ def _kernel_specs() -> None:
             bk = cfg["BLOCK_K"]
             scale = cfg.get("scale", "acc" if kernel_name == "small_batch" else "weight")
             consts = dict(_code(kind, bits), IS_BF16=False, HAS_BIAS=False, SPLIT=True, FUSED_REDUCE=True,
+                          STREAM=cfg.get("schedule", "split") == "stream",
                           SCALE_FREE=scale == "acc" and g % bk == 0, DOT_F32=False, JOIN_TREE=True, USE_ASM=True,
                           GROUP_RUNS=g // 32,
                           FRAG_K=frag_k(cfg, bk), EVEN_K=True,

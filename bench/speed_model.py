@@ -23,7 +23,10 @@ read as one warp's instruction stream. One launch then costs (all terms below ar
 * **bytes**: the launch cannot beat packed weights + scales + zeros + x + y + split-K partials over
   the copy bandwidth;
 * **split-K tail**: store + atomic, then the last CTA of a tile reads ``n_split`` partial tiles with
-  128-bit loads, ``REDUCE_INFLIGHT`` in flight, each a ``cache_latency``; **launch**: ``launch_us``.
+  128-bit loads, ``REDUCE_INFLIGHT`` in flight, each a ``cache_latency``; **launch**: ``launch_us``;
+* **stream-K** (small_batch ``schedule: "stream"``, not in the validation data): one round of CTAs, each
+  ``iters`` K steps; one pipeline fill per tile it walks through, one split-K tail per shared tile it may
+  add up (at most two), and the shared tiles' partials in the bytes.
 
 Four parameters are fitted, each ONE number for every case (``Params``: ``dram_latency_ns``,
 ``cache_latency_ns``, ``launch_us``, ``overlap_p``; grid search + coordinate descent on the version-1 H100
@@ -291,6 +294,8 @@ class Launch:
     bytes: float
     tile_elems: int = 0  # fp32 partial sums per output tile (the split-K reduction reads n_split of them)
     reduce_inflight: int = REDUCE_INFLIGHT  # partial loads per thread the reduction has in flight at once
+    segments: int = 1  # stream-K: tiles one CTA walks through (each restarts its pipeline)
+    finishes: int = 1  # shared tiles one CTA may have to add up (each a split-K tail)
 
 
 def predict_launch(ln: Launch, gpu: dict[str, Any], p: Params) -> dict[str, Any]:
@@ -317,14 +322,14 @@ def predict_launch(ln: Launch, gpu: dict[str, Any], p: Params) -> dict[str, Any]
         bound = max(t, key=t.get)
         terms[bound] += 1
         it = t[bound] if math.isinf(p.overlap_p) else sum(v ** p.overlap_p for v in t.values()) ** (1 / p.overlap_p)
-        cycles += ln.iters * it + fill
+        cycles += ln.iters * it + fill * ln.segments
         left -= here
     t_bytes = ln.bytes / gpu["hbm_bps"]
     t_loop = cycles / clk
     # split-K: store, atomic, then the last CTA's 128-bit partial loads, reduce_inflight at a time
     per_thread = math.ceil(ln.tile_elems / (32 * ln.warps) / 4)
     rounds = 2 + math.ceil(ln.n_split * per_thread / ln.reduce_inflight) if ln.n_split > 1 else 1
-    tail = rounds * cache / clk
+    tail = rounds * cache / clk * ln.finishes
     bound = "bytes" if t_bytes > t_loop else terms.most_common(1)[0][0]
     us = (max(t_bytes, t_loop) + tail) * 1e6 + p.launch_us
     return {"us": us, "bound": bound, "occupancy": occ, "waves": math.ceil(ln.ctas / per_wave),
@@ -545,7 +550,7 @@ def current_launch(kind: str, bits: int, m: int, k: int, n: int, gpu: dict[str, 
     b = specs[regime].build(kind, bits, 128, cfg)
     loop = Loop.from_record(compile_current(b, (regime, kind, bits, cfg)))
     kp = _cdiv(k, 32) * 32
-    w_reads = 1
+    w_reads, segments, finishes, partial_bytes = 1, 1, 1, None
     if regime == "gemv":
         bn, br = int(cfg["BLOCK_N"]), int(cfg.get("BLOCK_R", 1))  # as gemv.launch
         n_runs = kp // 32
@@ -559,21 +564,34 @@ def current_launch(kind: str, bits: int, m: int, k: int, n: int, gpu: dict[str, 
         bm, bn, bk = launch.mma_tiles(regime, cfg)
         tile = bm * bn
         tiles = _cdiv(n, bn) * _cdiv(m, bm)
-        if regime == "small_batch":
-            ns = launch.split_count(tiles, _cdiv(kp, bk), cfg, gpu["sms"])
-            kps = _cdiv(_cdiv(kp, bk), ns) * bk
+        k_steps = _cdiv(kp, bk)
+        if regime == "small_batch" and launch.stream_k(cfg):  # as small_batch.launch
+            units = tiles * k_steps
+            iters = _cdiv(units, min(units, launch.stream_programs(cfg, gpu["sms"])))
+            ctas, ns = _cdiv(units, iters), launch.stream_parts(k_steps, iters)
+            segments, finishes = launch.stream_parts(iters, k_steps), min(2, ns - 1)
+            # partials of the shared tiles, written and read (a tile's edge rows past M / N are not stored)
+            parts = [((t + 1) * k_steps - 1) // iters - (t * k_steps) // iters + 1 for t in range(tiles)]
+            shared = sum(c for c in parts if c > 1) / tiles
+            partial_bytes = 8 * shared * m * n
+        elif regime == "small_batch":
+            ns = launch.split_count(tiles, k_steps, cfg, gpu["sms"])
+            kps = _cdiv(k_steps, ns) * bk
             ns = _cdiv(kp, kps)
             iters = kps // bk
+            ctas = tiles * ns
         else:
-            ns, iters = 1, _cdiv(kp, bk)
-        ctas = tiles * ns
+            ns, iters = 1, k_steps
+            ctas = tiles * ns
     # today's reduction loads a chunk of splits at once (splitk.splitk_finish): chunk × loads per thread in flight
     chunk = gemv.GEMV_REDUCE_CHUNK if regime == "gemv" else small_batch.reduce_chunk(*launch.mma_tiles(regime, cfg)[:2],
                                                                                       b.num_warps)
     per_thread = math.ceil(tile / (32 * b.num_warps) / 4)
+    io = io_bytes(m, k, n, ns) if partial_bytes is None else io_bytes(m, k, n, 1) + partial_bytes
     return regime, Launch(loop, b.num_warps, b.num_stages, ctas, iters, ns,
-                          weight_bytes(kind, bits, k, n) * w_reads + io_bytes(m, k, n, ns), tile,
-                          reduce_inflight=int(getattr(chunk, "value", chunk)) * per_thread)
+                          weight_bytes(kind, bits, k, n) * w_reads + io, tile,
+                          reduce_inflight=int(getattr(chunk, "value", chunk)) * per_thread,
+                          segments=segments, finishes=max(1, finishes))
 
 
 def fp16_efficiency(rows: Iterable[dict[str, Any]]) -> dict[int, float]:

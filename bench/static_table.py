@@ -27,13 +27,14 @@ SMALL_BATCH_MAX_M = 512  # swap-AB with the decoded tile in the wgmma operand's 
 GEMV_MAX_M = 1
 
 
-# (BLOCK_N, num_warps, waves) per M bucket and size class 'm' / 'l' of the config table: the joint best for PoT4 +
-# PoT3 on the Llama-3-8B layers without spills on triton 3.6.0 and 3.7.1 (`python bench/speed_model.py grid --m M
-# --by-class --codes pot4,pot3`, H200; waves = programs per SM, launch.split_count). Other sizes take the '*' entry.
+# (BLOCK_N, num_warps, waves, schedule) per M bucket and size class 'm' / 'l' of the config table: the joint best
+# for PoT4 + PoT3 on the Llama-3-8B layers without spills on triton 3.6.0 and 3.7.1 (`python bench/speed_model.py
+# grid --m M --by-class --codes pot4,pot3`, H200; waves = programs per SM, launch.split_count). Other sizes take the
+# '*' entry: BLOCK_M ≤ 64 one warpgroup, split-K; BLOCK_M 128 two warpgroups, stream-K (any shape fills its round).
 SMALL_BATCH_BY_CLASS = {2: {"m": (128, 4, 3), "l": (128, 4, 4)}, 4: {"m": (128, 4, 3), "l": (128, 4, 2)},
                         8: {"m": (128, 4, 2), "l": (128, 4, 2)}, 16: {"m": (64, 4, 3), "l": (128, 4, 2)},
                         32: {"m": (64, 4, 3), "l": (128, 4, 2)}, 64: {"m": (128, 8, 1), "l": (128, 4, 2)},
-                        256: {"m": (128, 8, 3), "l": (128, 8, 1)}}
+                        128: {"m": (128, 8, 1, "split")}}
 
 
 def small_batch_config(bucket: int, size: str = "*") -> dict:
@@ -41,11 +42,14 @@ def small_batch_config(bucket: int, size: str = "*") -> dict:
     columns in the MMA operand's order (``k_order`` "frag"); a 3-stage cp.async pipeline. Chosen by
     ``speed_model.py grid`` over the tuner's candidates on the Llama-3-8B layers (H200), 0 spills
     (``sass_report.py``). BLOCK_M ≤ 64: one warpgroup (at 64, 246 registers: two CTAs per SM) except the
-    mid-size layers at M = 64; BLOCK_M 128: two warpgroups of 64 features (one warpgroup spills: 600 B at
-    BLOCK_N 128, 232 B at 64), one program per SM at a time (waves 1) but for the mid-size layers at M = 256."""
+    mid-size layers at M = 64, split-K; BLOCK_M 128: two warpgroups of 64 features (one warpgroup spills: 600 B
+    at BLOCK_N 128, 232 B at 64), one program per SM, stream-K (the 224 column tiles of gate/up at M = 128
+    would otherwise run as 132 + 92)."""
     bm = min(max(16, bucket), 128)
-    bn, warps, waves = SMALL_BATCH_BY_CLASS.get(bucket, {}).get(size, (128, 4, 2) if bm <= 64 else (128, 8, 1))
-    return {"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": 128, "num_warps": warps, "num_stages": 3, "waves": waves}
+    default = (128, 4, 2, "split") if bm <= 64 else (128, 8, 1, "stream")
+    bn, warps, waves, schedule = (SMALL_BATCH_BY_CLASS.get(bucket, {}).get(size, default) + default)[:4]
+    cfg = {"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": 128, "num_warps": warps, "num_stages": 3, "waves": waves}
+    return dict(cfg, schedule="stream") if schedule == "stream" else cfg
 
 
 def gemm_config(bucket: int) -> dict:
@@ -58,7 +62,8 @@ DOC = ("Launch configs per GPU name (torch.cuda.get_device_name), then 'default'
        "BLOCK_R runs of 32 k per loop step (the warps split K inside a program; 4 columns per thread: one 128-bit "
        "load per word row), decoded once for up to rows_per_program x rows (default 8), num_stages = cp.async "
        "pipeline depth, split-K: the most splits with tiles x splits <= 'waves' x SMs (waves = programs an SM runs "
-       "at once); small_batch: BLOCK_M x BLOCK_N "
+       "at once); small_batch: schedule 'split' (default) or 'stream' (stream-K: waves x SMs programs, each the "
+       "same share of all tiles' K steps); small_batch: BLOCK_M x BLOCK_N "
        "outputs per program, BLOCK_K per step, k_order 'frag' (decoded columns in the MMA operand's order; "
        "the default when BLOCK_K is a multiple of 128) or 'natural'; "
        "chosen with bench/speed_model.py (not GPU-tuned). dispatch: M <= gemv_max_m "

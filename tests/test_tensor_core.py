@@ -133,6 +133,33 @@ def test_small_batch_split_k_deterministic():
                        run(packed, x, regime="small_batch", config=cfg))
 
 
+@pytest.mark.parametrize("kind,bits,group,k,m,cfg", [
+    ("pot", 4, 64, 333, 20, dict(SB, BLOCK_K=128, schedule="stream", programs=4)),  # a program spans two tiles
+    ("int", 3, 32, 333, 20, dict(SB, schedule="stream", programs=5)),               # tiles shared by two programs
+    ("pot", 2, 128, 300, 5, dict(SB, schedule="stream", programs=1)),               # one program, every tile whole
+    ("pot", 3, None, 260, 17, dict(SB, BLOCK_N=32, schedule="stream", programs=64)),  # a program per K step
+    ("int", 4, 128, 512, 9, dict(SB, BLOCK_K=128, k_order="frag", schedule="stream", programs=3))])
+def test_stream_k_vs_reference_and_deterministic(kind, bits, group, k, m, cfg):
+    """Stream-K (each program the same share of all tiles' K steps; shared tiles' partials added in
+    program order by the last to arrive) gives the reference result, bit-identical run to run."""
+    packed = make_weight(kind, bits, group, 45, k)
+    for dtype in (F16, BF16):
+        x = torch.randn(m, k, device=DEVICE).to(dtype)
+        bias = torch.randn(45, device=DEVICE)
+        a = run(packed, x, bias, regime="small_batch", config=cfg)
+        assert rel_err(a, reference(packed, x, bias)) <= 1e-2, dtype
+        assert torch.equal(a, run(packed, x, bias, regime="small_batch", config=cfg)), dtype
+
+
+def test_stream_parts_bounds_the_programs_on_one_tile():
+    """``launch.stream_parts`` is exactly the most programs any tile meets when programs take equal runs of
+    units (so the partial buffer is never short and never oversized)."""
+    for k_steps in range(1, 40):
+        for per in range(1, 50):
+            worst = max((t * k_steps + k_steps - 1) // per - (t * k_steps) // per + 1 for t in range(3 * per))
+            assert launch.stream_parts(k_steps, per) == worst, (k_steps, per)
+
+
 def test_bad_configs_raise_before_launch():
     packed = make_weight("pot", 4, 32, 16, 64)
     x = torch.randn(4, 64, device=DEVICE).to(F16)
@@ -150,6 +177,10 @@ def test_bad_configs_raise_before_launch():
         run(packed, x, regime="small_batch", config=dict(SB, BLOCK_M=8))
     with pytest.raises(ValueError, match="scale must be"):
         run(packed, x, regime="small_batch", config=dict(SB, scale="both"))
+    with pytest.raises(ValueError, match="schedule must be 'split' or 'stream'"):
+        run(packed, x, regime="small_batch", config=dict(SB, schedule="diagonal"))
+    with pytest.raises(ValueError, match="reduce 'fused' only"):
+        run(packed, x, regime="small_batch", config=dict(SB, schedule="stream", reduce="kernel"))
     x1 = x[:1]
     with pytest.raises(ValueError, match="gemv BLOCK_R must be a power of two"):
         run(packed, x1, regime="gemv", config={"BLOCK_N": 32, "BLOCK_R": 3})

@@ -4,6 +4,7 @@ file (``gemv.py``, ``small_batch.py``, ``gemm.py``, ``dequant.py``) and takes an
 (``api`` looks it up in the table, or tunes it)."""
 from __future__ import annotations
 
+import math
 import os
 from typing import Any, Optional
 
@@ -40,6 +41,31 @@ def n_split(tiles: int, k_steps: int, cfg: dict[str, Any], device: torch.device)
     return split_count(tiles, k_steps, cfg, configs.sm_count(device.index))
 
 
+def stream_programs(cfg: dict[str, Any], sms: int) -> int:
+    """Programs a stream-K launch runs: ``waves`` per SM (an explicit ``programs`` wins)."""
+    if "programs" in cfg:
+        return max(1, int(cfg["programs"]))
+    return max(1, int(cfg.get("waves", 1))) * sms
+
+
+def stream_parts(k_steps: int, units_per_program: int) -> int:
+    """The most programs that share one output tile of ``k_steps`` K steps when each program takes
+    ``units_per_program`` consecutive (tile, K step) units: the partial sums one tile may need. A tile
+    starts at offset ``t·k_steps mod units_per_program`` inside a program's run, a multiple of their gcd."""
+    return (units_per_program - math.gcd(k_steps, units_per_program) + k_steps - 1) // units_per_program + 1
+
+
+def stream_k(cfg: dict[str, Any]) -> bool:
+    """small_batch's schedule: "split" (split-K: every tile split into the same K ranges, a grid of tiles ×
+    splits) or "stream" (stream-K: ``waves`` × SMs programs, each the same share of all tiles' K steps)."""
+    mode = cfg.get("schedule", "split")
+    if mode not in ("split", "stream"):
+        raise ValueError(f"schedule must be 'split' or 'stream', got {mode!r}")
+    if mode == "stream" and cfg.get("reduce", "fused") != "fused":
+        raise ValueError("schedule 'stream' adds its partial sums in the launch (reduce 'fused' only)")
+    return mode == "stream"
+
+
 _COUNTERS: dict[torch.device, torch.Tensor] = {}
 
 
@@ -69,7 +95,7 @@ def use_asm(device: torch.device) -> bool:
 
 
 MMA_KEYS = {"BLOCK_M", "BLOCK_N", "BLOCK_K", "num_warps", "num_stages", "maxnreg", "scale", "expand",
-            "waves", "split", "reduce", "k_order",  # small_batch: split-K, decoded-tile column order
+            "waves", "split", "reduce", "k_order", "schedule", "programs",  # small_batch: split/stream-K, column order
             "GROUP_M"}  # gemm: L2 swizzle
 
 

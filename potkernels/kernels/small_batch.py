@@ -17,7 +17,10 @@ in one group (``SCALE_FREE``), the tile holds the scale-free values ``±2^E`` / 
 scale multiplies the fp32 MMA result, one multiply per output per step instead of one per weight.
 Splitting K keeps every SM streaming weights when ``N / BLOCK_N`` alone is too few programs;
 partial sums go to an fp32 ``[n_split, M, N]`` buffer reduced in split order
-(:func:`splitk.splitk_finish`, deterministic, ``REDUCE_CHUNK`` splits per load).
+(:func:`splitk.splitk_finish`, deterministic, ``REDUCE_CHUNK`` splits per load). With one program per SM
+(M ≥ 128) a layer's tiles × splits rarely fill whole rounds of SMs; ``schedule: "stream"`` (stream-K) runs
+exactly ``waves`` × SMs programs instead, each the same number of (tile, K step) units, and only the tiles
+that programs share go through the partial buffer.
 """
 from __future__ import annotations
 
@@ -28,8 +31,9 @@ import triton
 import triton.language as tl
 
 from . import configs
-from .launch import counters, dot_f32, frag_k, join_tree, launch_opts, mma_tiles, reduce_partials, scale_free, use_asm
+from .launch import counters, dot_f32, frag_k, join_tree, launch_opts, mma_tiles, reduce_partials
 from .launch import n_split as launch_n_split
+from .launch import scale_free, stream_k, stream_parts, stream_programs, use_asm
 from .mma_tile import tile_k, tile_nk, tile_scale, tile_zero
 from .packed import Packed
 from .splitk import splitk_finish
@@ -44,29 +48,13 @@ def reduce_chunk(block_m: int, block_n: int, num_warps: int) -> int:
 
 
 @triton.jit
-def small_batch_kernel(x_ptr, q_ptr, lut_ptr, sc_ptr, z_ptr, b_ptr, y_ptr, part_ptr, cnt_ptr,
-                       M, N, K, KP, stride_xm, k_per_split, n_split,
-                       IS_POT: tl.constexpr, BITS: tl.constexpr, IS_BF16: tl.constexpr, GROUP_RUNS: tl.constexpr,
-                       HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr, FUSED_REDUCE: tl.constexpr,
-                       SCALE_FREE: tl.constexpr, DOT_F32: tl.constexpr, JOIN_TREE: tl.constexpr, USE_ASM: tl.constexpr,
-                       FRAG_K: tl.constexpr, EVEN_K: tl.constexpr, REDUCE_CHUNK: tl.constexpr,
-                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-    pid_n = tl.program_id(0)
-    pid_k = tl.program_id(1)
-    pid_m = tl.program_id(2)
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    mask_m = offs_m < M
-    mask_n = offs_n < N
-    if EVEN_K:  # every K tile is whole: clamp rows instead of predicating every copy (never stored)
-        offs_nl = tl.minimum(offs_n, N - 1)
-        offs_ml = tl.minimum(offs_m, M - 1)
-    else:
-        offs_nl = offs_n
-        offs_ml = offs_m
-    k_lo = pid_k * k_per_split
-    k_hi = tl.minimum(k_lo + k_per_split, KP)
-    acc = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)  # yᵀ tile
+def _k_range_dot(x_ptr, q_ptr, lut_ptr, sc_ptr, z_ptr, offs_n, offs_nl, mask_n, offs_ml, mask_m, k_lo, k_hi,
+                 N, K, KP, stride_xm, IS_POT: tl.constexpr, BITS: tl.constexpr, IS_BF16: tl.constexpr,
+                 GROUP_RUNS: tl.constexpr, SCALE_FREE: tl.constexpr, DOT_F32: tl.constexpr,
+                 JOIN_TREE: tl.constexpr, USE_ASM: tl.constexpr, FRAG_K: tl.constexpr, EVEN_K: tl.constexpr,
+                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """``yᵀ[offs_n, offs_m]`` summed over ``k_lo ≤ k < k_hi`` (whole K tiles): fp32 ``[BLOCK_N, BLOCK_M]``."""
+    acc = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)
     # the scale of step k0 is loaded one step ahead (a 2-byte load per thread cannot ride cp.async). The int
     # zero point is not: loaded ahead, it is a loop-carried value that triton 3.6 cannot rematerialize in the
     # decoded tile's register layout, and it then sends the whole tile through shared memory instead
@@ -91,40 +79,124 @@ def small_batch_kernel(x_ptr, q_ptr, lut_ptr, sc_ptr, z_ptr, b_ptr, y_ptr, part_
         else:
             acc = tl.dot(w, xt, acc)
         s_cur = s_next
-    mask = mask_n[:, None] & mask_m[None, :]
-    offs_y = offs_m[None, :] * N + offs_n[:, None]
-    if SPLIT:
-        tl.store(part_ptr + pid_k * M * N + offs_y, acc, mask=mask)
-        if FUSED_REDUCE:
-            splitk_finish(part_ptr, cnt_ptr, b_ptr, y_ptr, pid_m * tl.num_programs(0) + pid_n, n_split, M * N,
-                          offs_y, mask, offs_n[:, None], HAS_BIAS, REDUCE_CHUNK, True)
+    return acc
+
+
+@triton.jit
+def _tile_rows(pid_n, pid_m, M, N, EVEN_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Output tile (pid_n, pid_m): feature and x-row offsets, their masks, and the offsets loads use (``EVEN_K``:
+    every K tile is whole, so rows past N and M are clamped instead of predicating every copy; never stored)."""
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    if EVEN_K:
+        offs_nl = tl.minimum(offs_n, N - 1)
+        offs_ml = tl.minimum(offs_m, M - 1)
     else:
-        if HAS_BIAS:
-            acc += tl.load(b_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[:, None]
-        tl.store(y_ptr + offs_y, acc.to(y_ptr.dtype.element_ty), mask=mask)
+        offs_nl = offs_n
+        offs_ml = offs_m
+    return offs_m, offs_n, offs_m < M, offs_n < N, offs_ml, offs_nl
+
+
+@triton.jit
+def _store_y(acc, b_ptr, y_ptr, offs_y, offs_n, mask_n, mask, HAS_BIAS: tl.constexpr):
+    if HAS_BIAS:
+        acc += tl.load(b_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[:, None]
+    tl.store(y_ptr + offs_y, acc.to(y_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def small_batch_kernel(x_ptr, q_ptr, lut_ptr, sc_ptr, z_ptr, b_ptr, y_ptr, part_ptr, cnt_ptr,
+                       M, N, K, KP, stride_xm, k_per_split, n_split, k_steps, tiles_n, units, units_per_program,
+                       IS_POT: tl.constexpr, BITS: tl.constexpr, IS_BF16: tl.constexpr, GROUP_RUNS: tl.constexpr,
+                       HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr, FUSED_REDUCE: tl.constexpr, STREAM: tl.constexpr,
+                       SCALE_FREE: tl.constexpr, DOT_F32: tl.constexpr, JOIN_TREE: tl.constexpr, USE_ASM: tl.constexpr,
+                       FRAG_K: tl.constexpr, EVEN_K: tl.constexpr, REDUCE_CHUNK: tl.constexpr,
+                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """Split-K: program (n, k, m) computes output tile (n, m) over the K range ``[k·k_per_split, …)``.
+    ``STREAM`` (stream-K): program p takes the work units ``[p·units_per_program, …)`` of all
+    ``tiles × k_steps`` units (tile-major, K steps inside; tile t = m·tiles_n + n), walking tile by tile; a
+    tile it covers whole is stored at once, its share of a tile it shares is stored as partial number
+    ``p − (the tile's first program)`` and the last of the tile's programs to arrive adds them in that order
+    (deterministic). Every program has the same number of K steps, so no SM idles through a last, partly
+    filled round of programs."""
+    if STREAM:
+        pid = tl.program_id(0)
+        u = pid * units_per_program
+        u_end = tl.minimum(u + units_per_program, units)
+        for _ in range(0, (u_end - 1) // k_steps - u // k_steps + 1):  # the tiles this program touches
+            t = u // k_steps
+            seg_end = tl.minimum(u_end, (t + 1) * k_steps)
+            first = (t * k_steps) // units_per_program  # the tile's first and last programs
+            n_parts = ((t + 1) * k_steps - 1) // units_per_program - first + 1
+            offs_m, offs_n, mask_m, mask_n, offs_ml, offs_nl = _tile_rows(t % tiles_n, t // tiles_n, M, N, EVEN_K,
+                                                                          BLOCK_M, BLOCK_N)
+            acc = _k_range_dot(x_ptr, q_ptr, lut_ptr, sc_ptr, z_ptr, offs_n, offs_nl, mask_n, offs_ml, mask_m,
+                               (u - t * k_steps) * BLOCK_K, tl.minimum((seg_end - t * k_steps) * BLOCK_K, KP),
+                               N, K, KP, stride_xm, IS_POT, BITS, IS_BF16, GROUP_RUNS, SCALE_FREE, DOT_F32,
+                               JOIN_TREE, USE_ASM, FRAG_K, EVEN_K, BLOCK_M, BLOCK_N, BLOCK_K)
+            mask = mask_n[:, None] & mask_m[None, :]
+            offs_y = offs_m[None, :] * N + offs_n[:, None]
+            if n_parts == 1:
+                _store_y(acc, b_ptr, y_ptr, offs_y, offs_n, mask_n, mask, HAS_BIAS)
+            else:
+                tl.store(part_ptr + (pid - first) * M * N + offs_y, acc, mask=mask)
+                splitk_finish(part_ptr, cnt_ptr, b_ptr, y_ptr, t, n_parts, M * N, offs_y, mask, offs_n[:, None],
+                              HAS_BIAS, REDUCE_CHUNK, True)
+            u = seg_end
+    else:
+        pid_n = tl.program_id(0)
+        pid_k = tl.program_id(1)
+        pid_m = tl.program_id(2)
+        offs_m, offs_n, mask_m, mask_n, offs_ml, offs_nl = _tile_rows(pid_n, pid_m, M, N, EVEN_K, BLOCK_M, BLOCK_N)
+        k_lo = pid_k * k_per_split
+        acc = _k_range_dot(x_ptr, q_ptr, lut_ptr, sc_ptr, z_ptr, offs_n, offs_nl, mask_n, offs_ml, mask_m,
+                           k_lo, tl.minimum(k_lo + k_per_split, KP), N, K, KP, stride_xm, IS_POT, BITS, IS_BF16,
+                           GROUP_RUNS, SCALE_FREE, DOT_F32, JOIN_TREE, USE_ASM, FRAG_K, EVEN_K,
+                           BLOCK_M, BLOCK_N, BLOCK_K)
+        mask = mask_n[:, None] & mask_m[None, :]
+        offs_y = offs_m[None, :] * N + offs_n[:, None]
+        if SPLIT:
+            tl.store(part_ptr + pid_k * M * N + offs_y, acc, mask=mask)
+            if FUSED_REDUCE:
+                splitk_finish(part_ptr, cnt_ptr, b_ptr, y_ptr, pid_m * tl.num_programs(0) + pid_n, n_split, M * N,
+                              offs_y, mask, offs_n[:, None], HAS_BIAS, REDUCE_CHUNK, True)
+        else:
+            _store_y(acc, b_ptr, y_ptr, offs_y, offs_n, mask_n, mask, HAS_BIAS)
 
 
 # ------------------------------------------------------------------ host side
 def launch(x: torch.Tensor, w: Packed, bias: Optional[torch.Tensor], y: torch.Tensor,
            cfg: dict[str, Any]) -> torch.Tensor:
-    """Swap-AB tensor-core regime (M = 2 … 512): ``yᵀ = W xᵀ``, split-K; x fp16/bf16."""
+    """Swap-AB tensor-core regime (M = 2 … 512): ``yᵀ = W xᵀ``, split-K or stream-K (``schedule``);
+    x fp16/bf16."""
     m = x.shape[0]
     bm, bn, bk = mma_tiles("small_batch", cfg)
+    stream = stream_k(cfg)
     opts = launch_opts(cfg)
-    tiles = triton.cdiv(w.N, bn) * triton.cdiv(m, bm)
+    tiles_n = triton.cdiv(w.N, bn)
+    tiles = tiles_n * triton.cdiv(m, bm)
     k_steps = triton.cdiv(w.KP, bk)
-    n_split = launch_n_split(tiles, k_steps, cfg, w.device)
-    k_per_split = triton.cdiv(k_steps, n_split) * bk
-    n_split = triton.cdiv(w.KP, k_per_split)
+    units = units_per_program = 0
+    if stream:  # one program per slot of `waves` per SM, each the same number of K steps
+        units = tiles * k_steps
+        units_per_program = triton.cdiv(units, min(units, stream_programs(cfg, configs.sm_count(w.device.index))))
+        grid = (triton.cdiv(units, units_per_program), 1, 1)
+        n_split = stream_parts(k_steps, units_per_program)  # most programs sharing one tile
+        k_per_split = w.KP
+    else:
+        n_split = launch_n_split(tiles, k_steps, cfg, w.device)
+        k_per_split = triton.cdiv(k_steps, n_split) * bk
+        n_split = triton.cdiv(w.KP, k_per_split)
+        grid = (tiles_n, n_split, triton.cdiv(m, bm))
     split = n_split > 1
     part = torch.empty((n_split, m, w.N), dtype=torch.float32, device=w.device) if split else y
-    grid = (triton.cdiv(w.N, bn), n_split, triton.cdiv(m, bm))
-    fused = split and cfg.get("reduce", "fused") == "fused"
-    cnt = counters(w.device, grid[0] * grid[2]) if fused else part
+    fused = split and (stream or cfg.get("reduce", "fused") == "fused")
+    cnt = counters(w.device, tiles) if fused else part
     small_batch_kernel[grid](x, w.q, w.lut, w.scales, w.zeros, bias if bias is not None else w.scales, y, part, cnt,
-                             m, w.N, w.K, w.KP, x.stride(0), k_per_split, n_split, GROUP_RUNS=w.group_runs(),
+                             m, w.N, w.K, w.KP, x.stride(0), k_per_split, n_split, k_steps, tiles_n, units,
+                             units_per_program, GROUP_RUNS=w.group_runs(),
                              IS_POT=w.is_pot, BITS=w.bits, IS_BF16=x.dtype == torch.bfloat16,
-                             HAS_BIAS=bias is not None, SPLIT=split, FUSED_REDUCE=fused,
+                             HAS_BIAS=bias is not None, SPLIT=split, FUSED_REDUCE=fused, STREAM=stream,
                              SCALE_FREE=scale_free(cfg, w, bk, "acc"), DOT_F32=dot_f32(),
                              JOIN_TREE=join_tree(cfg), USE_ASM=use_asm(x.device), FRAG_K=frag_k(cfg, bk),
                              EVEN_K=w.K % bk == 0, REDUCE_CHUNK=reduce_chunk(bm, bn, opts["num_warps"]),
@@ -141,4 +213,6 @@ def candidates(m: int) -> list[dict[str, Any]]:
             for k in (64, 128, 256) for v in (1, 2, 3, 4, 6)]
     return grid + [dict(BLOCK_M=bm, BLOCK_N=128, BLOCK_K=128, num_warps=8, num_stages=s, waves=v)
                    for s in (2, 3) for v in (1, 2, 3)] + \
-        [dict(BLOCK_M=bm, BLOCK_N=128, BLOCK_K=128, num_warps=8, num_stages=3, waves=v, maxnreg=128) for v in (1, 2)]
+        [dict(BLOCK_M=bm, BLOCK_N=128, BLOCK_K=128, num_warps=8, num_stages=3, waves=v, maxnreg=128) for v in (1, 2)] + \
+        [dict(BLOCK_M=bm, BLOCK_N=128, BLOCK_K=128, num_warps=w, num_stages=3, waves=v, schedule="stream")
+         for w in (4, 8) for v in (1, 2)]
