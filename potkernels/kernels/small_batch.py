@@ -1,4 +1,4 @@
-"""M = 2 … 512: swap-AB tensor-core kernel (fused decode + ``tl.dot``), split-K, fp32 accumulation.
+"""M = 2 … 512: swap-AB tensor-core kernel (fused decode + ``tl.dot``), split-K or stream-K, fp32 accumulation.
 
 Computes ``yᵀ = W · xᵀ`` instead of ``y = x · Wᵀ``: the output features fill the MMA's 64-row
 side (Hopper wgmma ``m64nBMk16``, one warpgroup per 64 features) and the batch is its N side
@@ -211,8 +211,7 @@ def candidates(m: int) -> list[dict[str, Any]]:
     bm = max(16, min(128, configs.m_bucket(m)))
     grid = [dict(BLOCK_M=bm, BLOCK_N=n, BLOCK_K=k, num_warps=4, num_stages=3, waves=v) for n in (64, 128)
             for k in (64, 128, 256) for v in (1, 2, 3, 4, 6)]
-    return grid + [dict(BLOCK_M=bm, BLOCK_N=128, BLOCK_K=128, num_warps=8, num_stages=s, waves=v)
-                   for s in (2, 3) for v in (1, 2, 3)] + \
-        [dict(BLOCK_M=bm, BLOCK_N=128, BLOCK_K=128, num_warps=8, num_stages=3, waves=v, maxnreg=128) for v in (1, 2)] + \
-        [dict(BLOCK_M=bm, BLOCK_N=128, BLOCK_K=128, num_warps=w, num_stages=3, waves=v, schedule="stream")
-         for w in (4, 8) for v in (1, 2)]
+    wide = dict(BLOCK_M=bm, BLOCK_N=128, BLOCK_K=128)  # two warpgroups (8 warps); stream-K with one or two
+    return grid + [dict(wide, num_warps=8, num_stages=s, waves=v) for s in (2, 3) for v in (1, 2, 3)] + \
+        [dict(wide, num_warps=8, num_stages=3, waves=v, maxnreg=128) for v in (1, 2)] + \
+        [dict(wide, num_warps=w, num_stages=3, waves=v, schedule="stream") for w in (4, 8) for v in (1, 2)]
