@@ -68,6 +68,20 @@ def test_launch_bytes_bound_and_waves(sm):
     assert one["waves"] == 1 and two["waves"] == 2 and two["loop_us"] > one["loop_us"]
 
 
+def test_stream_k_terms(sm):
+    """A stream-K launch pays one pipeline fill per tile it walks and one split-K tail per shared tile it
+    adds up; with one segment and one finish it is the split-K launch, term for term."""
+    gpu, p = sm.GPUS["h200"], sm.Params(500, 200, 2.0, math.inf)
+    cp = loop(sm, [("LDGSTS", ".E", "[R1], desc[UR4][R2.64]"), ("FFMA", "", "R1, R2, R3, R4")])
+    base = dict(loop=cp, warps=4, stages=3, ctas=132, iters=10, n_split=3, bytes=0, tile_elems=2048)
+    one = sm.predict_launch(sm.Launch(**base), gpu, p)
+    assert one == sm.predict_launch(sm.Launch(**base, segments=1, finishes=1), gpu, p)
+    two = sm.predict_launch(sm.Launch(**base, segments=3, finishes=2), gpu, p)
+    fill_us = p.dram_latency_ns * 1e-3
+    assert two["loop_us"] == pytest.approx(one["loop_us"] + 2 * fill_us)
+    assert two["tail_us"] == pytest.approx(2 * one["tail_us"])
+
+
 def test_fp16_model_interpolates_measured_efficiency(sm):
     gpu = sm.GPUS["h100"]
     eff = {1: 0.5, 4: 1.0}
