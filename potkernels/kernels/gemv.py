@@ -353,6 +353,8 @@ def launch(x: torch.Tensor, w: Packed, bias: Optional[torch.Tensor], y: torch.Te
 
 
 def candidates(m: int) -> list[dict[str, Any]]:
-    """The tuner's search space (``tune.py``): a few pipeline shapes around the model's choice."""
+    """The tuner's search space (``tune.py``): a few pipeline shapes around the model's choice, and narrow
+    column blocks with long K steps that need no split-K (no partials, no tail round trips)."""
     return [dict(BLOCK_N=n, BLOCK_R=r, num_warps=w, num_stages=2, waves=v)
-            for n in (32, 64, 128) for r in (8, 16) for w in (2, 4) for v in (4, 6, 8, 12)]
+            for n in (32, 64, 128) for r in (8, 16) for w in (2, 4) for v in (4, 6, 8, 12)] + \
+        [dict(BLOCK_N=16, BLOCK_R=r, num_warps=4, num_stages=s, waves=1) for r in (32, 64) for s in (2, 3)]
