@@ -107,6 +107,8 @@ MATMUL_CASES = [
     ("int", 4, 32, 1, 40, 608, "gemv", F16, GV_ROWS),
     ("int", 8, None, 1, 33, 200, "gemv", BF16, GV_ROWS),
     ("pot", 2, 128, 1, 40, 300, "gemv", F32, {"BLOCK_N": 16, "BLOCK_R": 2, "split": 2}),
+    ("pot", 3, 128, 1, 40, 2600, "gemv", F16, {"BLOCK_N": 16, "BLOCK_R": 64, "waves": 1}),  # the table default
+    ("int", 4, 64, 1, 24, 2600, "gemv", BF16, {"BLOCK_N": 16, "BLOCK_R": 64, "waves": 1}),  # 82 runs: a part step
     ("pot", 4, 128, 2, 512, 576, "gemv", F16, None),  # x rows share one decode
     ("int", 3, 64, 3, 40, 600, "gemv", F16, GV_ROWS),
     ("pot", 3, None, 5, 33, 200, "gemv", BF16, {"BLOCK_N": 16, "BLOCK_R": 2, "split": 2, "rows_per_program": 2}),
