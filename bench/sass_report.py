@@ -127,7 +127,8 @@ def _kernel_specs() -> None:
 
         w, s = _warps(cfg)
         consts = dict(_code(kind, bits), IS_BF16=False, X_F16=True, HAS_BIAS=False, SPLIT=True, FUSED_REDUCE=True,
-                      EVEN_K=True, USE_ASM=True, GROUP_RUNS=g // 32, NUM_STAGES=s,
+                      EVEN_K=True, FULL_TILES=True,  # the Llama-3-8B layers' shapes (whole column blocks and steps)
+                      USE_ASM=True, GROUP_RUNS=g // 32, NUM_STAGES=s,
                       **dict({"BLOCK_R": 1, "BLOCK_M": 1}, **{k: v for k, v in cfg.items() if k.isupper()}))
         # steady-state loop: BLOCK_R runs of 32 k per iteration
         wpi = 32 * cfg.get("BLOCK_R", 1) * cfg["BLOCK_N"] / (32 * w)
