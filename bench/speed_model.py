@@ -566,9 +566,7 @@ def current_launch(kind: str, bits: int, m: int, k: int, n: int, gpu: dict[str, 
         tiles = _cdiv(n, bn) * _cdiv(m, bm)
         k_steps = _cdiv(kp, bk)
         if regime == "small_batch" and launch.stream_k(cfg):  # as small_batch.launch
-            units = tiles * k_steps
-            iters = _cdiv(units, min(units, launch.stream_programs(cfg, gpu["sms"])))
-            ctas, ns = _cdiv(units, iters), launch.stream_parts(k_steps, iters)
+            ctas, iters, ns = launch.stream_geometry(tiles, k_steps, cfg, gpu["sms"])
             segments, finishes = launch.stream_parts(iters, k_steps), min(2, ns - 1)
             # partials of the shared tiles, written and read (a tile's edge rows past M / N are not stored)
             parts = [((t + 1) * k_steps - 1) // iters - (t * k_steps) // iters + 1 for t in range(tiles)]

@@ -55,6 +55,14 @@ def stream_parts(k_steps: int, units_per_program: int) -> int:
     return (units_per_program - math.gcd(k_steps, units_per_program) + k_steps - 1) // units_per_program + 1
 
 
+def stream_geometry(tiles: int, k_steps: int, cfg: dict[str, Any], sms: int) -> tuple[int, int, int]:
+    """(programs, units per program, most programs sharing one tile) of a stream-K launch over ``tiles`` ×
+    ``k_steps`` (tile, K step) units: :func:`stream_programs` programs at most, each the same share."""
+    units = tiles * k_steps
+    per = triton.cdiv(units, min(units, stream_programs(cfg, sms)))
+    return triton.cdiv(units, per), per, stream_parts(k_steps, per)
+
+
 def stream_k(cfg: dict[str, Any]) -> bool:
     """small_batch's schedule: "split" (split-K: every tile split into the same K ranges, a grid of tiles ×
     splits) or "stream" (stream-K: ``waves`` × SMs programs, each the same share of all tiles' K steps)."""

@@ -33,7 +33,7 @@ import triton.language as tl
 from . import configs
 from .launch import counters, dot_f32, frag_k, join_tree, launch_opts, mma_tiles, reduce_partials
 from .launch import n_split as launch_n_split
-from .launch import scale_free, stream_k, stream_parts, stream_programs, use_asm
+from .launch import scale_free, stream_geometry, stream_k, use_asm
 from .mma_tile import tile_k, tile_nk, tile_scale, tile_zero
 from .packed import Packed
 from .splitk import splitk_finish
@@ -179,9 +179,8 @@ def launch(x: torch.Tensor, w: Packed, bias: Optional[torch.Tensor], y: torch.Te
     units = units_per_program = 0
     if stream:  # one program per slot of `waves` per SM, each the same number of K steps
         units = tiles * k_steps
-        units_per_program = triton.cdiv(units, min(units, stream_programs(cfg, configs.sm_count(w.device.index))))
-        grid = (triton.cdiv(units, units_per_program), 1, 1)
-        n_split = stream_parts(k_steps, units_per_program)  # most programs sharing one tile
+        programs, units_per_program, n_split = stream_geometry(tiles, k_steps, cfg, configs.sm_count(w.device.index))
+        grid = (programs, 1, 1)
         k_per_split = w.KP
     else:
         n_split = launch_n_split(tiles, k_steps, cfg, w.device)
@@ -190,7 +189,7 @@ def launch(x: torch.Tensor, w: Packed, bias: Optional[torch.Tensor], y: torch.Te
         grid = (tiles_n, n_split, triton.cdiv(m, bm))
     split = n_split > 1
     part = torch.empty((n_split, m, w.N), dtype=torch.float32, device=w.device) if split else y
-    fused = split and (stream or cfg.get("reduce", "fused") == "fused")
+    fused = split and cfg.get("reduce", "fused") == "fused"  # stream-K: always (launch.stream_k checks)
     cnt = counters(w.device, tiles) if fused else part
     small_batch_kernel[grid](x, w.q, w.lut, w.scales, w.zeros, bias if bias is not None else w.scales, y, part, cnt,
                              m, w.N, w.K, w.KP, x.stride(0), k_per_split, n_split, k_steps, tiles_n, units,
