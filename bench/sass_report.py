@@ -37,7 +37,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 os.environ["TRITON_INTERPRET"] = "0"
 
@@ -315,6 +315,18 @@ def model_prediction(spec: KernelSpec, kind: str, bits: int, gpu: str) -> dict[s
             "model_bound": row["bound"]}
 
 
+def stalled_loads(body, gpu: str) -> Optional[list[str]]:
+    """The loop's global loads one in-order warp stalls on, by the speed model's latency chain with its fitted
+    latencies (``speed_model.simulate_chain``; ``None`` before ``speed_model validate`` ran)."""
+    import speed_model  # the model builds on this module: imported late
+
+    key = MODEL_GPU.get(gpu)
+    if key is None or not (speed_model.STATIC_DIR / "validation.json").exists():
+        return None
+    p, clk = speed_model.fitted_params(), speed_model.GPUS[key]["clock_hz"]
+    return speed_model.simulate_chain(body, p.dram_latency_ns * 1e-9 * clk, p.cache_latency_ns * 1e-9 * clk)[1]
+
+
 def run_spec(spec: KernelSpec, kind: str, bits: int, group: int, gpu: str, arch: int) -> dict:
     k, n = COMPILE_SHAPE
     cfg = configs.lookup(spec.regime, kind, bits, spec.M, n, k, device=gpu)
@@ -336,6 +348,7 @@ def run_spec(spec: KernelSpec, kind: str, bits: int, group: int, gpu: str, arch:
     sts_bytes = sum(ldg_width(mods) // 8 for _, op, mods, _ in body if op == "STS")
     mma_ops = sorted({op + mods for _, op, mods, _ in sass if op in ("HGMMA", "HMMA")})
     waited = waited_loads(body)
+    stalled = stalled_loads(body, gpu)
     rec = {
         "kernel": spec.name, "kind": kind, "bits": bits, "group_size": group, "M": spec.M,
         "config": {kk: v for kk, v in cfg.items()},
@@ -349,15 +362,24 @@ def run_spec(spec: KernelSpec, kind: str, bits: int, group: int, gpu: str, arch:
         "smem_store_instr_per_weight": round(sum(1 for _, op, _, _ in body if op == "STS") / wpi, 3),
         "smem_stores_per_weight": round(sts_bytes / 2 / wpi, 3), "wgmma": any(o.startswith("HGMMA") for o in mma_ops),
         "mma_opcodes": mma_ops,
-        # global loads in the steady loop that the same iteration waits on (cp.async LDGSTS is not one;
-        # a load whose value is first read in the next iteration is a prefetch)
-        "sync_ldg_in_loop": waited,
-        "prefetch_ldg_in_loop": sum(op == "LDG" for _, op, _, _ in body) - len(waited),
+        # global loads in the steady loop (cp.async LDGSTS is not one) that one in-order warp stalls on: read
+        # before they land, by the speed model's latency chain (stalled_loads; without the fitted model: every
+        # load read again in the same iteration). The others are prefetches: first read a K step later, or
+        # only carried to the next step (copied / packed into the loop-carried register at the step's end)
+        "sync_ldg_in_loop": waited if stalled is None else stalled,
+        "prefetch_ldg_in_loop": sum(op == "LDG" for _, op, _, _ in body) - len(waited if stalled is None else stalled),
+        "ldg_read_in_same_iteration": waited,
         "compile_s": round(time.time() - t0, 1),
     }
     rec["smem_over_limit"] = kern.metadata.shared > SMEM_LIMIT.get(arch, 232448)
     rec.update(model_prediction(spec, kind, bits, gpu))
     return rec
+
+
+def _same_iteration(r: dict) -> str:
+    """`` r`` suffix: prefetched loads read again in the same iteration (see write_markdown)."""
+    n = len(r.get("ldg_read_in_same_iteration", [])) - len(r.get("sync_ldg_in_loop", []))
+    return f", {n} r" if n > 0 else ""
 
 
 def write_markdown(records: list[dict], path: Path, meta: dict) -> None:
@@ -368,7 +390,10 @@ def write_markdown(records: list[dict], path: Path, meta: dict) -> None:
              f"triton {meta['triton']}, compiled {meta['date']}. Steady-state loop body, per weight one thread "
              "handles; all SASS instructions. model µs / × fp16: `bench/speed_model.py` for the dispatcher's choice "
              f"at that M, summed over the Llama-3-8B layer shapes {{qkv, o, gate/up, down}} ({err}) — "
-             "predictions, not measurements.", "",
+             "predictions, not measurements. Loads waited on: global loads in the steady loop that one in-order warp "
+             "stalls on by the model's latency chain (read before they land); in brackets the prefetched ones, of "
+             "them `r` read again in the same iteration (a value loaded at the top of a K step and copied or packed "
+             "into the loop-carried register at its end).", "",
              "| kernel | code | M | instr/w | alu/w | fma/w | mem/w | conv/w | regs | spill B | smem B | ldg bits | "
              "top opcodes /w | wgmma | smem stores/w | loads waited on in the loop (prefetched) | model µs | model bound | "
              "model × fp16 |",
@@ -386,7 +411,8 @@ def write_markdown(records: list[dict], path: Path, meta: dict) -> None:
                      f"{p.get('alu', 0):.2f} | {p.get('fma', 0):.2f} | {p.get('mem', 0):.2f} | {p.get('conv', 0):.2f} | "
                      f"{r['registers']} | {r['spill_bytes']} | {r['smem_bytes']} | {r['ldg_bits']} | "
                      f"{top} | {'yes' if r.get('wgmma') else 'no'} | {r.get('smem_stores_per_weight', 0):.2f} | "
-                     f"{', '.join(r.get('sync_ldg_in_loop', [])) or 'none'} ({r.get('prefetch_ldg_in_loop', 0)}) | {model} |")
+                     f"{', '.join(r.get('sync_ldg_in_loop', [])) or 'none'} ({r.get('prefetch_ldg_in_loop', 0)}"
+                     f"{_same_iteration(r)}) | {model} |")
     path.write_text("\n".join(lines) + "\n")
 
 

@@ -240,35 +240,53 @@ class Loop:
         return memo[dram_cycles, cache_cycles]
 
     def _chain_cycles(self, dram_cycles: float, cache_cycles: float) -> float:
-        ready: dict[int, float] = {}
-        first_read: dict[int, float] = {}  # registers read before this iteration writes them: loop-carried
-        t, mma_done = 0.0, 0.0
-        for _, op, mods, operands in self.body:
-            regs = [int(r) for r in sr.REGISTER.findall(operands)]
-            has_dest = op not in sr.NO_DEST_OPS and regs
-            srcs = regs[1:] if has_dest else regs
-            t = max([t + 1] + [ready.get(r, 0.0) for r in srcs])
-            for r in srcs:
-                if r not in ready:
-                    first_read.setdefault(r, t)
-            if op == "WARPGROUP" and "DEPBAR" in mods or op == "WARPSYNC":
-                t = max(t, mma_done)
-            if op == "BAR":
-                t += BAR_LAT
-            if op == "HGMMA":
-                mma_done = t + MMA_LAT
-                continue
-            if not has_dest:
-                continue
-            wide = op == "LDG" and sr.ldg_width(mods) >= 64
-            lat = (dram_cycles if wide else cache_cycles if op == "LDG" else SMEM_LAT if op in ("LDS", "LDSM") else
-                   MMA_LAT if op == "HMMA" else ALU_LAT)
-            w = _width(op, mods) if op in ("LDG", "LDS", "LDSM") else (4 if op == "HMMA" else 1)
-            for r in range(regs[0], regs[0] + w):
-                ready[r] = t + lat
-        # a value loaded for the next iteration (a prefetch) must land before that iteration reads it
-        carried = [ready[r] - first_read[r] for r in first_read if r in ready]
-        return max([t] + carried)
+        return simulate_chain(self.body, dram_cycles, cache_cycles)[0]
+
+
+def simulate_chain(body: list, dram_cycles: float, cache_cycles: float) -> tuple[float, list[str]]:
+    """One warp alone through one loop iteration ``body``, in order, 1 instruction per clock, waiting for its
+    operands: (cycles, the global loads it stalls on). A load is stalled on when the first read of its value comes
+    before it lands — later in the same iteration, or (a value carried to the next iteration) early in that one;
+    a load issued at the top of a K step and first read (or only copied / packed into the loop-carried register)
+    a step's worth of instructions later is not."""
+    ready: dict[int, float] = {}
+    first_read: dict[int, float] = {}  # registers read before this iteration writes them: loop-carried
+    loaded_by: dict[int, int] = {}  # register -> index of the LDG whose value it holds
+    stalled: set[int] = set()
+    t, mma_done = 0.0, 0.0
+    for i, (_, op, mods, operands) in enumerate(body):
+        regs = [int(r) for r in sr.REGISTER.findall(operands)]
+        has_dest = op not in sr.NO_DEST_OPS and regs
+        srcs = regs[1:] if has_dest else regs
+        stalled.update(loaded_by[r] for r in srcs if r in loaded_by and ready[r] > t + 1)
+        t = max([t + 1] + [ready.get(r, 0.0) for r in srcs])
+        for r in srcs:
+            if r not in ready:
+                first_read.setdefault(r, t)
+        if op == "WARPGROUP" and "DEPBAR" in mods or op == "WARPSYNC":
+            t = max(t, mma_done)
+        if op == "BAR":
+            t += BAR_LAT
+        if op == "HGMMA":
+            mma_done = t + MMA_LAT
+            continue
+        if not has_dest:
+            continue
+        wide = op == "LDG" and sr.ldg_width(mods) >= 64
+        lat = (dram_cycles if wide else cache_cycles if op == "LDG" else SMEM_LAT if op in ("LDS", "LDSM") else
+               MMA_LAT if op == "HMMA" else ALU_LAT)
+        w = _width(op, mods) if op in ("LDG", "LDS", "LDSM") else (4 if op == "HMMA" else 1)
+        for r in range(regs[0], regs[0] + w):
+            ready[r] = t + lat
+            if op == "LDG":
+                loaded_by[r] = i
+            else:
+                loaded_by.pop(r, None)
+    # a value loaded for the next iteration (a prefetch) must land before that iteration reads it
+    carried = {r: ready[r] - first_read[r] for r in first_read if r in ready}
+    stalled.update(loaded_by[r] for r, c in carried.items() if r in loaded_by and c > t)
+    names = [body[i][1] + body[i][2] for i in sorted(stalled)]
+    return max([t] + list(carried.values())), names
 
 
 def occupancy(loop: Loop, warps: int, gpu: dict[str, Any]) -> int:

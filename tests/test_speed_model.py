@@ -48,6 +48,23 @@ def test_chain_waits_for_a_wide_load_and_its_first_use(sm):
     assert dep.instr == 3 and dep.alu == 1
 
 
+def test_stalled_loads_read_before_they_land(sm):
+    """The static report's "loads waited on": a load read before it lands; not one read (or only copied into the
+    loop-carried register) a latency later, nor a prefetch the next iteration reads after it landed."""
+    def body(*ops):
+        return [(16 * i, op, mods, o) for i, (op, mods, o) in enumerate(ops)]
+
+    ldg = ("LDG", ".E.U16", "R4, desc[UR4][R2.64]")
+    work = [("FFMA", "", f"R{10 + i}, R{30 + i}, R3, R{30 + i}") for i in range(300)]
+    assert sm.simulate_chain(body(ldg, ("PRMT", "", "R6, R4, 0x5410, R5")), 1000, 200)[1] == ["LDG.E.U16"]
+    assert sm.simulate_chain(body(ldg, *work, ("PRMT", "", "R6, R4, 0x5410, R5")), 1000, 200)[1] == []
+    # carried: read at the top of the next iteration, 301 cycles after the load was issued
+    assert sm.simulate_chain(body(("FADD", "", "R6, R4, R5"), ldg, *work), 1000, 200)[1] == []
+    assert sm.simulate_chain(body(("FADD", "", "R6, R4, R5"), ldg, *work), 1000, 400)[1] == ["LDG.E.U16"]
+    cycles, _ = sm.simulate_chain(body(ldg, *work), 1000, 200)
+    assert cycles == loop(sm, [(op, mods, o) for _, op, mods, o in body(ldg, *work)]).chain_cycles(1000, 200) - 1
+
+
 def test_occupancy_limits(sm):
     gpu = sm.GPUS["h100"]
     body = [("FFMA", "", "R1, R2, R3, R4")]

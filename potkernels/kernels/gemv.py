@@ -101,18 +101,35 @@ def _hi32(q):
 
 
 @triton.jit
-def x_run_pairs(x_ptr, k0, K, EVEN_K: tl.constexpr, FULL: tl.constexpr = False):
+def x_run_pairs(x_ptr, k0, K, EVEN_K: tl.constexpr, FULL: tl.constexpr = False, ONE_LOAD: tl.constexpr = False):
     """The 16 fp16x2 pairs x[k0 + 2p], x[k0 + 2p + 1] of a run (p = 0 … 15), as uint32 (``k0`` a scalar
     or a ``[R, 1]`` tensor of run starts): eight 64-bit loads when K % 32 == 0, shared by every column of
     the thread. Masked past ``K``: a caller zeroes a whole run by passing ``K = 0`` for it; ``FULL`` (every
     run exists) loads without a mask."""
-    if EVEN_K:
+    if EVEN_K and ONE_LOAD:  # k0 [R, 1]: the runs' 64 bytes of x as one [R, 8] copy, split in registers
+        x_ptrs = x_ptr.to(tl.pointer_type(tl.int64)) + k0 // 4 + tl.arange(0, 8)[None, :]
+        if FULL:
+            xq = tl.load(x_ptrs)
+        else:
+            xq = tl.load(x_ptrs, mask=(k0 < K) & (tl.arange(0, 8) < 8)[None, :], other=0)
+        xq = tl.reshape(xq, [xq.shape[0], 2, 2, 2])  # [r, a, b, c]: int64 number 4a + 2b + c
+        e, o = tl.split(xq)  # c = 0, 1
+        e0, e1 = tl.split(e)
+        o0, o1 = tl.split(o)
+        q0, q4 = tl.split(e0)
+        q2, q6 = tl.split(e1)
+        q1, q5 = tl.split(o0)
+        q3, q7 = tl.split(o1)
+        q0, q1, q2, q3 = q0[:, None], q1[:, None], q2[:, None], q3[:, None]
+        q4, q5, q6, q7 = q4[:, None], q5[:, None], q6[:, None], q7[:, None]
+    elif EVEN_K:
         xl = x_ptr.to(tl.pointer_type(tl.int64)) + k0 // 4
         live = (k0 < K) | FULL
         q0, q1 = tl.load(xl, mask=live, other=0), tl.load(xl + 1, mask=live, other=0)
         q2, q3 = tl.load(xl + 2, mask=live, other=0), tl.load(xl + 3, mask=live, other=0)
         q4, q5 = tl.load(xl + 4, mask=live, other=0), tl.load(xl + 5, mask=live, other=0)
         q6, q7 = tl.load(xl + 6, mask=live, other=0), tl.load(xl + 7, mask=live, other=0)
+    if EVEN_K:
         r = (_lo32(q0), _hi32(q0), _lo32(q1), _hi32(q1), _lo32(q2), _hi32(q2), _lo32(q3), _hi32(q3),
              _lo32(q4), _hi32(q4), _lo32(q5), _hi32(q5), _lo32(q6), _hi32(q6), _lo32(q7), _hi32(q7))
     else:
@@ -174,7 +191,7 @@ def _load_words(q_ptr, row, N, offs_n, m):
 @triton.jit
 def run_dot(q_ptr, x_ptr, zcs, unit0, offs_n, mask_n, N, K,
             IS_POT: tl.constexpr, BITS: tl.constexpr, X_F16: tl.constexpr, EVEN_K: tl.constexpr,
-            USE_ASM: tl.constexpr, ROWS: tl.constexpr, FULL: tl.constexpr = False):
+            USE_ASM: tl.constexpr, ROWS: tl.constexpr, FULL: tl.constexpr = False, ONE_X_LOAD: tl.constexpr = False):
     """One run of 32 k starting at unit ``unit0`` → (fp16x2 accumulator, fp32 accumulator), scale-free
     (the caller multiplies by the group's scale). Shapes broadcast: ``unit0`` a scalar and ``offs_n``,
     ``mask_n`` ``[BN]`` (one run, ``ROWS`` = 0), or ``unit0`` ``[R, 1]``, ``offs_n`` ``[1, BN]``, ``mask_n``
@@ -190,7 +207,7 @@ def run_dot(q_ptr, x_ptr, zcs, unit0, offs_n, mask_n, N, K,
         acc32 = tl.zeros([ROWS, mask_n.shape[0], mask_n.shape[1]], dtype=tl.float32)
     k0 = unit0 * (32 if BITS == 3 else 32 // BITS)
     if X_F16:
-        xr = x_run_pairs(x_ptr, k0, K, EVEN_K, FULL)
+        xr = x_run_pairs(x_ptr, k0, K, EVEN_K, FULL, ONE_X_LOAD)
     else:
         xr = (k0,)  # unused
     # int pair J of a word: source word >> SHIFT_UNIT·(J // SPLIT_J), lane offset BITS·(J % SPLIT_J)
@@ -284,7 +301,7 @@ def gemv_kernel(x_ptr, q_ptr, sc_ptr, z_ptr, b_ptr, y_ptr, part_ptr, cnt_ptr,
             k_live = tl.where(mask_m[:, None, None] & live[None, :, :], K, 0)  # ... and of a dead row
             s = s[None, :, :] + tl.zeros_like(acc)
         acc2, acc32 = run_dot(q_ptr, x_rows, zcs, run * UNITS_PER_RUN, offs_n[None, :], m2, N, k_live,
-                              IS_POT, BITS, X_F16, EVEN_K, USE_ASM, ROWS, X_FULL)
+                              IS_POT, BITS, X_F16, EVEN_K, USE_ASM, ROWS, X_FULL, ROWS == 0)
         if X_F16:
             acc = fold2(acc2, s, acc, USE_ASM)
         else:
