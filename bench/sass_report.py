@@ -146,7 +146,7 @@ def _kernel_specs() -> None:
     def build_dot(kernel_name):
         def build(kind, bits, g, cfg):
             from potkernels.kernels import gemm, small_batch
-            from potkernels.kernels.launch import frag_k
+            from potkernels.kernels.launch import frag_k, zero_ahead
 
             fn = small_batch.small_batch_kernel if kernel_name == "small_batch" else gemm.gemm_kernel
             w, s = _warps(cfg)
@@ -156,7 +156,7 @@ def _kernel_specs() -> None:
                           STREAM=cfg.get("schedule", "split") == "stream",
                           SCALE_FREE=scale == "acc" and g % bk == 0, DOT_F32=False, JOIN_TREE=True, USE_ASM=True,
                           GROUP_RUNS=g // 32,
-                          FRAG_K=frag_k(cfg, bk), EVEN_K=True,
+                          FRAG_K=frag_k(cfg, bk), EVEN_K=True, ZERO_AHEAD=zero_ahead(cfg["BLOCK_N"], w),
                           REDUCE_CHUNK=small_batch.reduce_chunk(cfg["BLOCK_M"], cfg["BLOCK_N"], w),
                           BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], BLOCK_K=bk, GROUP_M=cfg.get("GROUP_M", 8))
             return Build(fn, _only_params(fn, consts), {"x_ptr": "fp16", "y_ptr": "fp16"},
@@ -362,13 +362,13 @@ def run_spec(spec: KernelSpec, kind: str, bits: int, group: int, gpu: str, arch:
         "smem_store_instr_per_weight": round(sum(1 for _, op, _, _ in body if op == "STS") / wpi, 3),
         "smem_stores_per_weight": round(sts_bytes / 2 / wpi, 3), "wgmma": any(o.startswith("HGMMA") for o in mma_ops),
         "mma_opcodes": mma_ops,
-        # global loads in the steady loop (cp.async LDGSTS is not one) that one in-order warp stalls on: read
-        # before they land, by the speed model's latency chain (stalled_loads; without the fitted model: every
-        # load read again in the same iteration). The others are prefetches: first read a K step later, or
-        # only carried to the next step (copied / packed into the loop-carried register at the step's end)
-        "sync_ldg_in_loop": waited if stalled is None else stalled,
-        "prefetch_ldg_in_loop": sum(op == "LDG" for _, op, _, _ in body) - len(waited if stalled is None else stalled),
-        "ldg_read_in_same_iteration": waited,
+        # global loads in the steady loop that the same iteration waits on (cp.async LDGSTS is not one;
+        # a load whose value is first read in the next iteration is a prefetch)
+        "sync_ldg_in_loop": waited,
+        "prefetch_ldg_in_loop": sum(op == "LDG" for _, op, _, _ in body) - len(waited),
+        # ... and the ones one warp alone, in order, would stall on by the speed model's latency chain (read
+        # before they land: a load waited on at a step's end may not stall; a prefetch read early may)
+        "ldg_stalled_lone_warp": stalled,
         "compile_s": round(time.time() - t0, 1),
     }
     rec["smem_over_limit"] = kern.metadata.shared > SMEM_LIMIT.get(arch, 232448)
@@ -376,10 +376,10 @@ def run_spec(spec: KernelSpec, kind: str, bits: int, group: int, gpu: str, arch:
     return rec
 
 
-def _same_iteration(r: dict) -> str:
-    """`` r`` suffix: prefetched loads read again in the same iteration (see write_markdown)."""
-    n = len(r.get("ldg_read_in_same_iteration", [])) - len(r.get("sync_ldg_in_loop", []))
-    return f", {n} r" if n > 0 else ""
+def _lone_warp(r: dict) -> str:
+    """``, N s`` suffix: the loop's loads one warp alone would stall on (see write_markdown)."""
+    n = len(r.get("ldg_stalled_lone_warp") or [])
+    return f", {n} s" if n else ""
 
 
 def write_markdown(records: list[dict], path: Path, meta: dict) -> None:
@@ -390,10 +390,10 @@ def write_markdown(records: list[dict], path: Path, meta: dict) -> None:
              f"triton {meta['triton']}, compiled {meta['date']}. Steady-state loop body, per weight one thread "
              "handles; all SASS instructions. model µs / × fp16: `bench/speed_model.py` for the dispatcher's choice "
              f"at that M, summed over the Llama-3-8B layer shapes {{qkv, o, gate/up, down}} ({err}) — "
-             "predictions, not measurements. Loads waited on: global loads in the steady loop that one in-order warp "
-             "stalls on by the model's latency chain (read before they land); in brackets the prefetched ones, of "
-             "them `r` read again in the same iteration (a value loaded at the top of a K step and copied or packed "
-             "into the loop-carried register at its end).", "",
+             "predictions, not measurements. Loads waited on: global loads of the steady loop whose value the same "
+             "iteration reads (in brackets the prefetched ones, first read in the next iteration; `s`: of all "
+             "of them, those one warp alone would stall on by the model's latency chain, `speed_model.simulate_chain`).",
+             "",
              "| kernel | code | M | instr/w | alu/w | fma/w | mem/w | conv/w | regs | spill B | smem B | ldg bits | "
              "top opcodes /w | wgmma | smem stores/w | loads waited on in the loop (prefetched) | model µs | model bound | "
              "model × fp16 |",
@@ -412,7 +412,7 @@ def write_markdown(records: list[dict], path: Path, meta: dict) -> None:
                      f"{r['registers']} | {r['spill_bytes']} | {r['smem_bytes']} | {r['ldg_bits']} | "
                      f"{top} | {'yes' if r.get('wgmma') else 'no'} | {r.get('smem_stores_per_weight', 0):.2f} | "
                      f"{', '.join(r.get('sync_ldg_in_loop', [])) or 'none'} ({r.get('prefetch_ldg_in_loop', 0)}"
-                     f"{_same_iteration(r)}) | {model} |")
+                     f"{_lone_warp(r)}) | {model} |")
     path.write_text("\n".join(lines) + "\n")
 
 
