@@ -123,12 +123,12 @@ def _kernel_specs() -> None:
     """Register the package's kernels (imports are local so another spec list can be used alone)."""
 
     def build_gemv(kind, bits, g, cfg):
-        from potkernels.kernels.gemv import gemv_kernel
+        from potkernels.kernels.gemv import gemv_kernel, left_pairs
 
         w, s = _warps(cfg)
         consts = dict(_code(kind, bits), IS_BF16=False, X_F16=True, HAS_BIAS=False, SPLIT=True, FUSED_REDUCE=True,
                       EVEN_K=True, FULL_TILES=True,  # the Llama-3-8B layers' shapes (whole column blocks and steps)
-                      USE_ASM=True, GROUP_RUNS=g // 32, NUM_STAGES=s,
+                      USE_ASM=True, GROUP_RUNS=g // 32, NUM_STAGES=s, LEFT_PAIRS=left_pairs(kind, bits),
                       **dict({"BLOCK_R": 1, "BLOCK_M": 1}, **{k: v for k, v in cfg.items() if k.isupper()}))
         # steady-state loop: BLOCK_R runs of 32 k per iteration
         wpi = 32 * cfg.get("BLOCK_R", 1) * cfg["BLOCK_N"] / (32 * w)
@@ -165,10 +165,12 @@ def _kernel_specs() -> None:
 
     def build_decode_bound(kind, bits, g, cfg):
         from potkernels.kernels import decode_bench
+        from potkernels.kernels.gemv import left_pairs
 
         dc = dict(decode_bench.DEFAULT_CONFIG)
         w = int(dc["num_warps"])
-        consts = dict(_code(kind, bits), USE_ASM=True, **{k: v for k, v in dc.items() if k.isupper()})
+        consts = dict(_code(kind, bits), USE_ASM=True, LEFT_PAIRS=left_pairs(kind, bits),
+                      **{k: v for k, v in dc.items() if k.isupper()})
         fn = decode_bench.decode_reduce_kernel
         return Build(fn, _only_params(fn, consts), {"x_ptr": "fp16"}, decode_bench.weights_per_iter(kind, bits, dc), w, 1)
 

@@ -146,3 +146,53 @@ def test_unknown_layout_is_refused():
         layout("pot", 8)
     with pytest.raises(ValueError, match="no v2 layout"):
         pack_codes(torch.zeros(2, 2, dtype=torch.int32), "int", 5)
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4])
+def test_left_shift_pair_decodes_are_the_pairs_lane_swapped(bits):
+    """The kernels' left-shift decode (decode.lanes_or LEFT, and PoT3 pair 4 without the prep word) of every pair
+    ``layout.pot_left_pairs`` names gives that pair's two fp16 lanes swapped: codes (2J+1, 2J) as ±2^(E − qmax),
+    checked against the layout's bit positions on random words (python integers: the PTX's arithmetic)."""
+    from potkernels.format.layout import (POT2_PAIR_SHIFTS, POT3_PAIR_SHIFTS, POT3_PREP_MASK, POT3_PREP_ROT,
+                                          POT4_PAIR_SHIFTS, POT4_PREP_MASK, POT4_PREP_ROT, pot3_pair4_left,
+                                          pot_left_pairs, pot_value_or)
+
+    qmax, full = 2 ** (bits - 1) - 1, 0xFFFFFFFF
+    lane_mask = (qmax << 10 | 1 << 15) * 0x10001
+    value_or = pot_value_or(bits) * 0x10001
+    shifts = {2: POT2_PAIR_SHIFTS, 3: POT3_PAIR_SHIFTS, 4: POT4_PAIR_SHIFTS}[bits]
+    per_word = 32 // bits if bits != 3 else 10
+
+    def rotr(w, s):
+        return ((w >> s) | (w << (32 - s))) & full if s % 32 else w
+
+    def lane(c):
+        return (c >> (bits - 1)) << 15 | pot_value_or(bits) | (c & qmax) << 10
+
+    g = torch.Generator().manual_seed(bits)
+    codes = torch.randint(0, 2 ** bits, (1, 32 * 64), generator=g, dtype=torch.int32)
+    words = pack_codes(codes, "pot", bits)[:, 0].tolist()
+    left = pot_left_pairs(bits)
+    assert left and all(shifts[j] >= 6 for j in range(len(shifts)) if left >> j & 1)
+    checked = 0
+    for r, w in enumerate(words):
+        w &= full
+        unit_words, u = (3, r % 3) if bits == 3 else (1, 0)
+        first = (r // unit_words) * (32 if bits == 3 else per_word) + u * per_word  # this word's code 0
+        for j, s in enumerate(shifts):
+            if not left >> j & 1:
+                continue
+            src = w  # pairs past the word's direct ones come from its prep word
+            if bits == 4 and j >= 2:
+                src = (w & POT4_PREP_MASK) | (rotr(w, POT4_PREP_ROT) & ~POT4_PREP_MASK & full)
+            if bits == 3 and j == 4:
+                src = (w & POT3_PREP_MASK) | (rotr(w, POT3_PREP_ROT) & ~POT3_PREP_MASK & full)
+            c0, c1 = codes[0, first + 2 * j].item(), codes[0, first + 2 * j + 1].item()
+            want = lane(c1) | lane(c0) << 16
+            assert (((src << (16 - s)) & full) & lane_mask) | value_or == want
+            assert (rotr(src, s + 16) & lane_mask) | value_or == want
+            if bits == 3 and j == 4:  # straight from the word
+                (a, ma), (b, mb) = pot3_pair4_left()
+                assert ((w << a) & ma) | ((w << b) & mb) | value_or == want
+            checked += 1
+    assert checked >= 64

@@ -110,6 +110,7 @@ MATMUL_CASES = [
     ("pot", 3, 128, 1, 40, 2600, "gemv", F16, {"BLOCK_N": 16, "BLOCK_R": 64, "waves": 1}),  # the table default
     ("int", 4, 64, 1, 24, 2600, "gemv", BF16, {"BLOCK_N": 16, "BLOCK_R": 64, "waves": 1}),  # 82 runs: a part step
     ("pot", 3, 128, 1, 48, 4096, "gemv", F16, {"BLOCK_N": 16, "BLOCK_R": 64}),  # whole tiles: unpredicated loads
+    ("pot", 2, 128, 1, 32, 4096, "gemv", F16, {"BLOCK_N": 16, "BLOCK_R": 128, "num_warps": 8}),  # mid-size layers
     ("int", 2, 128, 1, 32, 2048, "gemv", F16, {"BLOCK_N": 16, "BLOCK_R": 16, "split": 4}),  # ... one step per split
     ("pot", 4, 64, 1, 32, 1024, "gemv", BF16, {"BLOCK_N": 16, "BLOCK_R": 8}),  # ... fp32 lanes
     ("pot", 4, 128, 2, 512, 576, "gemv", F16, None),  # x rows share one decode

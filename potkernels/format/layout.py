@@ -40,6 +40,31 @@ POT3_SPARE_BIT = 9
 _POT3 = [[10, 11, 15], [26, 27, 31], [13, 14, 18], [29, 30, 2], [16, 17, 21], [0, 1, 5],
          [19, 20, 24], [3, 4, 8], [22, 23, 28], [6, 7, 12]]
 INT3_SPARE_BIT = 15
+POT2_PAIR_SHIFTS = tuple(2 * j for j in range(8))  # PoT 2-bit: pair J rotated right by 2J
+# A pair rotated by S >= POT_LEFT_MIN_ROT also decodes by a LEFT shift, with its two lanes swapped: rotr(W, S + 16)
+# is rotr(W, S) with the 16-bit halves exchanged, and when S + 16 >= 22 every bit the PoT lane mask keeps (bits
+# >= 10 of each half) has wrapped round, so rotr(W, S + 16) & mask == (W << (16 - S)) & mask: an IMAD.SHL on the
+# full-rate FMA pipe instead of an SHF.R.W on the half-rate integer pipe (the caller swaps the matching x lanes).
+POT_LEFT_MIN_ROT = 6
+
+
+def pot_left_pairs(bits: int) -> int:
+    """Bit mask of the pairs J of one PoT word (or prep word) that can decode by a left shift, lanes swapped
+    (rotated by at least ``POT_LEFT_MIN_ROT``): PoT2 J >= 3, PoT3 J >= 2, PoT4 J = 1, 3."""
+    shifts = {2: POT2_PAIR_SHIFTS, 3: POT3_PAIR_SHIFTS, 4: POT4_PAIR_SHIFTS}[bits]
+    return sum(1 << j for j, s in enumerate(shifts) if s >= POT_LEFT_MIN_ROT)
+
+
+def pot3_pair4_left() -> tuple[tuple[int, int], tuple[int, int]]:
+    """PoT3 pair 4 lane-swapped straight from its word, without the prep word: ``(W << a) & A | (W << b) & B``
+    = ``rotr(prep, 12 + 16) & lane mask``, two shifts on the FMA pipe instead of the prep's rotate: returns
+    ``((a, A), (b, B))`` — ``a`` moves both codes' E bits, ``b`` their sign bits, to the fp16 lanes."""
+    lo, hi = _POT3[9], _POT3[8]  # swapped: code 9 in the low lane, code 8 in the high one
+    e_shift, s_shift = 10 - lo[0], 15 - lo[2]
+    assert (lo[1] + e_shift, hi[0] + e_shift, hi[1] + e_shift, hi[2] + s_shift) == (11, 26, 27, 31)
+    e_mask = sum(1 << (b + e_shift) for b in (lo[0], lo[1], hi[0], hi[1]))
+    s_mask = sum(1 << (b + s_shift) for b in (lo[2], hi[2]))
+    return (e_shift, e_mask), (s_shift, s_mask)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,8 +82,8 @@ class Layout:
 
 def _pot(bits: int) -> tuple[int, int, list]:
     if bits == 2:
-        return 1, 16, [[(0, (10 + 16 * l + 2 * j) % 32), (0, (15 + 16 * l + 2 * j) % 32)]
-                       for j in range(8) for l in range(2)]
+        return 1, 16, [[(0, (10 + 16 * l + s) % 32), (0, (15 + 16 * l + s) % 32)]
+                       for s in POT2_PAIR_SHIFTS for l in range(2)]
     if bits == 4:
         return 1, 8, [[(0, b) for b in code] for code in _POT4]
     pos = [[(w, b) for b in code] for w in range(3) for code in _POT3]

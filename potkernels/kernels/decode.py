@@ -24,7 +24,7 @@ import triton.language as tl
 INTERPRETER = tl.constexpr(os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"))
 
 from ..format.layout import POT3_PREP_MASK as _P3M, POT3_PREP_ROT as _P3R, POT4_PREP_MASK as _P4M, POT4_PREP_ROT as _P4R
-from ..format.layout import pot_value_or
+from ..format.layout import pot3_pair4_left, pot_left_pairs, pot_value_or
 
 # fp16x2 lane masks of a PoT pair (E bits + sign bit of both lanes) and the OR constants
 # (exponent field 15 − qmax) that make the lane ±2^(E − qmax).
@@ -37,6 +37,12 @@ POT4_PREP_ROT = tl.constexpr(_P4R)
 POT4_PREP_MASK = tl.constexpr(_P4M)
 POT3_PREP_ROT = tl.constexpr(_P3R)
 POT3_PREP_MASK = tl.constexpr(_P3M)
+# pairs of a word that decode by a left shift with their lanes swapped (layout.pot_left_pairs: bit J = pair J)
+POT2_LEFT = tl.constexpr(pot_left_pairs(2))
+POT3_LEFT = tl.constexpr(pot_left_pairs(3))
+POT4_LEFT = tl.constexpr(pot_left_pairs(4))
+# PoT3 pair 4 lane-swapped: (W << P3E_SHIFT) & P3E_MASK | (W << P3S_SHIFT) & P3S_MASK (layout.pot3_pair4_left)
+(P3E_SHIFT, P3E_MASK), (P3S_SHIFT, P3S_MASK) = (tuple(tl.constexpr(v) for v in sm) for sm in pot3_pair4_left())
 # fp16x2 OR constants (exponent field 15 − qmax in both lanes): plain constexprs, so the inline PTX
 # f-strings see numbers on every triton (3.6 does not fold a jit helper's result into one)
 POT_C2 = tl.constexpr(pot_value_or(2) * 0x10001)
@@ -56,20 +62,28 @@ def rotr(w, S: tl.constexpr):
 
 
 @triton.jit
-def lanes_or(w, S: tl.constexpr, MASK: tl.constexpr, OR: tl.constexpr, USE_ASM: tl.constexpr):
+def lanes_or(w, S: tl.constexpr, MASK: tl.constexpr, OR: tl.constexpr, USE_ASM: tl.constexpr,
+             LEFT: tl.constexpr = False):
     """``rotr(w, S) & MASK | OR`` — one pair of fp16 lanes: one SHF.R.W + one LOP3 as inline PTX
     (``USE_ASM``, compiled GPU runs) or the same bit operations in Triton (the interpreter; a GPU test
-    compares the two bit for bit)."""
+    compares the two bit for bit). ``LEFT`` (``S`` ≥ ``layout.POT_LEFT_MIN_ROT``): the pair rotated by ``S + 16``
+    instead — the same two lanes swapped — which the PTX computes as ``(w << (16 − S)) & MASK | OR`` (a shift
+    the compiler puts on the FMA pipe); the twin keeps the rotate, so the GPU comparison checks that identity."""
+    R: tl.constexpr = (S + 16 * LEFT) % 32
     if USE_ASM:
-        if S % 32 == 0:
+        if R == 0:
             r = tl.inline_asm_elementwise(f"lop3.b32 $0, $1, {MASK}, {OR}, 0xEA;", "=r,r", [w],
                                           dtype=tl.uint32, is_pure=True, pack=1)
+        elif LEFT:
+            r = tl.inline_asm_elementwise(
+                f"{{.reg .b32 t; shl.b32 t, $1, {16 - S}; lop3.b32 $0, t, {MASK}, {OR}, 0xEA;}}",
+                "=r,r", [w], dtype=tl.uint32, is_pure=True, pack=1)
         else:
             r = tl.inline_asm_elementwise(
-                f"{{.reg .b32 t; shf.r.wrap.b32 t, $1, $1, {S % 32}; lop3.b32 $0, t, {MASK}, {OR}, 0xEA;}}",
+                f"{{.reg .b32 t; shf.r.wrap.b32 t, $1, $1, {R}; lop3.b32 $0, t, {MASK}, {OR}, 0xEA;}}",
                 "=r,r", [w], dtype=tl.uint32, is_pure=True, pack=1)
     else:
-        r = (rotr(w, S) & MASK) | OR
+        r = (rotr(w, R) & MASK) | OR
     return r
 
 
@@ -89,43 +103,55 @@ def prep_word(w, S: tl.constexpr, KEEP: tl.constexpr, USE_ASM: tl.constexpr):
 
 
 @triton.jit
-def pot4_pair(w, J: tl.constexpr, USE_ASM: tl.constexpr):
+def pot4_pair(w, J: tl.constexpr, USE_ASM: tl.constexpr, LEFT: tl.constexpr = False):
     """Pair J (codes 2J, 2J+1) of a PoT4 word as fp16x2 bits ±2^(E−7): pairs 0, 1 from the word
-    rotated by 0 / 6, pairs 2, 3 from its prep word rotated by 3 / 9 (``layout.POT4_PAIR_SHIFTS``)."""
+    rotated by 0 / 6, pairs 2, 3 from its prep word rotated by 3 / 9 (``layout.POT4_PAIR_SHIFTS``). ``LEFT`` (a
+    pair of ``POT4_LEFT``): its lanes swapped (codes 2J+1, 2J), by a left shift (:func:`lanes_or`)."""
+    tl.static_assert(not LEFT or (POT4_LEFT >> J) % 2 == 1, "this pair cannot decode by a left shift")
     if J < 2:
-        p = lanes_or(w, 6 * J, POT_T4, POT_C4, USE_ASM)
+        p = lanes_or(w, 6 * J, POT_T4, POT_C4, USE_ASM, LEFT)
     else:
         p = lanes_or(prep_word(w, POT4_PREP_ROT, POT4_PREP_MASK, USE_ASM), 3 + 6 * (J - 2), POT_T4, POT_C4,
-                     USE_ASM)
+                     USE_ASM, LEFT)
     return p
 
 
 @triton.jit
-def pot2_pair(w, J: tl.constexpr, USE_ASM: tl.constexpr):
-    """Pair J (codes 2J, 2J+1) of a PoT2 word as fp16x2 bits ±2^(E−1): one rotate (by 2J) + one LOP3."""
-    return lanes_or(w, 2 * J, POT_T2, POT_C2, USE_ASM)
+def pot2_pair(w, J: tl.constexpr, USE_ASM: tl.constexpr, LEFT: tl.constexpr = False):
+    """Pair J (codes 2J, 2J+1) of a PoT2 word as fp16x2 bits ±2^(E−1): one rotate (by 2J) + one LOP3
+    (``LEFT``: as :func:`pot4_pair`, a pair of ``POT2_LEFT``)."""
+    tl.static_assert(not LEFT or (POT2_LEFT >> J) % 2 == 1, "this pair cannot decode by a left shift")
+    return lanes_or(w, 2 * J, POT_T2, POT_C2, USE_ASM, LEFT)
 
 
 @triton.jit
-def pot3_pair(w, J: tl.constexpr, USE_ASM: tl.constexpr):
+def pot3_pair(w, J: tl.constexpr, USE_ASM: tl.constexpr, LEFT: tl.constexpr = False):
     """Pair J ∈ 0..4 (codes 2J, 2J+1 of this word's 10) of a PoT3 word as fp16x2 bits ±2^(E−3):
-    pairs 0–3 rotated by 3J, pair 4 from the prep word rotated by 12 (``layout.POT3_PAIR_SHIFTS``)."""
+    pairs 0–3 rotated by 3J, pair 4 from the prep word rotated by 12 (``layout.POT3_PAIR_SHIFTS``; ``LEFT``: as
+    :func:`pot4_pair`, a pair of ``POT3_LEFT``; pair 4 then comes straight from the word, without the prep)."""
+    tl.static_assert(not LEFT or (POT3_LEFT >> J) % 2 == 1, "this pair cannot decode by a left shift")
     if J < 4:
-        p = lanes_or(w, 3 * J, POT_T3, POT_C3, USE_ASM)
+        p = lanes_or(w, 3 * J, POT_T3, POT_C3, USE_ASM, LEFT)
+    elif LEFT and USE_ASM:  # no prep word: two left shifts (FMA pipe) + two LOP3 (the twin keeps prep + rotate)
+        p = tl.inline_asm_elementwise(
+            f"{{.reg .b32 e, s, t; shl.b32 e, $1, {P3E_SHIFT}; shl.b32 s, $1, {P3S_SHIFT}; "
+            f"lop3.b32 t, e, {P3E_MASK}, {POT_C3}, 0xEA; lop3.b32 $0, s, {P3S_MASK}, t, 0xEA;}}",
+            "=r,r", [w], dtype=tl.uint32, is_pure=True, pack=1)
     else:
-        p = lanes_or(prep_word(w, POT3_PREP_ROT, POT3_PREP_MASK, USE_ASM), 12, POT_T3, POT_C3, USE_ASM)
+        p = lanes_or(prep_word(w, POT3_PREP_ROT, POT3_PREP_MASK, USE_ASM), 12, POT_T3, POT_C3, USE_ASM, LEFT)
     return p
 
 
 @triton.jit
-def pot_pair(w, BITS: tl.constexpr, J: tl.constexpr, USE_ASM: tl.constexpr):
-    """Pair J of one PoT word (2-bit: 8 pairs a word, 3-bit: 5 + a spare, 4-bit: 4)."""
+def pot_pair(w, BITS: tl.constexpr, J: tl.constexpr, USE_ASM: tl.constexpr, LEFT: tl.constexpr = False):
+    """Pair J of one PoT word (2-bit: 8 pairs a word, 3-bit: 5 + a spare, 4-bit: 4). ``LEFT`` (bit J of
+    ``POT{BITS}_LEFT`` set): its two lanes swapped, decoded by a left shift (:func:`lanes_or`)."""
     if BITS == 4:
-        p = pot4_pair(w, J, USE_ASM)
+        p = pot4_pair(w, J, USE_ASM, LEFT)
     elif BITS == 3:
-        p = pot3_pair(w, J, USE_ASM)
+        p = pot3_pair(w, J, USE_ASM, LEFT)
     else:
-        p = pot2_pair(w, J, USE_ASM)
+        p = pot2_pair(w, J, USE_ASM, LEFT)
     return p
 
 

@@ -13,7 +13,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .gemv import fold2, int_zero_consts, run_dot
+from .gemv import fold2, int_zero_consts, left_pairs, run_dot
 from .packed import Packed
 
 DEFAULT_CONFIG = {"RUNS": 4, "BLOCK_N": 512, "num_warps": 4}
@@ -21,7 +21,7 @@ DEFAULT_CONFIG = {"RUNS": 4, "BLOCK_N": 512, "num_warps": 4}
 
 @triton.jit
 def decode_reduce_kernel(x_ptr, q_ptr, sc_ptr, z_ptr, out_ptr, N, K, KP, G, reps,
-                         IS_POT: tl.constexpr, BITS: tl.constexpr, USE_ASM: tl.constexpr,
+                         IS_POT: tl.constexpr, BITS: tl.constexpr, USE_ASM: tl.constexpr, LEFT_PAIRS: tl.constexpr,
                          RUNS: tl.constexpr, BLOCK_N: tl.constexpr):
     offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     mask_n = offs_n < N
@@ -38,7 +38,7 @@ def decode_reduce_kernel(x_ptr, q_ptr, sc_ptr, z_ptr, out_ptr, N, K, KP, G, reps
         for r in tl.static_range(RUNS):
             run = (run0 + r + rep) % (KP // 32)  # varies with rep: nothing to hoist
             acc2, _ = run_dot(q_ptr, x_ptr, zcs, run * UNITS_PER_RUN, offs_n, mask_n, N, K,
-                              IS_POT, BITS, True, True, USE_ASM, 0)
+                              IS_POT, BITS, True, True, USE_ASM, 0, LEFT_PAIRS=LEFT_PAIRS)
             acc = fold2(acc2, s, acc, USE_ASM)
     pid = tl.program_id(1) * tl.num_programs(0) + tl.program_id(0)
     tl.store(out_ptr + pid, tl.sum(acc, axis=0))
@@ -59,5 +59,6 @@ def decode_reduce(w: Packed, x: torch.Tensor, reps: int, config: dict | None = N
     out = torch.empty(grid[0] * grid[1], dtype=torch.float32, device=w.device)
     decode_reduce_kernel[grid](x, w.q, w.scales, w.zeros, out, w.N, w.K, w.KP, w.G, reps,
                                IS_POT=w.is_pot, BITS=w.bits, USE_ASM=w.device.type == "cuda",
+                               LEFT_PAIRS=left_pairs(w.kind, w.bits),
                                RUNS=cfg["RUNS"], BLOCK_N=cfg["BLOCK_N"], num_warps=cfg["num_warps"])
     return out

@@ -30,7 +30,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .decode import group_of_run, hfma2, hi_half, int3_spare_magic, int_pair_magic, lo_half, pot3_spare_pair, pot_pair
+from .decode import (group_of_run, hfma2, hi_half, int3_spare_magic, int_pair_magic,
+                     lo_half, pot3_spare_pair, pot_pair)
 from .launch import counters, reduce_partials, use_asm
 from .launch import n_split as launch_n_split
 from .packed import Packed
@@ -58,18 +59,21 @@ def fold2(acc2, s, acc, USE_ASM: tl.constexpr):
 
 # ------------------------------------------------------------------ per-word pair lists
 @triton.jit
-def pot_word_pairs(w, BITS: tl.constexpr, USE_ASM: tl.constexpr):
-    """Pairs of one PoT word, as fp16x2 ±2^(E−qmax). 4-bit: 4 pairs; 2-bit: 8; 3-bit: 5 (+ spare)."""
+def pot_word_pairs(w, BITS: tl.constexpr, USE_ASM: tl.constexpr, LEFT: tl.constexpr = 0):
+    """Pairs of one PoT word, as fp16x2 ±2^(E−qmax). 4-bit: 4 pairs; 2-bit: 8; 3-bit: 5 (+ spare). ``LEFT``: bit
+    mask of the pairs that come lane-swapped, decoded by a left shift (``decode.pot_pair``)."""
     if BITS == 4:
-        r = (pot_pair(w, 4, 0, USE_ASM), pot_pair(w, 4, 1, USE_ASM), pot_pair(w, 4, 2, USE_ASM),
-             pot_pair(w, 4, 3, USE_ASM))
+        r = (pot_pair(w, 4, 0, USE_ASM, LEFT % 2 == 1), pot_pair(w, 4, 1, USE_ASM, (LEFT >> 1) % 2 == 1),
+             pot_pair(w, 4, 2, USE_ASM, (LEFT >> 2) % 2 == 1), pot_pair(w, 4, 3, USE_ASM, (LEFT >> 3) % 2 == 1))
     elif BITS == 2:
-        r = (pot_pair(w, 2, 0, USE_ASM), pot_pair(w, 2, 1, USE_ASM), pot_pair(w, 2, 2, USE_ASM),
-             pot_pair(w, 2, 3, USE_ASM), pot_pair(w, 2, 4, USE_ASM), pot_pair(w, 2, 5, USE_ASM),
-             pot_pair(w, 2, 6, USE_ASM), pot_pair(w, 2, 7, USE_ASM))
+        r = (pot_pair(w, 2, 0, USE_ASM, LEFT % 2 == 1), pot_pair(w, 2, 1, USE_ASM, (LEFT >> 1) % 2 == 1),
+             pot_pair(w, 2, 2, USE_ASM, (LEFT >> 2) % 2 == 1), pot_pair(w, 2, 3, USE_ASM, (LEFT >> 3) % 2 == 1),
+             pot_pair(w, 2, 4, USE_ASM, (LEFT >> 4) % 2 == 1), pot_pair(w, 2, 5, USE_ASM, (LEFT >> 5) % 2 == 1),
+             pot_pair(w, 2, 6, USE_ASM, (LEFT >> 6) % 2 == 1), pot_pair(w, 2, 7, USE_ASM, (LEFT >> 7) % 2 == 1))
     else:
-        r = (pot_pair(w, 3, 0, USE_ASM), pot_pair(w, 3, 1, USE_ASM), pot_pair(w, 3, 2, USE_ASM),
-             pot_pair(w, 3, 3, USE_ASM), pot_pair(w, 3, 4, USE_ASM))
+        r = (pot_pair(w, 3, 0, USE_ASM, LEFT % 2 == 1), pot_pair(w, 3, 1, USE_ASM, (LEFT >> 1) % 2 == 1),
+             pot_pair(w, 3, 2, USE_ASM, (LEFT >> 2) % 2 == 1), pot_pair(w, 3, 3, USE_ASM, (LEFT >> 3) % 2 == 1),
+             pot_pair(w, 3, 4, USE_ASM, (LEFT >> 4) % 2 == 1))
     return r
 
 
@@ -144,14 +148,29 @@ def x_run_pairs(x_ptr, k0, K, EVEN_K: tl.constexpr, FULL: tl.constexpr = False, 
 
 
 @triton.jit
-def _use_pair(acc2, acc32, v2, xr, P: tl.constexpr, x_ptr, k0, K, X_F16: tl.constexpr, USE_ASM: tl.constexpr):
-    """Accumulate decoded pair ``P`` of the run (codes k0 + 2P, k0 + 2P + 1): HFMA2 for fp16 x
-    (``xr`` from :func:`x_run_pairs`), two FFMA for bf16/fp32 x."""
+def _swap_lanes(p):
+    """The two 16-bit lanes of uint32 ``p`` exchanged."""
+    return (p >> 16) | (p << 16)
+
+
+@triton.jit
+def _use_pair(acc2, acc32, v2, xr, P: tl.constexpr, x_ptr, k0, K, X_F16: tl.constexpr, USE_ASM: tl.constexpr,
+              SWAPPED: tl.constexpr = False):
+    """Accumulate decoded pair ``P`` of the run (codes k0 + 2P, k0 + 2P + 1; ``SWAPPED``: in the other lane
+    order): HFMA2 for fp16 x (``xr`` from :func:`x_run_pairs`, its lanes swapped to match — once per run,
+    shared by the thread's columns), two FFMA for bf16/fp32 x."""
     if X_F16:  # (+ zeros: broadcast x rows against the decoded pair before the inline PTX)
-        acc2 = hfma2(xr[P] + tl.zeros_like(acc2), v2 + tl.zeros_like(acc2), acc2, USE_ASM)
+        if SWAPPED:
+            x2 = _swap_lanes(xr[P])
+        else:
+            x2 = xr[P]
+        acc2 = hfma2(x2 + tl.zeros_like(acc2), v2 + tl.zeros_like(acc2), acc2, USE_ASM)
     else:
         xl, xh = _x_pair32(x_ptr, k0 + 2 * P, K)
-        acc32 = acc32 + xl * lo_half(v2).to(tl.float32) + xh * hi_half(v2).to(tl.float32)
+        if SWAPPED:
+            acc32 = acc32 + xh * lo_half(v2).to(tl.float32) + xl * hi_half(v2).to(tl.float32)
+        else:
+            acc32 = acc32 + xl * lo_half(v2).to(tl.float32) + xh * hi_half(v2).to(tl.float32)
     return acc2, acc32
 
 
@@ -193,7 +212,8 @@ def _load_words(q_ptr, row, N, offs_n, m):
 @triton.jit
 def run_dot(q_ptr, x_ptr, zcs, unit0, offs_n, mask_n, N, K,
             IS_POT: tl.constexpr, BITS: tl.constexpr, X_F16: tl.constexpr, EVEN_K: tl.constexpr,
-            USE_ASM: tl.constexpr, ROWS: tl.constexpr, FULL: tl.constexpr = False, ONE_X_LOAD: tl.constexpr = False):
+            USE_ASM: tl.constexpr, ROWS: tl.constexpr, FULL: tl.constexpr = False, ONE_X_LOAD: tl.constexpr = False,
+            LEFT_PAIRS: tl.constexpr = 0):
     """One run of 32 k starting at unit ``unit0`` → (fp16x2 accumulator, fp32 accumulator), scale-free
     (the caller multiplies by the group's scale). Shapes broadcast: ``unit0`` a scalar and ``offs_n``,
     ``mask_n`` ``[BN]`` (one run, ``ROWS`` = 0), or ``unit0`` ``[R, 1]``, ``offs_n`` ``[1, BN]``, ``mask_n``
@@ -201,7 +221,10 @@ def run_dot(q_ptr, x_ptr, zcs, unit0, offs_n, mask_n, N, K,
     used by ``ROWS`` x rows: decode once, one HFMA2 per row). Accumulators: ``mask_n``'s shape, with a
     leading ``ROWS`` axis when ``ROWS`` > 0. ``K`` masks x (0 for a dead run or row) unless ``FULL`` (no dead
     run or row: unmasked x loads); ``ONE_X_LOAD`` (``unit0`` ``[R, 1]``, no rows axis): x of the R runs as one copy
-    (:func:`x_run_pairs`). ``zcs``: :func:`int_zero_consts`."""
+    (:func:`x_run_pairs`). ``LEFT_PAIRS`` (PoT): bit mask of the pairs of each word decoded by a left shift with
+    their lanes swapped, on the FMA pipe instead of the half-rate integer pipe (``decode.lanes_or``; a subset of
+    ``decode.POT{BITS}_LEFT``), which meet x swapped to match (one lane swap per pair and run, shared by the
+    thread's columns): :func:`left_pairs`. ``zcs``: :func:`int_zero_consts`."""
     if ROWS == 0:
         acc2 = tl.zeros(mask_n.shape, dtype=tl.uint32)
         acc32 = tl.zeros(mask_n.shape, dtype=tl.float32)
@@ -216,6 +239,7 @@ def run_dot(q_ptr, x_ptr, zcs, unit0, offs_n, mask_n, N, K,
     # int pair J of a word: source word >> SHIFT_UNIT·(J // SPLIT_J), lane offset BITS·(J % SPLIT_J)
     SPLIT_J: tl.constexpr = (BITS == 2) * 5 + (BITS == 3) * 3 + (BITS == 4) * 2 + (BITS == 8) * 1
     SHIFT_UNIT: tl.constexpr = (BITS == 2) * 10 + (BITS == 3) * 9 + (BITS == 4) * 8 + (BITS == 8) * 8
+    LEFT: tl.constexpr = LEFT_PAIRS * IS_POT
     if BITS == 3:
         w0 = _load_words(q_ptr, unit0 * 3, N, offs_n, mask_n)
         w1 = _load_words(q_ptr, unit0 * 3 + 1, N, offs_n, mask_n)
@@ -224,14 +248,15 @@ def run_dot(q_ptr, x_ptr, zcs, unit0, offs_n, mask_n, N, K,
         for wi in tl.static_range(3):
             w = words[wi]
             if IS_POT:
-                pairs = pot_word_pairs(w, 3, USE_ASM)
+                pairs = pot_word_pairs(w, 3, USE_ASM, LEFT)
             for j in tl.static_range(5):
                 if IS_POT:
                     v = pairs[j]
                 else:
                     h = int_pair_magic(w, SHIFT_UNIT * (j // SPLIT_J), BITS * (j % SPLIT_J), 3)
                     v = _int_fix(h, BITS * (j % SPLIT_J), zcs[j % SPLIT_J], 3, USE_ASM)
-                acc2, acc32 = _use_pair(acc2, acc32, v, xr, 5 * wi + j, x_ptr, k0, K, X_F16, USE_ASM)
+                acc2, acc32 = _use_pair(acc2, acc32, v, xr, 5 * wi + j, x_ptr, k0, K, X_F16, USE_ASM,
+                                        (LEFT >> j) % 2 == 1)
         if IS_POT:
             v = pot3_spare_pair(w0, w1, w2)
         else:
@@ -242,14 +267,15 @@ def run_dot(q_ptr, x_ptr, zcs, unit0, offs_n, mask_n, N, K,
         for u in tl.static_range(BITS):  # BITS words per run of 32 k
             w = _load_words(q_ptr, unit0 + u, N, offs_n, mask_n)
             if IS_POT:
-                pairs = pot_word_pairs(w, BITS, USE_ASM)
+                pairs = pot_word_pairs(w, BITS, USE_ASM, LEFT)
             for j in tl.static_range(PAIRS):
                 if IS_POT:
                     v = pairs[j]
                 else:
                     h = int_pair_magic(w, SHIFT_UNIT * (j // SPLIT_J), BITS * (j % SPLIT_J), BITS)
                     v = _int_fix(h, BITS * (j % SPLIT_J), zcs[j % SPLIT_J], BITS, USE_ASM)
-                acc2, acc32 = _use_pair(acc2, acc32, v, xr, u * PAIRS + j, x_ptr, k0, K, X_F16, USE_ASM)
+                acc2, acc32 = _use_pair(acc2, acc32, v, xr, u * PAIRS + j, x_ptr, k0, K, X_F16, USE_ASM,
+                                        (LEFT >> j) % 2 == 1)
     return acc2, acc32
 
 
@@ -258,7 +284,8 @@ def gemv_kernel(x_ptr, q_ptr, sc_ptr, z_ptr, b_ptr, y_ptr, part_ptr, cnt_ptr,
                 M, N, K, KP, stride_xm, runs_per_split, n_split,
                 IS_POT: tl.constexpr, BITS: tl.constexpr, X_F16: tl.constexpr,
                 HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr, FUSED_REDUCE: tl.constexpr, EVEN_K: tl.constexpr,
-                FULL_TILES: tl.constexpr, USE_ASM: tl.constexpr, GROUP_RUNS: tl.constexpr, BLOCK_M: tl.constexpr,
+                FULL_TILES: tl.constexpr, USE_ASM: tl.constexpr, GROUP_RUNS: tl.constexpr, LEFT_PAIRS: tl.constexpr,
+                BLOCK_M: tl.constexpr,
                 BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr, NUM_STAGES: tl.constexpr):
     """``y = x Wᵀ`` for ``M`` ≤ a few rows of x on CUDA cores. Program (n, k, m) owns columns
     ``n·BLOCK_N …``, x rows ``m·BLOCK_M …`` and the runs ``[k·runs_per_split, …)``; each loop step takes
@@ -304,7 +331,7 @@ def gemv_kernel(x_ptr, q_ptr, sc_ptr, z_ptr, b_ptr, y_ptr, part_ptr, cnt_ptr,
             k_live = tl.where(mask_m[:, None, None] & live[None, :, :], K, 0)  # ... and of a dead row
             s = s[None, :, :] + tl.zeros_like(acc)
         acc2, acc32 = run_dot(q_ptr, x_rows, zcs, run * UNITS_PER_RUN, offs_n[None, :], m2, N, k_live,
-                              IS_POT, BITS, X_F16, EVEN_K, USE_ASM, ROWS, X_FULL, ROWS == 0)
+                              IS_POT, BITS, X_F16, EVEN_K, USE_ASM, ROWS, X_FULL, ROWS == 0, LEFT_PAIRS)
         if X_F16:
             acc = fold2(acc2, s, acc, USE_ASM)
         else:
@@ -327,6 +354,18 @@ def gemv_kernel(x_ptr, q_ptr, sc_ptr, z_ptr, b_ptr, y_ptr, part_ptr, cnt_ptr,
 
 
 # ------------------------------------------------------------------ host side
+# Pairs of each PoT word the GEMV decodes lane-swapped by a left shift (bit J = pair J; subsets of
+# decode.POT{b}_LEFT). Each moves one integer-pipe instruction per run and column (half rate) to the FMA pipe and
+# costs one x lane swap per run, shared by a thread's four columns; so many as keep the loop from being bound by
+# the integer pipe, chosen with bench/speed_model.py on the static SASS.
+GEMV_LEFT_PAIRS = {2: 0b11000000, 3: 0b10000, 4: 0}
+
+
+def left_pairs(kind: str, bits: int) -> int:
+    """``gemv_kernel``'s ``LEFT_PAIRS`` for a code (0 for int and 8-bit)."""
+    return GEMV_LEFT_PAIRS.get(bits, 0) if kind == "pot" else 0
+
+
 GEMV_KEYS = {"rows_per_program", "BLOCK_N", "BLOCK_R", "num_warps", "num_stages", "waves", "split", "reduce"}
 
 
@@ -370,7 +409,7 @@ def launch(x: torch.Tensor, w: Packed, bias: Optional[torch.Tensor], y: torch.Te
         x.stride(0), runs_per_split, n_split, IS_POT=w.is_pot, BITS=w.bits, X_F16=x.dtype == torch.float16,
         HAS_BIAS=bias is not None, SPLIT=split, FUSED_REDUCE=fused, EVEN_K=w.K % 32 == 0,
         FULL_TILES=w.K % 32 == 0 and w.N % bn == 0 and n_runs % br == 0,
-        USE_ASM=use_asm(w.device), GROUP_RUNS=w.group_runs(), BLOCK_M=bm, BLOCK_N=bn, BLOCK_R=br,
+        USE_ASM=use_asm(w.device), GROUP_RUNS=w.group_runs(), LEFT_PAIRS=left_pairs(w.kind, w.bits), BLOCK_M=bm, BLOCK_N=bn, BLOCK_R=br,
         NUM_STAGES=int(cfg.get("num_stages", 3)), num_warps=int(cfg.get("num_warps", 4)))
     if split and not fused:
         reduce_partials(part, bias, y, n_split, w.N)
@@ -382,4 +421,5 @@ def candidates(m: int) -> list[dict[str, Any]]:
     column blocks with long K steps that need no split-K (no partials, no tail round trips)."""
     return [dict(BLOCK_N=n, BLOCK_R=r, num_warps=w, num_stages=2, waves=v)
             for n in (32, 64, 128) for r in (8, 16) for w in (2, 4) for v in (4, 6, 8, 12)] + \
-        [dict(BLOCK_N=16, BLOCK_R=r, num_warps=4, num_stages=s, waves=1) for r in (32, 64) for s in (2, 3)]
+        [dict(BLOCK_N=16, BLOCK_R=r, num_warps=4, num_stages=s, waves=1) for r in (32, 64) for s in (2, 3)] + \
+        [dict(BLOCK_N=16, BLOCK_R=128, num_warps=8, num_stages=s, waves=1) for s in (2, 3)]
