@@ -29,6 +29,7 @@ import argparse
 import collections
 import dataclasses
 import inspect
+import itertools
 import json
 import os
 import re
@@ -51,7 +52,9 @@ from potkernels.kernels import configs  # noqa: E402
 SMEM_LIMIT = {80: 166912, 86: 101376, 89: 101376, 90: 232448, 100: 232448, 120: 101376}
 # Integer args known to be multiples of 16 at the real shapes (Triton specializes on this).
 DIV16 = {"N", "K", "KP", "G", "stride_xm", "MN", "k_per_split"}  # k_per_split: a multiple of BLOCK_K
-COMPILE_SHAPE = (4096, 14336)  # (K, N) used for the config lookup (size class "l")
+# (K, N) of the config lookup per size class: the large Llama-3-8B layers (gate/up, down: class "l") and the mid-size
+# ones (qkv, o: "m"); a kernel is reported for "m" only where that config compiles to another kernel
+COMPILE_SHAPES = {"l": (4096, 14336), "m": (4096, 4096)}
 MODEL_GPU = {"NVIDIA H100 80GB HBM3": "h100", "NVIDIA H200": "h200"}  # config table entry -> speed_model GPU
 
 PIPES = {
@@ -329,10 +332,15 @@ def stalled_loads(body, gpu: str) -> Optional[list[str]]:
     return speed_model.simulate_chain(body, p.dram_latency_ns * 1e-9 * clk, p.cache_latency_ns * 1e-9 * clk)[1]
 
 
-def run_spec(spec: KernelSpec, kind: str, bits: int, group: int, gpu: str, arch: int) -> dict:
-    k, n = COMPILE_SHAPE
+def spec_build(spec: KernelSpec, kind: str, bits: int, group: int, gpu: str, size: str = "l"):
+    """(config, Build) of a kernel for the dispatcher's config at ``spec.M`` and size class ``size``."""
+    k, n = COMPILE_SHAPES[size]
     cfg = configs.lookup(spec.regime, kind, bits, spec.M, n, k, device=gpu)
-    b = spec.build(kind, bits, group, cfg)
+    return cfg, spec.build(kind, bits, group, cfg)
+
+
+def run_spec(spec: KernelSpec, kind: str, bits: int, group: int, gpu: str, arch: int, size: str = "l") -> dict:
+    cfg, b = spec_build(spec, kind, bits, group, gpu, size)
     t0 = time.time()
     kern = compile_build(b, arch)
     sass = disassemble(kern.asm["cubin"])
@@ -352,7 +360,7 @@ def run_spec(spec: KernelSpec, kind: str, bits: int, group: int, gpu: str, arch:
     waited = waited_loads(body)
     stalled = stalled_loads(body, gpu)
     rec = {
-        "kernel": spec.name, "kind": kind, "bits": bits, "group_size": group, "M": spec.M,
+        "kernel": spec.name, "kind": kind, "bits": bits, "group_size": group, "M": spec.M, "size_class": size,
         "config": {kk: v for kk, v in cfg.items()},
         "instr_per_weight": round(len(body) / wpi, 3),
         "pipes": {p: round(c / wpi, 3) for p, c in sorted(pipes.items())},
@@ -394,7 +402,9 @@ def write_markdown(records: list[dict], path: Path, meta: dict) -> None:
              f"at that M, summed over the Llama-3-8B layer shapes {{qkv, o, gate/up, down}} ({err}) — "
              "predictions, not measurements. Loads waited on: global loads of the steady loop whose value the same "
              "iteration reads (in brackets the prefetched ones, first read in the next iteration; `s`: of all "
-             "of them, those one warp alone would stall on by the model's latency chain, `speed_model.simulate_chain`).",
+             "of them, those one warp alone would stall on by the model's latency chain, `speed_model.simulate_chain`). "
+             "Configs of the large layers (gate/up, down); `·m`: the mid-size layers' (qkv, o) where that is another "
+             "kernel.",
              "",
              "| kernel | code | M | instr/w | alu/w | fma/w | mem/w | conv/w | regs | spill B | smem B | ldg bits | "
              "top opcodes /w | wgmma | smem stores/w | loads waited on in the loop (prefetched) | model µs | model bound | "
@@ -409,7 +419,8 @@ def write_markdown(records: list[dict], path: Path, meta: dict) -> None:
         top = ", ".join(f"{o} {c:.2f}" for o, c in list(r["opcodes"].items())[:5])
         model = (f"{r['model_us']:.1f} | {r['model_bound']} | {r['model_speedup_vs_fp16']:.2f}" if "model_us" in r
                  else "– | – | –")
-        lines.append(f"| {r['kernel']} | {r['kind']}{r['bits']} | {r['M']} | {r['instr_per_weight']:.2f} | "
+        label = r["kernel"] + (" ·m" if r.get("size_class") == "m" else "")
+        lines.append(f"| {label} | {r['kind']}{r['bits']} | {r['M']} | {r['instr_per_weight']:.2f} | "
                      f"{p.get('alu', 0):.2f} | {p.get('fma', 0):.2f} | {p.get('mem', 0):.2f} | {p.get('conv', 0):.2f} | "
                      f"{r['registers']} | {r['spill_bytes']} | {r['smem_bytes']} | {r['ldg_bits']} | "
                      f"{top} | {'yes' if r.get('wgmma') else 'no'} | {r.get('smem_stores_per_weight', 0):.2f} | "
@@ -441,27 +452,31 @@ def main(argv: list[str] | None = None) -> int:
     for spec in SPECS:
         if spec.name not in names:
             continue
-        for kind in spec.kinds:
-            for bits in spec.bits:
-                if kind not in kinds or bits not in bitss:
+        for kind, bits, size in itertools.product(spec.kinds, spec.bits, COMPILE_SHAPES):
+            if kind not in kinds or bits not in bitss:
+                continue
+            if size != "l":  # only where the mid-size layers' config compiles to another kernel
+                builds = [spec_build(spec, kind, bits, args.group, args.gpu, sz)[1] for sz in ("l", size)]
+                if len({(tuple(sorted(b.constexprs.items())), b.num_warps, b.num_stages, b.maxnreg)
+                        for b in builds}) == 1:
                     continue
-                try:
-                    rec = run_spec(spec, kind, bits, args.group, args.gpu, args.arch)
-                except Exception as e:  # keep going: a compile error is a finding of the report
-                    bad += 1
-                    rec = {"kernel": spec.name, "kind": kind, "bits": bits, "group_size": args.group, "M": spec.M,
-                           "error": f"{type(e).__name__}: {str(e)[:2000]}"}
-                    print(f"{spec.name:13s} {kind}{bits} COMPILE ERROR {rec['error'][:300]}", flush=True)
-                else:
-                    bad += rec["smem_over_limit"] + (rec["spill_bytes"] > 0)
-                    p = rec["pipes"]
-                    print(f"{spec.name:13s} {kind}{bits} M={spec.M:<4d} {rec['instr_per_weight']:6.2f} instr/w "
-                          f"(alu {p.get('alu', 0):.2f} fma {p.get('fma', 0):.2f} mem {p.get('mem', 0):.2f}) "
-                          f"regs {rec['registers']:3d} spill {rec['spill_bytes']} smem {rec['smem_bytes']} "
-                          f"ldg {rec['ldg_bits']} model {rec.get('model_us', '–')} us "
-                          f"({rec.get('model_bound', '–')}) "
-                          f"[{rec['compile_s']} s]", flush=True)
-                records.append(rec)
+            try:
+                rec = run_spec(spec, kind, bits, args.group, args.gpu, args.arch, size)
+            except Exception as e:  # keep going: a compile error is a finding of the report
+                bad += 1
+                rec = {"kernel": spec.name, "kind": kind, "bits": bits, "group_size": args.group, "M": spec.M,
+                       "error": f"{type(e).__name__}: {str(e)[:2000]}"}
+                print(f"{spec.name:13s} {kind}{bits} COMPILE ERROR {rec['error'][:300]}", flush=True)
+            else:
+                bad += rec["smem_over_limit"] + (rec["spill_bytes"] > 0)
+                p = rec["pipes"]
+                print(f"{spec.name:13s} {kind}{bits} M={spec.M:<4d} {size} {rec['instr_per_weight']:6.2f} instr/w "
+                      f"(alu {p.get('alu', 0):.2f} fma {p.get('fma', 0):.2f} mem {p.get('mem', 0):.2f}) "
+                      f"regs {rec['registers']:3d} spill {rec['spill_bytes']} smem {rec['smem_bytes']} "
+                      f"ldg {rec['ldg_bits']} model {rec.get('model_us', '–')} us "
+                      f"({rec.get('model_bound', '–')}) "
+                      f"[{rec['compile_s']} s]", flush=True)
+            records.append(rec)
     val_path = Path(__file__).resolve().parent / "results" / "sm90-static" / "validation.json"
     meta = {"arch": f"sm_{args.arch}", "gpu": args.gpu, "triton": triton.__version__,
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
