@@ -30,8 +30,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .decode import (group_of_run, hfma2, hi_half, int3_spare_magic, int_pair_magic,
-                     lo_half, pot3_spare_pair, pot_pair)
+from .decode import group_of_run, hfma2, hi_half, int3_spare_magic, int_pair_magic, lo_half, pot3_spare_pair, pot_pair
 from .launch import counters, reduce_partials, use_asm
 from .launch import n_split as launch_n_split
 from .packed import Packed
