@@ -6,8 +6,9 @@ Each program owns ``BLOCK_N`` output columns, up to ``BLOCK_M`` x rows and a K-c
 ``tl.range(num_stages=...)`` streams their packed words (128-bit per thread, one ``[BLOCK_R, BLOCK_N]``
 tile per word index), their group scales and x through shared memory ahead of use. Per run and column
 it decodes two codes per fp16x2 register with the pair decoders of ``decode.py`` (one rotate + one LOP3
-per pair) and multiplies them with the matching pair of each x row (read as int32 fp16x2 pairs, shared
-by all of a thread's columns):
+per pair; the pairs of ``GEMV_LEFT_PAIRS`` by one left shift with their lanes swapped, off the half-rate
+integer pipe) and multiplies them with the matching pair of each x row (read as int32 fp16x2 pairs, shared
+by all of a thread's columns, lane-swapped once per run where the pair is):
 
 * **fp16 activations**: ``acc2 = fma.rn.f16x2(x2, v2, acc2)`` over the run's 16 pairs (16 terms per
   lane), then ``acc += (lo + hi) · s`` in fp32, ``s`` = the group's stored S_top (PoT) or s·2^bits
