@@ -2,14 +2,17 @@
 
 For each registered kernel spec × {pot, int} × bits {2, 3, 4} (g128, fp16 activations) this
 compiles with Triton's own compiler and bundled ptxas, with the launch config the dispatcher
-would pick on an H100/H200 (the config table's ``--gpu`` entry), disassembles the cubin and
+would pick on an H100/H200 (the config table's ``--gpu`` entry) for the large Llama-3-8B layers (and for the
+mid-size ones where that config compiles to another kernel), disassembles the cubin and
 counts the **steady-state loop**: the longest loop body of the SASS (backward branch), i.e. the
 K loop. Each record of ``DIR/report.json`` (a JSON list) holds:
 
-    kernel, kind, bits, group_size, M, config, instr_per_weight (all SASS instructions of the loop
+    kernel, kind, bits, group_size, M, size_class, config, instr_per_weight (all SASS instructions of the loop
     body / weights one thread handles per iteration), pipes (per-pipe instructions per weight),
     opcodes (per-opcode counts per weight), registers, spill_bytes, smem_bytes, ldg_bits (widest
-    global load in the loop), weights_per_iter (per thread), and for the matmul regimes the speed
+    global load in the loop), weights_per_iter (per thread), sync_ldg_in_loop (global loads whose value the
+    same iteration reads), prefetch_ldg_in_loop, ldg_stalled_lone_warp (the loads one warp alone would stall on
+    by the speed model's latency chain), and for the matmul regimes the speed
     model's prediction (``bench/speed_model.py``: latency chain, issue, shared memory, occupancy,
     waves, split-K tail, launch; validated on the v1 H100 run, ``sm90-static/validation.json``):
     model_us (the dispatcher's choice at that M, summed over the Llama-3-8B layer shapes
