@@ -49,8 +49,9 @@ def test_chain_waits_for_a_wide_load_and_its_first_use(sm):
 
 
 def test_stalled_loads_read_before_they_land(sm):
-    """The static report's "loads waited on": a load read before it lands; not one read (or only copied into the
-    loop-carried register) a latency later, nor a prefetch the next iteration reads after it landed."""
+    """The loads the static report says one warp alone stalls on (its ``s`` count): a load read before it lands;
+    not one read (or only copied into the loop-carried register) a latency later, nor a prefetch the next
+    iteration reads after it landed."""
     def body(*ops):
         return [(16 * i, op, mods, o) for i, (op, mods, o) in enumerate(ops)]
 
