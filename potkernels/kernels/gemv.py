@@ -31,7 +31,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .decode import group_of_run, hfma2, hi_half, int3_spare_magic, int_pair_magic, lo_half, pot3_spare_pair, pot_pair
+from .decode import (group_of_run, hfma2, hi_half, int3_spare_magic, int_pair_magic, lo_half, pot3_spare_pair, pot_pair,
+                     rotr)
 from .launch import counters, reduce_partials, use_asm
 from .launch import n_split as launch_n_split
 from .packed import Packed
@@ -148,12 +149,6 @@ def x_run_pairs(x_ptr, k0, K, EVEN_K: tl.constexpr, FULL: tl.constexpr = False, 
 
 
 @triton.jit
-def _swap_lanes(p):
-    """The two 16-bit lanes of uint32 ``p`` exchanged."""
-    return (p >> 16) | (p << 16)
-
-
-@triton.jit
 def _use_pair(acc2, acc32, v2, xr, P: tl.constexpr, x_ptr, k0, K, X_F16: tl.constexpr, USE_ASM: tl.constexpr,
               SWAPPED: tl.constexpr = False):
     """Accumulate decoded pair ``P`` of the run (codes k0 + 2P, k0 + 2P + 1; ``SWAPPED``: in the other lane
@@ -161,7 +156,7 @@ def _use_pair(acc2, acc32, v2, xr, P: tl.constexpr, x_ptr, k0, K, X_F16: tl.cons
     shared by the thread's columns), two FFMA for bf16/fp32 x."""
     if X_F16:  # (+ zeros: broadcast x rows against the decoded pair before the inline PTX)
         if SWAPPED:
-            x2 = _swap_lanes(xr[P])
+            x2 = rotr(xr[P], 16)  # the two lanes exchanged
         else:
             x2 = xr[P]
         acc2 = hfma2(x2 + tl.zeros_like(acc2), v2 + tl.zeros_like(acc2), acc2, USE_ASM)
@@ -285,8 +280,7 @@ def gemv_kernel(x_ptr, q_ptr, sc_ptr, z_ptr, b_ptr, y_ptr, part_ptr, cnt_ptr,
                 IS_POT: tl.constexpr, BITS: tl.constexpr, X_F16: tl.constexpr,
                 HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr, FUSED_REDUCE: tl.constexpr, EVEN_K: tl.constexpr,
                 FULL_TILES: tl.constexpr, USE_ASM: tl.constexpr, GROUP_RUNS: tl.constexpr, LEFT_PAIRS: tl.constexpr,
-                BLOCK_M: tl.constexpr,
-                BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr, NUM_STAGES: tl.constexpr):
+                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr, NUM_STAGES: tl.constexpr):
     """``y = x Wᵀ`` for ``M`` ≤ a few rows of x on CUDA cores. Program (n, k, m) owns columns
     ``n·BLOCK_N …``, x rows ``m·BLOCK_M …`` and the runs ``[k·runs_per_split, …)``; each loop step takes
     ``BLOCK_R`` consecutive runs side by side (a ``[BLOCK_R, BLOCK_N]`` tile of words per word index: the

@@ -129,6 +129,9 @@ def scale_free(cfg: dict[str, Any], w: Packed, block_k: int, default: str) -> bo
     return mode == "acc" and (w.G % block_k == 0 or w.G >= w.K)
 
 
+_TRITON_3_7 = tuple(int(v) for v in triton.__version__.split(".")[:2]) >= (3, 7)  # read once, not per launch
+
+
 def zero_ahead(block_n: int, num_warps: int) -> bool:
     """Whether the swap-AB kernel loads each K step's int zero points one step ahead, like the scales (no load
     waited on in the loop): triton >= 3.7 (3.6 cannot keep that loop-carried value in the decoded tile's register
@@ -136,8 +139,7 @@ def zero_ahead(block_n: int, num_warps: int) -> bool:
     least four rows of the tile per thread (``BLOCK_N >= 32 · num_warps``): with two, the compiler packs the two
     zero points into one register at the end of the loading step, waiting for them there anyway, and the
     kernel gets slower (6.6 → 6.9 instructions per weight at M = 128)."""
-    major, minor = (int(v) for v in triton.__version__.split(".")[:2])
-    return (major, minor) >= (3, 7) and block_n >= 32 * num_warps
+    return _TRITON_3_7 and block_n >= 32 * num_warps
 
 
 def join_tree(cfg: dict[str, Any]) -> bool:
