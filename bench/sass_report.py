@@ -161,7 +161,7 @@ def _kernel_specs() -> None:
             consts = dict(_code(kind, bits), IS_BF16=False, HAS_BIAS=False, SPLIT=True, FUSED_REDUCE=True,
                           STREAM=cfg.get("schedule", "split") == "stream",
                           SCALE_FREE=scale == "acc" and g % bk == 0, DOT_F32=False, JOIN_TREE=True, USE_ASM=True,
-                          GROUP_RUNS=g // 32,
+                          GROUP_RUNS=g // 32, WORD_LOADS=True,  # N a multiple of 4 at every real shape
                           FRAG_K=frag_k(cfg, bk), EVEN_K=True, ZERO_AHEAD=zero_ahead(cfg["BLOCK_N"], w),
                           REDUCE_CHUNK=small_batch.reduce_chunk(cfg["BLOCK_M"], cfg["BLOCK_N"], w),
                           BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], BLOCK_K=bk, GROUP_M=cfg.get("GROUP_M", 8))

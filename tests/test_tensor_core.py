@@ -13,7 +13,7 @@ import triton.language as tl
 
 from potkernels.format import IntConfig, PoTConfig, quantize_int, quantize_pot
 from potkernels.kernels import api, configs, gemv, int_matmul_triton, launch, pot_matmul_triton
-from potkernels.kernels.mma_tile import tile_k
+from potkernels.kernels.mma_tile import tile_k, tile_word, word_value
 
 ON_GPU = torch.cuda.is_available() and not configs.interpreting()
 DEVICE = "cuda" if ON_GPU else "cpu"
@@ -123,6 +123,41 @@ def test_fragment_k_order_is_a_permutation_of_each_tile():
         assert sorted(k.tolist()) == list(range(bk))
         j = torch.arange(bk)
         assert torch.equal((k % 128) // 32, (j // 2) % 4)  # lane t of the quad owns run t of each 128
+
+
+@triton.jit
+def _group_values(sc_ptr, z_ptr, s_out, z_out, k0, N, GROUP_RUNS: tl.constexpr, WORDS: tl.constexpr,
+                  BN: tl.constexpr):
+    offs = tl.arange(0, BN)
+    mask = offs < N
+    s = word_value(tile_word(sc_ptr, k0, offs, mask, N, GROUP_RUNS, 2, WORDS), offs, 2, WORDS)
+    z = word_value(tile_word(z_ptr, k0, offs, mask, N, GROUP_RUNS, 1, WORDS), offs, 1, WORDS)
+    tl.store(s_out + offs, s, mask=mask)
+    tl.store(z_out + offs, z, mask=mask)
+
+
+@pytest.mark.parametrize("n,words", [(44, True), (44, False), (37, False)])
+def test_group_values_from_words_are_the_stored_values(n, words):
+    """``tile_word`` / ``word_value`` (scales and zero points loaded as the 32-bit words that hold them):
+    every row of every group gets exactly its stored fp16 scale and uint8 zero point, word loads or not."""
+    scales = torch.randn(5, n, device=DEVICE).half()
+    zeros = torch.randint(0, 256, (5, n), dtype=torch.uint8, device=DEVICE)
+    assert launch.word_loads(type("W", (), {"N": n})) == (n % 4 == 0)
+    for g in range(5):
+        s = torch.full((n,), float("nan"), device=DEVICE)
+        z = torch.full((n,), -1, dtype=torch.int32, device=DEVICE)
+        _group_values[(1,)](scales, zeros, s, z, g * 64 + 32, n, GROUP_RUNS=2, WORDS=words, BN=64)
+        assert torch.equal(s, scales[g].float()) and torch.equal(z, zeros[g].int()), g
+
+
+def test_word_loads_with_zero_points_ahead_vs_reference():
+    """Swap-AB with N a multiple of 4 (word loads) and four tile rows per thread (int zero points a step
+    ahead where the triton version allows it), scale on the accumulator."""
+    for kind, bits in (("int", 4), ("pot", 3)):
+        packed = make_weight(kind, bits, 128, 132, 512)
+        x = torch.randn(9, 512, device=DEVICE).to(F16)
+        cfg = dict(SB, BLOCK_N=128, BLOCK_K=128, split=2)
+        assert rel_err(run(packed, x, regime="small_batch", config=cfg), reference(packed, x)) <= 1e-2
 
 
 def test_small_batch_split_k_deterministic():

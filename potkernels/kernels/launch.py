@@ -134,12 +134,18 @@ _TRITON_3_7 = tuple(int(v) for v in triton.__version__.split(".")[:2]) >= (3, 7)
 
 def zero_ahead(block_n: int, num_warps: int) -> bool:
     """Whether the swap-AB kernel loads each K step's int zero points one step ahead, like the scales (no load
-    waited on in the loop): triton >= 3.7 (3.6 cannot keep that loop-carried value in the decoded tile's register
-    layout and sends the whole tile through shared memory instead: 1.4× the instructions at M = 16), and at
-    least four rows of the tile per thread (``BLOCK_N >= 32 · num_warps``): with two, the compiler packs the two
-    zero points into one register at the end of the loading step, waiting for them there anyway, and the
-    kernel gets slower (6.6 → 6.9 instructions per weight at M = 128)."""
+    waited on in the loop): triton >= 3.7 and at least four rows of the tile per thread (``BLOCK_N >= 32 ·
+    num_warps``). Otherwise the compiler cannot keep that loop-carried value in the decoded tile's register layout
+    and sends the whole tile through shared memory instead (triton 3.6: 1.4× the instructions at M = 16; two rows
+    per thread, even as whole words (:func:`word_loads`): STSM + LDSM, 4.95 → 5.23 instructions per weight for
+    int4 at M = 16 and 1-2 % slower by the speed model), so there the zero points are loaded in their own step."""
     return _TRITON_3_7 and block_n >= 32 * num_warps
+
+
+def word_loads(w: Packed) -> bool:
+    """Whether the swap-AB kernel loads per-row group values (scales, zero points) as the aligned 32-bit words
+    that hold them (``mma_tile.tile_word``): every ``N`` a multiple of 4, so no word reaches past a tensor's end."""
+    return w.N % 4 == 0
 
 
 def join_tree(cfg: dict[str, Any]) -> bool:

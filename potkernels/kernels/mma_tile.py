@@ -248,3 +248,39 @@ def tile_scale(sc_ptr, k0, offs_n, mask_n, N, GROUP_RUNS: tl.constexpr):
 def tile_zero(z_ptr, k0, offs_n, mask_n, N, GROUP_RUNS: tl.constexpr):
     """int32 zero points ``[BN]`` of a scale-free int tile starting at ``k0`` (one group per tile)."""
     return tl.load(z_ptr + group_of_run(k0 // 32, GROUP_RUNS) * N + offs_n, mask=mask_n, other=0).to(tl.int32)
+
+
+@triton.jit
+def tile_word(ptr, k0, offs_n, mask_n, N, GROUP_RUNS: tl.constexpr, BYTES: tl.constexpr, WORDS: tl.constexpr):
+    """The aligned 32-bit word that holds each row's group value of the tile starting at ``k0`` (fp16
+    scales: ``BYTES`` 2, uint8 zero points: 1), uint32 ``[BN]``; :func:`word_value` takes the value out.
+
+    For a value loaded one K step ahead: a whole register per row can be carried into the next step untouched,
+    while two 16-bit values in one thread are packed into one register at the end of the loading step,
+    which waits for the load right there. ``WORDS`` needs ``N`` a multiple of ``4 // BYTES``
+    (:func:`launch.word_loads`: no word reaches past the tensor's end); neighbouring rows load the same word.
+    Without it, the value alone, zero-extended."""
+    g = group_of_run(k0 // 32, GROUP_RUNS)
+    if WORDS:  # row g starts a word: N is a multiple of 4
+        PER_WORD: tl.constexpr = 4 // BYTES
+        w = tl.load(ptr.to(tl.pointer_type(tl.uint32)) + g * (N // PER_WORD) + offs_n // PER_WORD, mask=mask_n,
+                    other=0)
+    elif BYTES == 2:
+        w = tl.load(ptr.to(tl.pointer_type(tl.uint16)) + g * N + offs_n, mask=mask_n, other=0).to(tl.uint32)
+    else:
+        w = tl.load(ptr.to(tl.pointer_type(tl.uint8)) + g * N + offs_n, mask=mask_n, other=0).to(tl.uint32)
+    return w
+
+
+@triton.jit
+def word_value(word, offs_n, BYTES: tl.constexpr, WORDS: tl.constexpr):
+    """Row ``offs_n``'s value in its :func:`tile_word`: the fp32 scale (``BYTES`` 2) or int32 zero point (1)."""
+    if WORDS:
+        v = word >> ((offs_n % (4 // BYTES)) * (8 * BYTES)).to(tl.uint32)
+    else:
+        v = word
+    if BYTES == 2:  # the truncating casts drop the word's other values
+        r = v.to(tl.uint16).to(tl.float16, bitcast=True).to(tl.float32)
+    else:
+        r = v.to(tl.uint8).to(tl.int32)
+    return r

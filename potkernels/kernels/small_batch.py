@@ -33,8 +33,8 @@ import triton.language as tl
 from . import configs
 from .launch import counters, dot_f32, frag_k, join_tree, launch_opts, mma_tiles, reduce_partials
 from .launch import n_split as launch_n_split
-from .launch import scale_free, stream_geometry, stream_k, use_asm, zero_ahead
-from .mma_tile import tile_k, tile_nk, tile_scale, tile_zero
+from .launch import scale_free, stream_geometry, stream_k, use_asm, word_loads, zero_ahead
+from .mma_tile import tile_k, tile_nk, tile_word, tile_zero, word_value
 from .packed import Packed
 from .splitk import splitk_finish
 
@@ -52,37 +52,39 @@ def _k_range_dot(x_ptr, q_ptr, lut_ptr, sc_ptr, z_ptr, offs_n, offs_nl, mask_n, 
                  N, K, KP, stride_xm, IS_POT: tl.constexpr, BITS: tl.constexpr, IS_BF16: tl.constexpr,
                  GROUP_RUNS: tl.constexpr, SCALE_FREE: tl.constexpr, DOT_F32: tl.constexpr,
                  JOIN_TREE: tl.constexpr, USE_ASM: tl.constexpr, FRAG_K: tl.constexpr, EVEN_K: tl.constexpr,
-                 ZERO_AHEAD: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+                 ZERO_AHEAD: tl.constexpr, WORD_LOADS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                 BLOCK_K: tl.constexpr):
     """``yᵀ[offs_n, offs_m]`` summed over ``k_lo ≤ k < k_hi`` (whole K tiles): fp32 ``[BLOCK_N, BLOCK_M]``."""
     acc = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)
     # the scale of step k0 is loaded one step ahead (a 2-byte load per thread cannot ride cp.async), and so is the
-    # int zero point with ZERO_AHEAD (triton >= 3.7: launch.zero_ahead); triton 3.6 cannot rematerialize that
-    # loop-carried value in the decoded tile's register layout and sends the whole tile through shared memory
-    # instead, so there it is loaded in its own step
-    s_cur = tile_scale(sc_ptr, k_lo, offs_n, mask_n & SCALE_FREE, N, GROUP_RUNS)
-    z_cur = tile_zero(z_ptr, k_lo, offs_n, mask_n & SCALE_FREE & (not IS_POT) & ZERO_AHEAD, N, GROUP_RUNS)
+    # int zero point with ZERO_AHEAD (launch.zero_ahead), each as the 32-bit word that holds it (mma_tile.tile_word)
+    s_cur = tile_word(sc_ptr, k_lo, offs_n, mask_n & SCALE_FREE, N, GROUP_RUNS, 2, WORD_LOADS)
+    z_cur = tile_word(z_ptr, k_lo, offs_n, mask_n & SCALE_FREE & (not IS_POT) & ZERO_AHEAD, N, GROUP_RUNS, 1,
+                      WORD_LOADS)
     for k0 in range(k_lo, k_hi, BLOCK_K):
+        # the carried words are read first, before their registers are loaded again
+        s_tile = word_value(s_cur, offs_n, 2, WORD_LOADS)
+        if ZERO_AHEAD:
+            z_tile = word_value(z_cur, offs_n, 1, WORD_LOADS)
+        else:
+            z_tile = tile_zero(z_ptr, k0, offs_n, mask_n & SCALE_FREE & (not IS_POT), N, GROUP_RUNS)
         ahead = mask_n & SCALE_FREE & (k0 + BLOCK_K < k_hi)
-        s_next = tile_scale(sc_ptr, k0 + BLOCK_K, offs_n, ahead, N, GROUP_RUNS)
+        s_next = tile_word(sc_ptr, k0 + BLOCK_K, offs_n, ahead, N, GROUP_RUNS, 2, WORD_LOADS)
+        z_next = tile_word(z_ptr, k0 + BLOCK_K, offs_n, ahead & (not IS_POT) & ZERO_AHEAD, N, GROUP_RUNS, 1,
+                           WORD_LOADS)
         offs_k = tile_k(k0, BLOCK_K, FRAG_K)
         x_ptrs = x_ptr + offs_ml[None, :] * stride_xm + offs_k[:, None]  # [BK, BM], K contiguous
         if EVEN_K:
             xt = tl.load(x_ptrs)
         else:
             xt = tl.load(x_ptrs, mask=mask_m[None, :] & (offs_k < K)[:, None], other=0.0)
-        if ZERO_AHEAD:
-            z_next = tile_zero(z_ptr, k0 + BLOCK_K, offs_n, ahead & (not IS_POT), N, GROUP_RUNS)
-            z_tile = z_cur
-        else:
-            z_next = z_cur
-            z_tile = tile_zero(z_ptr, k0, offs_n, mask_n & SCALE_FREE & (not IS_POT), N, GROUP_RUNS)
         w = tile_nk(q_ptr, lut_ptr, sc_ptr, z_ptr, z_tile, k0, offs_nl, mask_n, N, K, KP, GROUP_RUNS,
                     IS_POT, BITS, IS_BF16, SCALE_FREE, JOIN_TREE, BLOCK_K, USE_ASM, FRAG_K, EVEN_K)
         if DOT_F32:  # interpreter only (launch.dot_f32): exact upcast
             w = w.to(tl.float32)
             xt = xt.to(tl.float32)
         if SCALE_FREE:
-            acc += tl.dot(w, xt) * s_cur[:, None]
+            acc += tl.dot(w, xt) * s_tile[:, None]
         else:
             acc = tl.dot(w, xt, acc)
         s_cur = s_next
@@ -118,7 +120,7 @@ def small_batch_kernel(x_ptr, q_ptr, lut_ptr, sc_ptr, z_ptr, b_ptr, y_ptr, part_
                        IS_POT: tl.constexpr, BITS: tl.constexpr, IS_BF16: tl.constexpr, GROUP_RUNS: tl.constexpr,
                        HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr, FUSED_REDUCE: tl.constexpr, STREAM: tl.constexpr,
                        SCALE_FREE: tl.constexpr, DOT_F32: tl.constexpr, JOIN_TREE: tl.constexpr, USE_ASM: tl.constexpr,
-                       FRAG_K: tl.constexpr, EVEN_K: tl.constexpr, ZERO_AHEAD: tl.constexpr,
+                       FRAG_K: tl.constexpr, EVEN_K: tl.constexpr, ZERO_AHEAD: tl.constexpr, WORD_LOADS: tl.constexpr,
                        REDUCE_CHUNK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     """Split-K: program (n, k, m) computes output tile (n, m) over the K range ``[k·k_per_split, …)``.
     ``STREAM`` (stream-K): program p takes the work units ``[p·units_per_program, …)`` of all
@@ -141,7 +143,7 @@ def small_batch_kernel(x_ptr, q_ptr, lut_ptr, sc_ptr, z_ptr, b_ptr, y_ptr, part_
             acc = _k_range_dot(x_ptr, q_ptr, lut_ptr, sc_ptr, z_ptr, offs_n, offs_nl, mask_n, offs_ml, mask_m,
                                (u - t * k_steps) * BLOCK_K, tl.minimum((seg_end - t * k_steps) * BLOCK_K, KP),
                                N, K, KP, stride_xm, IS_POT, BITS, IS_BF16, GROUP_RUNS, SCALE_FREE, DOT_F32,
-                               JOIN_TREE, USE_ASM, FRAG_K, EVEN_K, ZERO_AHEAD, BLOCK_M, BLOCK_N, BLOCK_K)
+                               JOIN_TREE, USE_ASM, FRAG_K, EVEN_K, ZERO_AHEAD, WORD_LOADS, BLOCK_M, BLOCK_N, BLOCK_K)
             mask = mask_n[:, None] & mask_m[None, :]
             offs_y = offs_m[None, :] * N + offs_n[:, None]
             if n_parts == 1:
@@ -160,7 +162,7 @@ def small_batch_kernel(x_ptr, q_ptr, lut_ptr, sc_ptr, z_ptr, b_ptr, y_ptr, part_
         acc = _k_range_dot(x_ptr, q_ptr, lut_ptr, sc_ptr, z_ptr, offs_n, offs_nl, mask_n, offs_ml, mask_m,
                            k_lo, tl.minimum(k_lo + k_per_split, KP), N, K, KP, stride_xm, IS_POT, BITS, IS_BF16,
                            GROUP_RUNS, SCALE_FREE, DOT_F32, JOIN_TREE, USE_ASM, FRAG_K, EVEN_K, ZERO_AHEAD,
-                           BLOCK_M, BLOCK_N, BLOCK_K)
+                           WORD_LOADS, BLOCK_M, BLOCK_N, BLOCK_K)
         mask = mask_n[:, None] & mask_m[None, :]
         offs_y = offs_m[None, :] * N + offs_n[:, None]
         if SPLIT:
@@ -207,7 +209,7 @@ def launch(x: torch.Tensor, w: Packed, bias: Optional[torch.Tensor], y: torch.Te
                              SCALE_FREE=scale_free(cfg, w, bk, "acc"), DOT_F32=dot_f32(),
                              JOIN_TREE=join_tree(cfg), USE_ASM=use_asm(x.device), FRAG_K=frag_k(cfg, bk),
                              EVEN_K=w.K % bk == 0, ZERO_AHEAD=zero_ahead(bn, opts["num_warps"]),
-                             REDUCE_CHUNK=reduce_chunk(bm, bn, opts["num_warps"]),
+                             WORD_LOADS=word_loads(w), REDUCE_CHUNK=reduce_chunk(bm, bn, opts["num_warps"]),
                              BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, **opts)
     if split and not fused:
         reduce_partials(part, bias, y, n_split, w.N)
