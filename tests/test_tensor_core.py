@@ -130,8 +130,8 @@ def _group_values(sc_ptr, z_ptr, s_out, z_out, k0, N, GROUP_RUNS: tl.constexpr, 
                   BN: tl.constexpr):
     offs = tl.arange(0, BN)
     mask = offs < N
-    s = word_value(tile_word(sc_ptr, k0, offs, mask, N, GROUP_RUNS, 2, WORDS), offs, 2, WORDS)
-    z = word_value(tile_word(z_ptr, k0, offs, mask, N, GROUP_RUNS, 1, WORDS), offs, 1, WORDS)
+    s = word_value(tile_word(sc_ptr, k0 // 32, offs, mask, N, GROUP_RUNS, 2, WORDS), offs, 2, WORDS)
+    z = word_value(tile_word(z_ptr, k0 // 32, offs, mask, N, GROUP_RUNS, 1, WORDS), offs, 1, WORDS)
     tl.store(s_out + offs, s, mask=mask)
     tl.store(z_out + offs, z, mask=mask)
 

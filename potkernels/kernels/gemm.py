@@ -18,7 +18,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .launch import dot_f32, join_tree, launch_opts, mma_tiles, scale_free, use_asm
+from .launch import dot_f32, join_tree, launch_opts, mma_tiles, scale_free, use_asm, word_loads
 from .mma_tile import tile_nk, tile_scale, tile_zero
 from .packed import Packed
 
@@ -28,7 +28,7 @@ def gemm_kernel(x_ptr, q_ptr, lut_ptr, sc_ptr, z_ptr, b_ptr, y_ptr,
                 M, N, K, KP, stride_xm,
                 IS_POT: tl.constexpr, BITS: tl.constexpr, IS_BF16: tl.constexpr, GROUP_RUNS: tl.constexpr,
                 HAS_BIAS: tl.constexpr, SCALE_FREE: tl.constexpr, DOT_F32: tl.constexpr, JOIN_TREE: tl.constexpr,
-                USE_ASM: tl.constexpr,
+                USE_ASM: tl.constexpr, WORD_LOADS: tl.constexpr,
                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
     pid = tl.program_id(0)
     n_m = tl.cdiv(M, BLOCK_M)
@@ -49,7 +49,7 @@ def gemm_kernel(x_ptr, q_ptr, lut_ptr, sc_ptr, z_ptr, b_ptr, y_ptr,
                      mask=mask_m[:, None] & (offs_k < K)[None, :], other=0.0)
         z_tile = tile_zero(z_ptr, k0, offs_n, mask_n & SCALE_FREE & (not IS_POT), N, GROUP_RUNS)
         w = tile_nk(q_ptr, lut_ptr, sc_ptr, z_ptr, z_tile, k0, offs_n, mask_n, N, K, KP, GROUP_RUNS,
-                    IS_POT, BITS, IS_BF16, SCALE_FREE, JOIN_TREE, BLOCK_K, USE_ASM)
+                    IS_POT, BITS, IS_BF16, SCALE_FREE, JOIN_TREE, BLOCK_K, USE_ASM, WORDS=WORD_LOADS)
         if DOT_F32:  # interpreter only (launch.dot_f32): exact upcast
             w = w.to(tl.float32)
             xt = xt.to(tl.float32)
@@ -74,7 +74,7 @@ def launch(x: torch.Tensor, w: Packed, bias: Optional[torch.Tensor], y: torch.Te
                       m, w.N, w.K, w.KP, x.stride(0), GROUP_RUNS=w.group_runs(), IS_POT=w.is_pot, BITS=w.bits,
                       IS_BF16=x.dtype == torch.bfloat16, HAS_BIAS=bias is not None,
                       SCALE_FREE=scale_free(cfg, w, bk, "weight"), DOT_F32=dot_f32(), JOIN_TREE=join_tree(cfg),
-                      USE_ASM=use_asm(x.device),
+                      USE_ASM=use_asm(x.device), WORD_LOADS=word_loads(w),
                       BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=int(cfg.get("GROUP_M", 8)), **launch_opts(cfg))
     return y
 

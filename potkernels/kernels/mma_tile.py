@@ -157,13 +157,14 @@ def _joined_values(q_ptr, offs_r, offs_n, mask_nr, N, IS_POT: tl.constexpr, BITS
 def tile_nk(q_ptr, lut_ptr, sc_ptr, z_ptr, z_tile, k0, offs_n, mask_n, N, K, KP, GROUP_RUNS: tl.constexpr,
             IS_POT: tl.constexpr, BITS: tl.constexpr, IS_BF16: tl.constexpr,
             SCALE_FREE: tl.constexpr, JOIN_TREE: tl.constexpr, BLOCK_K: tl.constexpr, USE_ASM: tl.constexpr,
-            FRAG_K: tl.constexpr = False, EVEN: tl.constexpr = False):
+            FRAG_K: tl.constexpr = False, EVEN: tl.constexpr = False, WORDS: tl.constexpr = False):
     """Decoded ``W[offs_n, k0 : k0 + BLOCK_K]`` as fp16/bf16 ``[BN, BLOCK_K]`` (see module doc). ``z_tile``:
     the tile's int zero points ``[BN]`` (:func:`tile_zero`, the caller may load them a step ahead) when
     ``SCALE_FREE`` and int; unused otherwise. ``FRAG_K``: the columns come in the order of
     :func:`tile_k` (the MMA operand's, see there) instead of natural k order. ``EVEN``: the caller clamped
     ``offs_n`` into ``[0, N)`` and the tile's runs all exist (``KP % BLOCK_K == 0``), so the packed words
-    load without predicates (rows past N decode to garbage the caller never stores)."""
+    load without predicates (rows past N decode to garbage the caller never stores). ``WORDS``: the per-run int
+    zero points (not ``SCALE_FREE``) load as whole words (:func:`tile_word`), so they ride the cp.async pipeline."""
     R: tl.constexpr = BLOCK_K // 32
     BN: tl.constexpr = offs_n.shape[0]
     QMAX: tl.constexpr = 2 ** (BITS - 1) - 1
@@ -201,7 +202,8 @@ def tile_nk(q_ptr, lut_ptr, sc_ptr, z_ptr, z_tile, k0, offs_n, mask_n, N, K, KP,
             z = z_tile[:, None, None, None]
         else:
             g_ptrs = group_of_run(offs_r, GROUP_RUNS)[None, :] * N + offs_n[:, None]
-            z = tl.load(z_ptr + g_ptrs, mask=mask_nr, other=0)[:, :, None, None]
+            z = word_value(tile_word(z_ptr, offs_r[None, :], offs_n[:, None], mask_nr, N, GROUP_RUNS, 1, WORDS),
+                           offs_n[:, None], 1, WORDS)[:, :, None, None]
         qz = v - z.to(tl.float16)  # exactly q − z (integers below 2^9)
         if SCALE_FREE:
             if IS_BF16:
@@ -251,16 +253,18 @@ def tile_zero(z_ptr, k0, offs_n, mask_n, N, GROUP_RUNS: tl.constexpr):
 
 
 @triton.jit
-def tile_word(ptr, k0, offs_n, mask_n, N, GROUP_RUNS: tl.constexpr, BYTES: tl.constexpr, WORDS: tl.constexpr):
-    """The aligned 32-bit word that holds each row's group value of the tile starting at ``k0`` (fp16
-    scales: ``BYTES`` 2, uint8 zero points: 1), uint32 ``[BN]``; :func:`word_value` takes the value out.
+def tile_word(ptr, run, offs_n, mask_n, N, GROUP_RUNS: tl.constexpr, BYTES: tl.constexpr, WORDS: tl.constexpr):
+    """The aligned 32-bit word that holds the group value of rows ``offs_n`` at runs ``run`` (fp16 scales:
+    ``BYTES`` 2, uint8 zero points: 1), uint32, ``offs_n`` and ``run`` broadcast (``[BN]`` and a scalar:
+    one tile's; ``[BN, 1]`` and ``[1, R]``: per run); :func:`word_value` takes the value out.
 
     For a value loaded one K step ahead: a whole register per row can be carried into the next step untouched,
     while two 16-bit values in one thread are packed into one register at the end of the loading step,
-    which waits for the load right there. ``WORDS`` needs ``N`` a multiple of ``4 // BYTES``
+    which waits for the load right there. And 4-byte copies can ride cp.async, where a thread's one or two
+    zero points (1-2 bytes) cannot. ``WORDS`` needs ``N`` a multiple of ``4 // BYTES``
     (:func:`launch.word_loads`: no word reaches past the tensor's end); neighbouring rows load the same word.
     Without it, the value alone, zero-extended."""
-    g = group_of_run(k0 // 32, GROUP_RUNS)
+    g = group_of_run(run, GROUP_RUNS)
     if WORDS:  # row g starts a word: N is a multiple of 4
         PER_WORD: tl.constexpr = 4 // BYTES
         w = tl.load(ptr.to(tl.pointer_type(tl.uint32)) + g * (N // PER_WORD) + offs_n // PER_WORD, mask=mask_n,

@@ -58,8 +58,8 @@ def _k_range_dot(x_ptr, q_ptr, lut_ptr, sc_ptr, z_ptr, offs_n, offs_nl, mask_n, 
     acc = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)
     # the scale of step k0 is loaded one step ahead (a 2-byte load per thread cannot ride cp.async), and so is the
     # int zero point with ZERO_AHEAD (launch.zero_ahead), each as the 32-bit word that holds it (mma_tile.tile_word)
-    s_cur = tile_word(sc_ptr, k_lo, offs_n, mask_n & SCALE_FREE, N, GROUP_RUNS, 2, WORD_LOADS)
-    z_cur = tile_word(z_ptr, k_lo, offs_n, mask_n & SCALE_FREE & (not IS_POT) & ZERO_AHEAD, N, GROUP_RUNS, 1,
+    s_cur = tile_word(sc_ptr, k_lo // 32, offs_n, mask_n & SCALE_FREE, N, GROUP_RUNS, 2, WORD_LOADS)
+    z_cur = tile_word(z_ptr, k_lo // 32, offs_n, mask_n & SCALE_FREE & (not IS_POT) & ZERO_AHEAD, N, GROUP_RUNS, 1,
                       WORD_LOADS)
     for k0 in range(k_lo, k_hi, BLOCK_K):
         # the carried words are read first, before their registers are loaded again
@@ -69,8 +69,8 @@ def _k_range_dot(x_ptr, q_ptr, lut_ptr, sc_ptr, z_ptr, offs_n, offs_nl, mask_n, 
         else:
             z_tile = tile_zero(z_ptr, k0, offs_n, mask_n & SCALE_FREE & (not IS_POT), N, GROUP_RUNS)
         ahead = mask_n & SCALE_FREE & (k0 + BLOCK_K < k_hi)
-        s_next = tile_word(sc_ptr, k0 + BLOCK_K, offs_n, ahead, N, GROUP_RUNS, 2, WORD_LOADS)
-        z_next = tile_word(z_ptr, k0 + BLOCK_K, offs_n, ahead & (not IS_POT) & ZERO_AHEAD, N, GROUP_RUNS, 1,
+        s_next = tile_word(sc_ptr, (k0 + BLOCK_K) // 32, offs_n, ahead, N, GROUP_RUNS, 2, WORD_LOADS)
+        z_next = tile_word(z_ptr, (k0 + BLOCK_K) // 32, offs_n, ahead & (not IS_POT) & ZERO_AHEAD, N, GROUP_RUNS, 1,
                            WORD_LOADS)
         offs_k = tile_k(k0, BLOCK_K, FRAG_K)
         x_ptrs = x_ptr + offs_ml[None, :] * stride_xm + offs_k[:, None]  # [BK, BM], K contiguous
@@ -79,7 +79,7 @@ def _k_range_dot(x_ptr, q_ptr, lut_ptr, sc_ptr, z_ptr, offs_n, offs_nl, mask_n, 
         else:
             xt = tl.load(x_ptrs, mask=mask_m[None, :] & (offs_k < K)[:, None], other=0.0)
         w = tile_nk(q_ptr, lut_ptr, sc_ptr, z_ptr, z_tile, k0, offs_nl, mask_n, N, K, KP, GROUP_RUNS,
-                    IS_POT, BITS, IS_BF16, SCALE_FREE, JOIN_TREE, BLOCK_K, USE_ASM, FRAG_K, EVEN_K)
+                    IS_POT, BITS, IS_BF16, SCALE_FREE, JOIN_TREE, BLOCK_K, USE_ASM, FRAG_K, EVEN_K, WORD_LOADS)
         if DOT_F32:  # interpreter only (launch.dot_f32): exact upcast
             w = w.to(tl.float32)
             xt = xt.to(tl.float32)
