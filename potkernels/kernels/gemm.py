@@ -28,7 +28,7 @@ def gemm_kernel(x_ptr, q_ptr, lut_ptr, sc_ptr, z_ptr, b_ptr, y_ptr,
                 M, N, K, KP, stride_xm,
                 IS_POT: tl.constexpr, BITS: tl.constexpr, IS_BF16: tl.constexpr, GROUP_RUNS: tl.constexpr,
                 HAS_BIAS: tl.constexpr, SCALE_FREE: tl.constexpr, DOT_F32: tl.constexpr, JOIN_TREE: tl.constexpr,
-                USE_ASM: tl.constexpr, WORD_LOADS: tl.constexpr,
+                USE_ASM: tl.constexpr, WORD_LOADS: tl.constexpr, EVEN_K: tl.constexpr,
                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
     pid = tl.program_id(0)
     n_m = tl.cdiv(M, BLOCK_M)
@@ -42,11 +42,18 @@ def gemm_kernel(x_ptr, q_ptr, lut_ptr, sc_ptr, z_ptr, b_ptr, y_ptr,
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     mask_m = offs_m < M
     mask_n = offs_n < N
+    # EVEN_K (whole K tiles): x rows past M are clamped instead of predicating every copy (never stored). The
+    # weight tile keeps its masks: clamped feature offsets lose their contiguity (narrower copies), and triton 3.6
+    # fails to compile the per-run word loads with them
+    offs_ml = tl.minimum(offs_m, M - 1) if EVEN_K else offs_m
     acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
     for k0 in range(0, KP, BLOCK_K):
         offs_k = k0 + tl.arange(0, BLOCK_K)
-        xt = tl.load(x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :],
-                     mask=mask_m[:, None] & (offs_k < K)[None, :], other=0.0)
+        x_ptrs = x_ptr + offs_ml[:, None] * stride_xm + offs_k[None, :]
+        if EVEN_K:
+            xt = tl.load(x_ptrs)
+        else:
+            xt = tl.load(x_ptrs, mask=mask_m[:, None] & (offs_k < K)[None, :], other=0.0)
         z_tile = tile_zero(z_ptr, k0, offs_n, mask_n & SCALE_FREE & (not IS_POT), N, GROUP_RUNS)
         w = tile_nk(q_ptr, lut_ptr, sc_ptr, z_ptr, z_tile, k0, offs_n, mask_n, N, K, KP, GROUP_RUNS,
                     IS_POT, BITS, IS_BF16, SCALE_FREE, JOIN_TREE, BLOCK_K, USE_ASM, WORDS=WORD_LOADS)
@@ -74,7 +81,7 @@ def launch(x: torch.Tensor, w: Packed, bias: Optional[torch.Tensor], y: torch.Te
                       m, w.N, w.K, w.KP, x.stride(0), GROUP_RUNS=w.group_runs(), IS_POT=w.is_pot, BITS=w.bits,
                       IS_BF16=x.dtype == torch.bfloat16, HAS_BIAS=bias is not None,
                       SCALE_FREE=scale_free(cfg, w, bk, "weight"), DOT_F32=dot_f32(), JOIN_TREE=join_tree(cfg),
-                      USE_ASM=use_asm(x.device), WORD_LOADS=word_loads(w),
+                      USE_ASM=use_asm(x.device), WORD_LOADS=word_loads(w), EVEN_K=w.K % bk == 0,
                       BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=int(cfg.get("GROUP_M", 8)), **launch_opts(cfg))
     return y
 

@@ -154,6 +154,14 @@ def _joined_values(q_ptr, offs_r, offs_n, mask_nr, N, IS_POT: tl.constexpr, BITS
 
 
 @triton.jit
+def _run_values(ptr, offs_r, offs_n, mask_nr, N, GROUP_RUNS: tl.constexpr, BYTES: tl.constexpr, WORDS: tl.constexpr):
+    """Per-run group values ``[BN, R, 1, 1]`` of rows ``offs_n``, runs ``offs_r`` (fp32 scales, int32 zero points;
+    masked: 0), by :func:`tile_word`: with ``WORDS`` 4-byte copies, which cp.async can pipeline."""
+    word = tile_word(ptr, offs_r[None, :], offs_n[:, None], mask_nr, N, GROUP_RUNS, BYTES, WORDS)
+    return word_value(word, offs_n[:, None], BYTES, WORDS)[:, :, None, None]
+
+
+@triton.jit
 def tile_nk(q_ptr, lut_ptr, sc_ptr, z_ptr, z_tile, k0, offs_n, mask_n, N, K, KP, GROUP_RUNS: tl.constexpr,
             IS_POT: tl.constexpr, BITS: tl.constexpr, IS_BF16: tl.constexpr,
             SCALE_FREE: tl.constexpr, JOIN_TREE: tl.constexpr, BLOCK_K: tl.constexpr, USE_ASM: tl.constexpr,
@@ -191,19 +199,16 @@ def tile_nk(q_ptr, lut_ptr, sc_ptr, z_ptr, z_tile, k0, offs_n, mask_n, N, K, KP,
             else:
                 w = v
         else:
-            s = tl.load(sc_ptr + group_of_run(offs_r, GROUP_RUNS)[None, :] * N + offs_n[:, None], mask=mask_nr, other=1.0)
-            s = s[:, :, None, None]  # S_top
+            s = _run_values(sc_ptr, offs_r, offs_n, mask_nr, N, GROUP_RUNS, 2, WORDS)  # S_top
             if IS_BF16:
-                w = to_bf16_rne(v.to(tl.float32) * s.to(tl.float32))
+                w = to_bf16_rne(v.to(tl.float32) * s)
             else:
                 w = v * s.to(tl.float16)  # the exact product rounded once (only subnormal results round)
     else:
         if SCALE_FREE:
             z = z_tile[:, None, None, None]
         else:
-            g_ptrs = group_of_run(offs_r, GROUP_RUNS)[None, :] * N + offs_n[:, None]
-            z = word_value(tile_word(z_ptr, offs_r[None, :], offs_n[:, None], mask_nr, N, GROUP_RUNS, 1, WORDS),
-                           offs_n[:, None], 1, WORDS)[:, :, None, None]
+            z = _run_values(z_ptr, offs_r, offs_n, mask_nr, N, GROUP_RUNS, 1, WORDS)
         qz = v - z.to(tl.float16)  # exactly q − z (integers below 2^9)
         if SCALE_FREE:
             if IS_BF16:
@@ -211,11 +216,11 @@ def tile_nk(q_ptr, lut_ptr, sc_ptr, z_ptr, z_tile, k0, offs_n, mask_n, N, K, KP,
             else:
                 w = qz
         else:
-            s = tl.load(sc_ptr + g_ptrs, mask=mask_nr, other=0.0)[:, :, None, None]
+            s = _run_values(sc_ptr, offs_r, offs_n, mask_nr, N, GROUP_RUNS, 2, WORDS)
             if IS_BF16:
-                w = to_bf16_rne(qz.to(tl.float32) * s.to(tl.float32))
+                w = to_bf16_rne(qz.to(tl.float32) * s)
             else:
-                w = qz * s  # one rounding of the exact product
+                w = qz * s.to(tl.float16)  # one rounding of the exact product
     if FRAG_K:  # [BN, R, 16, 2] = (n, run, pair, lane) → columns (a, c, h, t, lane) of tile_k
         w = tl.permute(tl.reshape(w, [BN, R // 4, 4, 8, 2, 2]), [0, 1, 3, 4, 2, 5])
     return tl.reshape(w, [BN, BLOCK_K])
