@@ -27,11 +27,13 @@ SMALL_BATCH_MAX_M = 512  # swap-AB with the decoded tile in the wgmma operand's 
 GEMV_MAX_M = 1
 
 
-# (BLOCK_N, num_warps, waves, schedule) per M bucket and size class 'm' / 'l' of the config table: the joint best
-# for PoT4 + PoT3 on the Llama-3-8B layers without spills on triton 3.6.0 and 3.7.1 (`python bench/speed_model.py
-# grid --m M --by-class --codes pot4,pot3`, H200; waves = programs per SM, launch.split_count). Other sizes take the
-# '*' entry: BLOCK_M ≤ 64 one warpgroup, split-K; BLOCK_M 128 two warpgroups, stream-K (any shape fills its round).
-SMALL_BATCH_BY_CLASS = {2: {"m": (128, 4, 3), "l": (128, 4, 4)}, 4: {"m": (128, 4, 3), "l": (128, 4, 2)},
+# (BLOCK_N, num_warps, waves, schedule, maxnreg) per M bucket and size class 'm' / 'l' of the config table: the joint
+# best for PoT4 + PoT3 on the Llama-3-8B layers without spills on triton 3.6.0 and 3.7.1 (`python bench/speed_model.py
+# grid --m M --by-class --codes pot4,pot3`, H200; waves = programs per SM, launch.split_count; maxnreg caps the
+# registers so that many programs fit). Other sizes take the '*' entry: BLOCK_M ≤ 64 one warpgroup, split-K;
+# BLOCK_M 128 two warpgroups, stream-K (any shape fills its round).
+SMALL_BATCH_BY_CLASS = {2: {"m": (128, 4, 3), "l": (128, 4, 4, "split", 128)},
+                        4: {"m": (128, 4, 3), "l": (128, 4, 4, "split", 128)},
                         8: {"m": (128, 4, 2), "l": (128, 4, 2)}, 16: {"m": (64, 4, 3), "l": (128, 4, 2)},
                         32: {"m": (64, 4, 3), "l": (128, 4, 2)}, 64: {"m": (128, 8, 1), "l": (128, 4, 2)},
                         128: {"m": (128, 8, 1, "split")}}
@@ -46,9 +48,12 @@ def small_batch_config(bucket: int, size: str = "*") -> dict:
     at BLOCK_N 128, 232 B at 64), one program per SM, stream-K (the 224 column tiles of gate/up at M = 128
     would otherwise run as 132 + 92)."""
     bm = min(max(16, bucket), 128)
-    default = (128, 4, 2, "split") if bm <= 64 else (128, 8, 1, "stream")
-    bn, warps, waves, schedule = (SMALL_BATCH_BY_CLASS.get(bucket, {}).get(size, default) + default)[:4]
+    default = (128, 4, 2, "split", None) if bm <= 64 else (128, 8, 1, "stream", None)
+    choice = SMALL_BATCH_BY_CLASS.get(bucket, {}).get(size, default)
+    bn, warps, waves, schedule, maxnreg = choice + default[len(choice):]
     cfg = {"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": 128, "num_warps": warps, "num_stages": 3, "waves": waves}
+    if maxnreg:
+        cfg["maxnreg"] = maxnreg
     return dict(cfg, schedule="stream") if schedule == "stream" else cfg
 
 

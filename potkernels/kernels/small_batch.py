@@ -14,7 +14,9 @@ no shared-memory round trip of the decoded tile (STS + LDSM, 4 B per weight), th
 4 bytes at a time. ``EVEN_K`` (K a multiple of ``BLOCK_K``): rows past N and M are clamped instead of
 masked, so the cp.async copies need no predicates (those rows are never stored). When the K tile lies
 in one group (``SCALE_FREE``), the tile holds the scale-free values ``±2^E`` / ``q − z`` and the group
-scale multiplies the fp32 MMA result, one multiply per output per step instead of one per weight.
+scale multiplies the fp32 MMA result, one multiply per output per step instead of one per weight; it is loaded one
+step ahead as the 32-bit word that holds it (:func:`mma_tile.tile_word`, read first in the next step: never waited
+on), and so is the int zero point where :func:`launch.zero_ahead` allows.
 Splitting K keeps every SM streaming weights when ``N / BLOCK_N`` alone is too few programs;
 partial sums go to an fp32 ``[n_split, M, N]`` buffer reduced in split order
 (:func:`splitk.splitk_finish`, deterministic, ``REDUCE_CHUNK`` splits per load). With one program per SM
@@ -221,6 +223,9 @@ def candidates(m: int) -> list[dict[str, Any]]:
     bm = max(16, min(128, configs.m_bucket(m)))
     grid = [dict(BLOCK_M=bm, BLOCK_N=n, BLOCK_K=k, num_warps=4, num_stages=3, waves=v) for n in (64, 128)
             for k in (64, 128, 256) for v in (1, 2, 3, 4, 6)]
+    # three or four one-warpgroup programs per SM only fit with at most 168 / 128 registers a thread
+    grid += [dict(BLOCK_M=bm, BLOCK_N=128, BLOCK_K=128, num_warps=4, num_stages=3, waves=v, maxnreg=r)
+             for v, r in ((3, 168), (4, 128))]
     wide = dict(BLOCK_M=bm, BLOCK_N=128, BLOCK_K=128)  # two warpgroups (8 warps); stream-K with one or two
     return grid + [dict(wide, num_warps=8, num_stages=s, waves=v) for s in (2, 3) for v in (1, 2, 3)] + \
         [dict(wide, num_warps=8, num_stages=3, waves=v, maxnreg=128) for v in (1, 2)] + \
