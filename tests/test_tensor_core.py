@@ -162,8 +162,8 @@ def test_word_loads_with_zero_points_ahead_vs_reference():
 
 @pytest.mark.parametrize("kind,bits,n", [("pot", 3, 132), ("int", 4, 132), ("int", 2, 45), ("pot", 2, 45)])
 def test_gemm_whole_k_tiles_vs_reference(kind, bits, n):
-    """gemm with K a multiple of BLOCK_K: unpredicated copies, rows past M and N clamped (never stored); per-weight
-    scales (and int zero points) loaded as words where N is a multiple of 4, alone otherwise."""
+    """gemm with K a multiple of BLOCK_K: x copied without predicates, its rows past M clamped (never stored);
+    per-weight scales (and int zero points) loaded as words where N is a multiple of 4, alone otherwise."""
     packed = make_weight(kind, bits, 64, n, 512)
     x = torch.randn(70, 512, device=DEVICE).to(F16)
     assert rel_err(run(packed, x, regime="gemm", config=GEMM), reference(packed, x)) <= 1e-2

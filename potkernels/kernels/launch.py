@@ -143,7 +143,7 @@ def zero_ahead(block_n: int, num_warps: int) -> bool:
 
 
 def word_loads(w: Packed) -> bool:
-    """Whether the swap-AB kernel loads per-row group values (scales, zero points) as the aligned 32-bit words
+    """Whether the tensor-core kernels load per-row group values (scales, zero points) as the aligned 32-bit words
     that hold them (``mma_tile.tile_word``): every ``N`` a multiple of 4, so no word reaches past a tensor's end."""
     return w.N % 4 == 0
 

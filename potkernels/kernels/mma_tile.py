@@ -171,8 +171,9 @@ def tile_nk(q_ptr, lut_ptr, sc_ptr, z_ptr, z_tile, k0, offs_n, mask_n, N, K, KP,
     ``SCALE_FREE`` and int; unused otherwise. ``FRAG_K``: the columns come in the order of
     :func:`tile_k` (the MMA operand's, see there) instead of natural k order. ``EVEN``: the caller clamped
     ``offs_n`` into ``[0, N)`` and the tile's runs all exist (``KP % BLOCK_K == 0``), so the packed words
-    load without predicates (rows past N decode to garbage the caller never stores). ``WORDS``: the per-run int
-    zero points (not ``SCALE_FREE``) load as whole words (:func:`tile_word`), so they ride the cp.async pipeline."""
+    load without predicates (rows past N decode to garbage the caller never stores). ``WORDS``: the per-run group
+    values (scales, int zero points; not ``SCALE_FREE``) load as whole words (:func:`tile_word`), so they ride the
+    cp.async pipeline."""
     R: tl.constexpr = BLOCK_K // 32
     BN: tl.constexpr = offs_n.shape[0]
     QMAX: tl.constexpr = 2 ** (BITS - 1) - 1
