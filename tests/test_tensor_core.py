@@ -14,6 +14,7 @@ import triton.language as tl
 from potkernels.format import IntConfig, PoTConfig, quantize_int, quantize_pot
 from potkernels.kernels import api, configs, gemv, int_matmul_triton, launch, pot_matmul_triton
 from potkernels.kernels.mma_tile import tile_k, tile_word, word_value
+from potkernels.kernels.packed import Packed
 
 ON_GPU = torch.cuda.is_available() and not configs.interpreting()
 DEVICE = "cuda" if ON_GPU else "cpu"
@@ -142,12 +143,29 @@ def test_group_values_from_words_are_the_stored_values(n, words):
     every row of every group gets exactly its stored fp16 scale and uint8 zero point, word loads or not."""
     scales = torch.randn(5, n, device=DEVICE).half()
     zeros = torch.randint(0, 256, (5, n), dtype=torch.uint8, device=DEVICE)
-    assert launch.word_loads(type("W", (), {"N": n})) == (n % 4 == 0)
     for g in range(5):
         s = torch.full((n,), float("nan"), device=DEVICE)
         z = torch.full((n,), -1, dtype=torch.int32, device=DEVICE)
         _group_values[(1,)](scales, zeros, s, z, g * 64 + 32, n, GROUP_RUNS=2, WORDS=words, BN=64)
         assert torch.equal(s, scales[g].float()) and torch.equal(z, zeros[g].int()), g
+
+
+def test_word_loads_only_for_whole_aligned_words():
+    """``launch.word_loads``: N a multiple of 4 and scales / zero points 4-byte aligned, or the values load alone
+    (a misaligned view of the scales still gives the right result, through that fallback)."""
+    packed = make_weight("int", 4, 64, 132, 256)
+    x = torch.randn(5, 256, device=DEVICE).to(F16)
+    ref = reference(packed, x)
+    odd = torch.empty(packed.scales.numel() + 1, dtype=F16, device=DEVICE)[1:].view_as(packed.scales)
+    odd.copy_(packed.scales)
+    assert odd.data_ptr() % 4 == 2
+    for scales, words in ((packed.scales, True), (odd, False)):
+        assert launch.word_loads(Packed("int", packed.qweight, scales, packed.zeros, 4, 64, 256)) == words
+        y = int_matmul_triton(x, packed.qweight, scales, packed.zeros, None, 4, 64, 256, regime="small_batch",
+                              config=dict(SB, BLOCK_K=128))
+        assert rel_err(y, ref) <= 1e-2
+    pot = make_weight("pot", 3, 64, 45, 256)  # N = 45: no whole words
+    assert not launch.word_loads(Packed("pot", pot.qweight, pot.scales, None, 3, 64, 256))
 
 
 def test_word_loads_with_zero_points_ahead_vs_reference():

@@ -144,8 +144,9 @@ def zero_ahead(block_n: int, num_warps: int) -> bool:
 
 def word_loads(w: Packed) -> bool:
     """Whether the tensor-core kernels load per-row group values (scales, zero points) as the aligned 32-bit words
-    that hold them (``mma_tile.tile_word``): every ``N`` a multiple of 4, so no word reaches past a tensor's end."""
-    return w.N % 4 == 0
+    that hold them (``mma_tile.tile_word``): ``N`` a multiple of 4, so no word reaches past a tensor's end, and both
+    tensors 4-byte aligned (a view into a larger buffer may not be: a misaligned 32-bit load faults on a GPU)."""
+    return w.N % 4 == 0 and w.scales.data_ptr() % 4 == 0 and w.zeros.data_ptr() % 4 == 0
 
 
 def join_tree(cfg: dict[str, Any]) -> bool:
