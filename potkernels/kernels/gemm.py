@@ -19,7 +19,7 @@ import triton
 import triton.language as tl
 
 from .launch import dot_f32, join_tree, launch_opts, mma_tiles, scale_free, use_asm, word_loads
-from .mma_tile import tile_nk, tile_scale, tile_zero
+from .mma_tile import group_value, tile_nk
 from .packed import Packed
 
 
@@ -54,14 +54,14 @@ def gemm_kernel(x_ptr, q_ptr, lut_ptr, sc_ptr, z_ptr, b_ptr, y_ptr,
             xt = tl.load(x_ptrs)
         else:
             xt = tl.load(x_ptrs, mask=mask_m[:, None] & (offs_k < K)[None, :], other=0.0)
-        z_tile = tile_zero(z_ptr, k0, offs_n, mask_n & SCALE_FREE & (not IS_POT), N, GROUP_RUNS)
+        z_tile = group_value(z_ptr, k0 // 32, offs_n, mask_n & SCALE_FREE & (not IS_POT), N, GROUP_RUNS, 1)
         w = tile_nk(q_ptr, lut_ptr, sc_ptr, z_ptr, z_tile, k0, offs_n, mask_n, N, K, KP, GROUP_RUNS,
                     IS_POT, BITS, IS_BF16, SCALE_FREE, JOIN_TREE, BLOCK_K, USE_ASM, WORDS=WORD_LOADS)
         if DOT_F32:  # interpreter only (launch.dot_f32): exact upcast
             w = w.to(tl.float32)
             xt = xt.to(tl.float32)
         if SCALE_FREE:
-            acc += tl.dot(xt, tl.trans(w)) * tile_scale(sc_ptr, k0, offs_n, mask_n, N, GROUP_RUNS)[None, :]
+            acc += tl.dot(xt, tl.trans(w)) * group_value(sc_ptr, k0 // 32, offs_n, mask_n, N, GROUP_RUNS, 2)[None, :]
         else:
             acc = tl.dot(xt, tl.trans(w), acc)
     if HAS_BIAS:

@@ -19,8 +19,8 @@ which is what the interpreter pays for; a test checks both give identical bits.
 
 ``SCALE_FREE``: the tile holds the scale-free values — PoT ``±2^(E − qmax)`` (the v2 OR decode),
 int ``q − z`` — both exact in fp16 and bf16, and the caller multiplies the fp32 MMA result of the
-tile by :func:`tile_scale` (the stored ``S_top`` / ``s``): one multiply per output per K step instead of
-one per weight. It needs the K tile inside one group (``G % BLOCK_K == 0`` or per-channel). Group
+tile by its group scale (:func:`group_value`: the stored ``S_top`` / ``s``): one multiply per output per K step
+instead of one per weight. It needs the K tile inside one group (``G % BLOCK_K == 0`` or per-channel). Group
 indices come from ``GROUP_RUNS`` (runs of 32 k per group, compile-time: :func:`decode.group_of_run`).
 Otherwise each weight is scaled: PoT ``v · S_top``, int ``(q − z)·s``, each the exact product
 rounded once — bit-exact with the reference decode.
@@ -155,10 +155,9 @@ def _joined_values(q_ptr, offs_r, offs_n, mask_nr, N, IS_POT: tl.constexpr, BITS
 
 @triton.jit
 def _run_values(ptr, offs_r, offs_n, mask_nr, N, GROUP_RUNS: tl.constexpr, BYTES: tl.constexpr, WORDS: tl.constexpr):
-    """Per-run group values ``[BN, R, 1, 1]`` of rows ``offs_n``, runs ``offs_r`` (fp32 scales, int32 zero points;
-    masked: 0), by :func:`tile_word`: with ``WORDS`` 4-byte copies, which cp.async can pipeline."""
-    word = tile_word(ptr, offs_r[None, :], offs_n[:, None], mask_nr, N, GROUP_RUNS, BYTES, WORDS)
-    return word_value(word, offs_n[:, None], BYTES, WORDS)[:, :, None, None]
+    """Per-run group values ``[BN, R, 1, 1]`` of rows ``offs_n``, runs ``offs_r`` (:func:`group_value`): with
+    ``WORDS`` 4-byte copies, which cp.async can pipeline."""
+    return group_value(ptr, offs_r[None, :], offs_n[:, None], mask_nr, N, GROUP_RUNS, BYTES, WORDS)[:, :, None, None]
 
 
 @triton.jit
@@ -167,7 +166,7 @@ def tile_nk(q_ptr, lut_ptr, sc_ptr, z_ptr, z_tile, k0, offs_n, mask_n, N, K, KP,
             SCALE_FREE: tl.constexpr, JOIN_TREE: tl.constexpr, BLOCK_K: tl.constexpr, USE_ASM: tl.constexpr,
             FRAG_K: tl.constexpr = False, EVEN: tl.constexpr = False, WORDS: tl.constexpr = False):
     """Decoded ``W[offs_n, k0 : k0 + BLOCK_K]`` as fp16/bf16 ``[BN, BLOCK_K]`` (see module doc). ``z_tile``:
-    the tile's int zero points ``[BN]`` (:func:`tile_zero`, the caller may load them a step ahead) when
+    the tile's int zero points ``[BN]`` (:func:`group_value`, the caller may load them a step ahead) when
     ``SCALE_FREE`` and int; unused otherwise. ``FRAG_K``: the columns come in the order of
     :func:`tile_k` (the MMA operand's, see there) instead of natural k order. ``EVEN``: the caller clamped
     ``offs_n`` into ``[0, N)`` and the tile's runs all exist (``KP % BLOCK_K == 0``), so the packed words
@@ -246,19 +245,6 @@ def tile_k(k0, BLOCK_K: tl.constexpr, FRAG_K: tl.constexpr):
 
 
 @triton.jit
-def tile_scale(sc_ptr, k0, offs_n, mask_n, N, GROUP_RUNS: tl.constexpr):
-    """fp32 multiplier ``[BN]`` of a scale-free tile starting at ``k0`` (one group per tile):
-    PoT the stored top level ``S_top``, int ``s`` — both as stored."""
-    return tl.load(sc_ptr + group_of_run(k0 // 32, GROUP_RUNS) * N + offs_n, mask=mask_n, other=0.0).to(tl.float32)
-
-
-@triton.jit
-def tile_zero(z_ptr, k0, offs_n, mask_n, N, GROUP_RUNS: tl.constexpr):
-    """int32 zero points ``[BN]`` of a scale-free int tile starting at ``k0`` (one group per tile)."""
-    return tl.load(z_ptr + group_of_run(k0 // 32, GROUP_RUNS) * N + offs_n, mask=mask_n, other=0).to(tl.int32)
-
-
-@triton.jit
 def tile_word(ptr, run, offs_n, mask_n, N, GROUP_RUNS: tl.constexpr, BYTES: tl.constexpr, WORDS: tl.constexpr):
     """The aligned 32-bit word that holds the group value of rows ``offs_n`` at runs ``run`` (fp16 scales:
     ``BYTES`` 2, uint8 zero points: 1), uint32, ``offs_n`` and ``run`` broadcast (``[BN]`` and a scalar:
@@ -280,6 +266,14 @@ def tile_word(ptr, run, offs_n, mask_n, N, GROUP_RUNS: tl.constexpr, BYTES: tl.c
     else:
         w = tl.load(ptr.to(tl.pointer_type(tl.uint8)) + g * N + offs_n, mask=mask_n, other=0).to(tl.uint32)
     return w
+
+
+@triton.jit
+def group_value(ptr, run, offs_n, mask_n, N, GROUP_RUNS: tl.constexpr, BYTES: tl.constexpr,
+                WORDS: tl.constexpr = False):
+    """The group value of rows ``offs_n`` at runs ``run`` (shapes as in :func:`tile_word`): fp32 scale
+    (``BYTES`` 2: PoT the stored top level ``S_top``, int ``s``) or int32 zero point (1); masked: 0."""
+    return word_value(tile_word(ptr, run, offs_n, mask_n, N, GROUP_RUNS, BYTES, WORDS), offs_n, BYTES, WORDS)
 
 
 @triton.jit

@@ -36,7 +36,7 @@ from . import configs
 from .launch import counters, dot_f32, frag_k, join_tree, launch_opts, mma_tiles, reduce_partials
 from .launch import n_split as launch_n_split
 from .launch import scale_free, stream_geometry, stream_k, use_asm, word_loads, zero_ahead
-from .mma_tile import tile_k, tile_nk, tile_word, tile_zero, word_value
+from .mma_tile import group_value, tile_k, tile_nk, tile_word, word_value
 from .packed import Packed
 from .splitk import splitk_finish
 
@@ -69,7 +69,7 @@ def _k_range_dot(x_ptr, q_ptr, lut_ptr, sc_ptr, z_ptr, offs_n, offs_nl, mask_n, 
         if ZERO_AHEAD:
             z_tile = word_value(z_cur, offs_n, 1, WORD_LOADS)
         else:
-            z_tile = tile_zero(z_ptr, k0, offs_n, mask_n & SCALE_FREE & (not IS_POT), N, GROUP_RUNS)
+            z_tile = group_value(z_ptr, k0 // 32, offs_n, mask_n & SCALE_FREE & (not IS_POT), N, GROUP_RUNS, 1)
         ahead = mask_n & SCALE_FREE & (k0 + BLOCK_K < k_hi)
         s_next = tile_word(sc_ptr, (k0 + BLOCK_K) // 32, offs_n, ahead, N, GROUP_RUNS, 2, WORD_LOADS)
         z_next = tile_word(z_ptr, (k0 + BLOCK_K) // 32, offs_n, ahead & (not IS_POT) & ZERO_AHEAD, N, GROUP_RUNS, 1,
