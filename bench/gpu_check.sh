@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One command for a lent H100/H200 (lease ≤ 8 min; the image has torch 2.11, triton 3.6.0, numpy 2.5,
 # Python 3.12, no network: nothing is downloaded). Phases, each time-boxed:
-#   1 (≤ 210 s) compiled tests in 10 processes (TRITON_INTERPRET=0, POTKERNELS_REQUIRE_GPU=1: a test
+#   1 (≤ 210 s) compiled tests in 11 processes (TRITON_INTERPRET=0, POTKERNELS_REQUIRE_GPU=1: a test
 #     skipped for want of a GPU FAILS, and so does a process that times out or selects no test),
 #     with the benchmark kernels' compile cache warmed alongside;
 #   2 (≤ 60 s) decode-bound + stand-alone dequant bench;  3 (≤ 180 s) matmul bench on the Llama-3-8B
@@ -25,7 +25,8 @@ K=tests/test_kernels.py
 T=tests/test_tensor_core.py
 # name | pytest selection: every test file that runs kernels, split so no process nears its time box
 TEST_SPLITS=(
-  "asm_twin|$K -k asm_equals_twin"
+  "asm_twin_gemv|$K -k 'asm_equals_twin and gemv'"
+  "asm_twin_tc|$K -k 'asm_equals_twin and tensor_core'"
   "dequant|$K -k test_dequant"
   "matmul_pot|$K -k 'matmul_vs_reference and pot'"
   "matmul_int|$K -k 'matmul_vs_reference and int'"

@@ -152,7 +152,7 @@ def _kernel_specs() -> None:
     def build_dot(kernel_name):
         def build(kind, bits, g, cfg):
             from potkernels.kernels import gemm, small_batch
-            from potkernels.kernels.launch import frag_k, zero_ahead
+            from potkernels.kernels.launch import frag_k
 
             fn = small_batch.small_batch_kernel if kernel_name == "small_batch" else gemm.gemm_kernel
             w, s = _warps(cfg)
@@ -161,12 +161,12 @@ def _kernel_specs() -> None:
             consts = dict(_code(kind, bits), IS_BF16=False, HAS_BIAS=False, SPLIT=True, FUSED_REDUCE=True,
                           STREAM=cfg.get("schedule", "split") == "stream",
                           SCALE_FREE=scale == "acc" and g % bk == 0, DOT_F32=False, JOIN_TREE=True, USE_ASM=True,
-                          GROUP_RUNS=g // 32, WORD_LOADS=True,  # N a multiple of 4 at every real shape
-                          FRAG_K=frag_k(cfg, bk), EVEN_K=True, ZERO_AHEAD=zero_ahead(cfg["BLOCK_N"], w),
+                          GROUP_RUNS=g // 32, WORD_LOADS=True,  # N even at every real shape
+                          FRAG_K=frag_k(cfg, bk), EVEN_K=True,
                           REDUCE_CHUNK=small_batch.reduce_chunk(cfg["BLOCK_M"], cfg["BLOCK_N"], w),
                           BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], BLOCK_K=bk, GROUP_M=cfg.get("GROUP_M", 8))
-            return Build(fn, _only_params(fn, consts), {"x_ptr": "fp16", "y_ptr": "fp16"},
-                         bk * cfg["BLOCK_N"] / (32 * w), w, s, cfg.get("maxnreg"))
+            ptrs = {"x_ptr": "fp16", "y_ptr": "fp16", "sc_ptr": "fp16" if kind == "pot" else "i32"}  # Packed.tile_scales
+            return Build(fn, _only_params(fn, consts), ptrs, bk * cfg["BLOCK_N"] / (32 * w), w, s, cfg.get("maxnreg"))
         return build
 
     def build_decode_bound(kind, bits, g, cfg):

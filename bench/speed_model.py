@@ -355,9 +355,12 @@ def predict_launch(ln: Launch, gpu: dict[str, Any], p: Params) -> dict[str, Any]
             "bytes_us": t_bytes * 1e6, "loop_us": t_loop * 1e6, "tail_us": tail * 1e6}
 
 
-def weight_bytes(kind: str, bits: int, k: int, n: int, g: int = 128) -> float:
-    """Packed codes + fp16 scales (+ uint8 zero points for int) of one [N, K] weight."""
-    return n * k * bits / 8 + n * math.ceil(k / g) * (2 + (kind == "int"))
+def weight_bytes(kind: str, bits: int, k: int, n: int, g: int = 128, regime: str = "gemv") -> float:
+    """Packed codes + fp16 scales (+ uint8 zero points for int) of one [N, K] weight; the int tensor-core
+    kernels (``small_batch``, ``gemm``) read a 4-byte ``[scale | zero]`` word per group and row instead
+    (``Packed.tile_scales``)."""
+    per_group = 2 if kind == "pot" else (4 if regime in ("small_batch", "gemm") else 3)
+    return n * k * bits / 8 + n * math.ceil(k / g) * per_group
 
 
 def io_bytes(m: int, k: int, n: int, n_split: int) -> float:
@@ -605,7 +608,7 @@ def current_launch(kind: str, bits: int, m: int, k: int, n: int, gpu: dict[str, 
     per_thread = math.ceil(tile / (32 * b.num_warps) / 4)
     io = io_bytes(m, k, n, ns) if partial_bytes is None else io_bytes(m, k, n, 1) + partial_bytes
     return regime, Launch(loop, b.num_warps, b.num_stages, ctas, iters, ns,
-                          weight_bytes(kind, bits, k, n) * w_reads + io, tile,
+                          weight_bytes(kind, bits, k, n, regime=regime) * w_reads + io, tile,
                           reduce_inflight=int(getattr(chunk, "value", chunk)) * per_thread,
                           segments=segments, finishes=max(1, finishes))
 

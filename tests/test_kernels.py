@@ -294,10 +294,11 @@ def test_bf16_dot_regimes_under_interpreter_are_correct():
 
 
 @gpu_only
-@pytest.mark.parametrize("kind,bits", [("pot", 2), ("pot", 3), ("pot", 4)])
+@pytest.mark.parametrize("kind,bits", [("pot", 2), ("pot", 3), ("pot", 4), ("int", 2), ("int", 3), ("int", 4), ("int", 8)])
 def test_gpu_tensor_core_asm_equals_twin(kind, bits, monkeypatch):
-    """The tensor-core regimes' inline-PTX pair decode and its pure-Triton twin give the same bits:
-    small_batch in the table's config (fragment column order), in natural order, and gemm."""
+    """The tensor-core regimes' inline-PTX pair decode (int: the zero point folded into its HFMA2) and its
+    pure-Triton twin give the same bits: small_batch in the table's config (fragment column order), in natural
+    order, and gemm (the scale multiplying the fp16x2 pairs)."""
     packed = make_weight(kind, bits, 128, 4096, 4096)
     natural = {"BLOCK_M": 16, "BLOCK_N": 128, "BLOCK_K": 64, "num_warps": 4, "num_stages": 3}
     for regime, m, cfg in (("small_batch", 16, None), ("small_batch", 16, natural), ("gemm", 300, None)):

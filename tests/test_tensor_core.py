@@ -13,8 +13,8 @@ import triton.language as tl
 
 from potkernels.format import IntConfig, PoTConfig, quantize_int, quantize_pot
 from potkernels.kernels import api, configs, gemv, int_matmul_triton, launch, pot_matmul_triton
-from potkernels.kernels.mma_tile import tile_k, tile_word, word_value
-from potkernels.kernels.packed import Packed
+from potkernels.kernels.mma_tile import tile_k, tile_word, word_scale, word_zero
+from potkernels.kernels.packed import Packed, scale_zero_words
 
 ON_GPU = torch.cuda.is_available() and not configs.interpreting()
 DEVICE = "cuda" if ON_GPU else "cpu"
@@ -127,50 +127,80 @@ def test_fragment_k_order_is_a_permutation_of_each_tile():
 
 
 @triton.jit
-def _group_values(sc_ptr, z_ptr, s_out, z_out, k0, N, GROUP_RUNS: tl.constexpr, WORDS: tl.constexpr,
+def _group_values(sc_ptr, sz_ptr, s_out, s4_out, z_out, k0, N, GROUP_RUNS: tl.constexpr, WORDS: tl.constexpr,
                   BN: tl.constexpr):
     offs = tl.arange(0, BN)
     mask = offs < N
-    s = word_value(tile_word(sc_ptr, k0 // 32, offs, mask, N, GROUP_RUNS, 2, WORDS), offs, 2, WORDS)
-    z = word_value(tile_word(z_ptr, k0 // 32, offs, mask, N, GROUP_RUNS, 1, WORDS), offs, 1, WORDS)
+    s = word_scale(tile_word(sc_ptr, k0 // 32, offs, mask, N, GROUP_RUNS, 2, WORDS), offs, 2, WORDS)
+    sz = tile_word(sz_ptr, k0 // 32, offs, mask, N, GROUP_RUNS, 4, True)
     tl.store(s_out + offs, s, mask=mask)
-    tl.store(z_out + offs, z, mask=mask)
+    tl.store(s4_out + offs, word_scale(sz, offs, 4, True), mask=mask)
+    tl.store(z_out + offs, word_zero(sz), mask=mask)
 
 
-@pytest.mark.parametrize("n,words", [(44, True), (44, False), (37, False)])
+@pytest.mark.parametrize("n,words", [(44, True), (46, True), (44, False), (37, False)])
 def test_group_values_from_words_are_the_stored_values(n, words):
-    """``tile_word`` / ``word_value`` (scales and zero points loaded as the 32-bit words that hold them):
-    every row of every group gets exactly its stored fp16 scale and uint8 zero point, word loads or not."""
+    """``tile_word`` / ``word_scale`` / ``word_zero``: every row of every group gets exactly its stored fp16
+    scale, from the scale words (two rows a word) or alone, and its scale and uint8 zero point from the int
+    ``[scale | zero]`` words."""
     scales = torch.randn(5, n, device=DEVICE).half()
     zeros = torch.randint(0, 256, (5, n), dtype=torch.uint8, device=DEVICE)
+    sz = scale_zero_words(scales, zeros)
     for g in range(5):
-        s = torch.full((n,), float("nan"), device=DEVICE)
-        z = torch.full((n,), -1, dtype=torch.int32, device=DEVICE)
-        _group_values[(1,)](scales, zeros, s, z, g * 64 + 32, n, GROUP_RUNS=2, WORDS=words, BN=64)
-        assert torch.equal(s, scales[g].float()) and torch.equal(z, zeros[g].int()), g
+        s, s4, z = (torch.full((n,), float("nan"), device=DEVICE) for _ in range(3))
+        _group_values[(1,)](scales, sz, s, s4, z, g * 64 + 32, n, GROUP_RUNS=2, WORDS=words, BN=64)
+        assert torch.equal(s, scales[g].float()) and torch.equal(s4, scales[g].float()), g
+        assert torch.equal(z, zeros[g].float()), g
+
+
+def test_scale_zero_words_layout_and_cache():
+    """``scale_zero_words``: scale bits in bits 0–15, the zero point in 16–23, nothing above. ``Packed.tile_scales``
+    builds them once per weight (a second call, through a new ``Packed``, returns the same tensor) and again when
+    the zero points change in place or the scales are replaced."""
+    packed = make_weight("int", 4, 64, 40, 256)
+    w = scale_zero_words(packed.scales, packed.zeros).long() & 0xFFFFFFFF
+    assert torch.equal(w & 0xFFFF, packed.scales.view(torch.int16).long() & 0xFFFF)
+    assert torch.equal((w >> 16) & 0xFF, packed.zeros.long()) and not (w >> 24).any()
+
+    def tile_scales(scales, zeros):
+        return Packed("int", packed.qweight, scales, zeros, 4, 64, 256).tile_scales
+
+    zeros = packed.zeros.clone()
+    first = tile_scales(packed.scales, zeros)
+    assert tile_scales(packed.scales, zeros) is first
+    zeros[0, 0] ^= 1
+    changed = tile_scales(packed.scales, zeros)
+    assert changed is not first and torch.equal(changed, scale_zero_words(packed.scales, zeros))
+    scales = packed.scales.clone()
+    scales[1, 2] = 7.0
+    assert torch.equal(tile_scales(scales, zeros), scale_zero_words(scales, zeros))
+    assert Packed("pot", packed.qweight, packed.scales, None, 4, 64, 256).tile_scales is packed.scales
 
 
 def test_word_loads_only_for_whole_aligned_words():
-    """``launch.word_loads``: N a multiple of 4 and scales / zero points 4-byte aligned, or the values load alone
-    (a misaligned view of the scales still gives the right result, through that fallback)."""
-    packed = make_weight("int", 4, 64, 132, 256)
-    x = torch.randn(5, 256, device=DEVICE).to(F16)
-    ref = reference(packed, x)
-    odd = torch.empty(packed.scales.numel() + 1, dtype=F16, device=DEVICE)[1:].view_as(packed.scales)
-    odd.copy_(packed.scales)
-    assert odd.data_ptr() % 4 == 2
-    for scales, words in ((packed.scales, True), (odd, False)):
-        assert launch.word_loads(Packed("int", packed.qweight, scales, packed.zeros, 4, 64, 256)) == words
-        y = int_matmul_triton(x, packed.qweight, scales, packed.zeros, None, 4, 64, 256, regime="small_batch",
-                              config=dict(SB, BLOCK_K=128))
-        assert rel_err(y, ref) <= 1e-2
+    """``launch.word_loads``: PoT scales load as words with N even and the scales 4-byte aligned, or alone (a
+    misaligned view of the scales still gives the right result, through that fallback; int ``[scale | zero]``
+    words are built aligned whatever the scales' alignment)."""
+    for kind, bits in (("pot", 3), ("int", 4)):
+        packed = make_weight(kind, bits, 64, 132, 256)
+        x = torch.randn(5, 256, device=DEVICE).to(F16)
+        ref = reference(packed, x)
+        odd = torch.empty(packed.scales.numel() + 1, dtype=F16, device=DEVICE)[1:].view_as(packed.scales)
+        odd.copy_(packed.scales)
+        assert odd.data_ptr() % 4 == 2
+        zeros = packed.zeros if kind == "int" else None
+        for scales, words in ((packed.scales, True), (odd, False)):
+            assert launch.word_loads(Packed(kind, packed.qweight, scales, zeros, bits, 64, 256)) == words
+            fn = int_matmul_triton if kind == "int" else pot_matmul_triton
+            args = (scales, zeros) if kind == "int" else (scales,)
+            y = fn(x, packed.qweight, *args, None, bits, 64, 256, regime="small_batch", config=dict(SB, BLOCK_K=128))
+            assert rel_err(y, ref) <= 1e-2
     pot = make_weight("pot", 3, 64, 45, 256)  # N = 45: no whole words
     assert not launch.word_loads(Packed("pot", pot.qweight, pot.scales, None, 3, 64, 256))
 
 
-def test_word_loads_with_zero_points_ahead_vs_reference():
-    """Swap-AB with N a multiple of 4 (word loads) and four tile rows per thread (int zero points a step
-    ahead where the triton version allows it), scale on the accumulator."""
+def test_small_batch_four_rows_per_thread_vs_reference():
+    """Swap-AB with BLOCK_N 128 on one warpgroup (four tile rows per thread), split K, scale on the accumulator."""
     for kind, bits in (("int", 4), ("pot", 3)):
         packed = make_weight(kind, bits, 128, 132, 512)
         x = torch.randn(9, 512, device=DEVICE).to(F16)
@@ -181,7 +211,7 @@ def test_word_loads_with_zero_points_ahead_vs_reference():
 @pytest.mark.parametrize("kind,bits,n", [("pot", 3, 132), ("int", 4, 132), ("int", 2, 45), ("pot", 2, 45)])
 def test_gemm_whole_k_tiles_vs_reference(kind, bits, n):
     """gemm with K a multiple of BLOCK_K: x copied without predicates, its rows past M clamped (never stored);
-    per-weight scales (and int zero points) loaded as words where N is a multiple of 4, alone otherwise."""
+    per-weight PoT scales loaded as words where N is even, alone otherwise; int ``[scale | zero]`` words."""
     packed = make_weight(kind, bits, 64, n, 512)
     x = torch.randn(70, 512, device=DEVICE).to(F16)
     assert rel_err(run(packed, x, regime="gemm", config=GEMM), reference(packed, x)) <= 1e-2

@@ -187,6 +187,70 @@ def int3_spare_magic(w0, w1, w2):
     return ((w0 >> 15) & 0x00010001) | ((w1 >> 14) & 0x00020002) | ((w2 >> 13) & 0x00040004) | MAGIC
 
 
+@triton.jit
+def int_fix(h, O: tl.constexpr, zc, SCALE_BITS: tl.constexpr, USE_ASM: tl.constexpr):
+    """Magic ``1024 + q·2^O`` lanes → ``(q − z)·2^−SCALE_BITS`` lanes with one HFMA2 (exact):
+    ``h · 2^−(O + SCALE_BITS) + zc``, ``zc`` from :func:`int_zero_consts` (broadcast to ``h``)."""
+    MUL: tl.constexpr = ((15 - O - SCALE_BITS) << 10) * 0x10001  # fp16x2 2^−(O + SCALE_BITS)
+    return hfma2(h, tl.full(h.shape, MUL, tl.uint32), tl.broadcast_to(zc, h.shape), USE_ASM)
+
+
+@triton.jit
+def _int_zero(m, O: tl.constexpr, SCALE_BITS: tl.constexpr, USE_ASM: tl.constexpr):
+    """fp16x2 bits of −(1024·2^−O + z)·2^−SCALE_BITS in both lanes from ``m`` = fp16 1024 + z:
+    ``m · (−2^−S) + (1024 − 1024·2^−O)·2^−S``, every term and the result exact — so the inline-PTX HFMA2 on
+    ``m`` in both lanes and the fp16 FMA then one lane copy give the same bits."""
+    C: tl.constexpr = (1024.0 - 1024.0 / (2 ** O)) / (2 ** SCALE_BITS)
+    if USE_ASM:
+        NEG: tl.constexpr = (0x8000 | ((15 - SCALE_BITS) << 10)) * 0x10001  # fp16x2 −2^−S
+        m2 = m.to(tl.uint16, bitcast=True).to(tl.uint32) * 0x10001
+        c2 = tl.full(m.shape, C, tl.float16).to(tl.uint16, bitcast=True).to(tl.uint32) * 0x10001
+        r = hfma2(m2, tl.full(m.shape, NEG, tl.uint32), c2, USE_ASM)
+    else:
+        r = (m * (-1.0 / (2 ** SCALE_BITS)) + C).to(tl.uint16, bitcast=True).to(tl.uint32) * 0x10001
+    return r
+
+
+@triton.jit
+def int_zero_consts(z, BITS: tl.constexpr, SCALE_BITS: tl.constexpr, USE_ASM: tl.constexpr):
+    """The per-offset addends of :func:`int_fix` for one group's integer zero points ``z`` (lane offsets BITS·i,
+    i < the pairs per source word of :func:`int_pair`), uint32 fp16x2, each ``z``'s shape: the magic number
+    ``1024 + z`` as fp16, then one FMA per offset (no int → float conversion). ``USE_ASM``: one inline-PTX HFMA2
+    per offset (the GEMV); the tensor-core tile passes False: there an inline-asm op on its per-row constants makes
+    triton 3.6 send the decoded tile through shared memory."""
+    m = ((z.to(tl.uint32) & 0xFF) | 0x6400).to(tl.uint16).to(tl.float16, bitcast=True)  # 1024 + z, exact
+    if BITS == 2:
+        r = (_int_zero(m, 0, SCALE_BITS, USE_ASM), _int_zero(m, 2, SCALE_BITS, USE_ASM),
+             _int_zero(m, 4, SCALE_BITS, USE_ASM), _int_zero(m, 6, SCALE_BITS, USE_ASM),
+             _int_zero(m, 8, SCALE_BITS, USE_ASM))
+    elif BITS == 3:
+        r = (_int_zero(m, 0, SCALE_BITS, USE_ASM), _int_zero(m, 3, SCALE_BITS, USE_ASM),
+             _int_zero(m, 6, SCALE_BITS, USE_ASM))
+    elif BITS == 4:
+        r = (_int_zero(m, 0, SCALE_BITS, USE_ASM), _int_zero(m, 4, SCALE_BITS, USE_ASM))
+    else:
+        r = (_int_zero(m, 0, SCALE_BITS, USE_ASM),)
+    return r
+
+
+@triton.jit
+def int_pair(w, BITS: tl.constexpr, J: tl.constexpr, zcs, SCALE_BITS: tl.constexpr, USE_ASM: tl.constexpr):
+    """Int pair J of a word (J < 5 for a word of an int3 unit, < 16 / BITS otherwise) → fp16x2 bits of
+    ``(q − z)·2^−SCALE_BITS``: the magic number, then one HFMA2 that folds the zero point in (``zcs``:
+    :func:`int_zero_consts`). Pair J sits at lane offset BITS·(J % SPLIT) of the word shifted by
+    SHIFT·(J // SPLIT) (int2 10, int3 9, int4 / int8 8: one SHF shared by the pairs above the split)."""
+    SPLIT: tl.constexpr = (BITS == 2) * 5 + (BITS == 3) * 3 + (BITS == 4) * 2 + (BITS == 8) * 1
+    SHIFT: tl.constexpr = (BITS == 2) * 10 + (BITS == 3) * 9 + (BITS == 4) * 8 + (BITS == 8) * 8
+    O: tl.constexpr = BITS * (J % SPLIT)
+    return int_fix(int_pair_magic(w, SHIFT * (J // SPLIT), O, BITS), O, zcs[J % SPLIT], SCALE_BITS, USE_ASM)
+
+
+@triton.jit
+def int3_spare_pair(w0, w1, w2, zcs, SCALE_BITS: tl.constexpr, USE_ASM: tl.constexpr):
+    """Codes 30, 31 of a 3-word int3 unit as :func:`int_pair` gives the others."""
+    return int_fix(int3_spare_magic(w0, w1, w2), 0, zcs[0], SCALE_BITS, USE_ASM)
+
+
 # ------------------------------------------------------------------ lane helpers (pure Triton)
 @triton.jit
 def lo_half(p):

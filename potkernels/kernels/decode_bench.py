@@ -13,7 +13,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .gemv import fold2, int_zero_consts, left_pairs, run_dot
+from .decode import int_zero_consts
+from .gemv import fold2, left_pairs, run_dot
 from .packed import Packed
 
 DEFAULT_CONFIG = {"RUNS": 4, "BLOCK_N": 512, "num_warps": 4}
@@ -32,7 +33,7 @@ def decode_reduce_kernel(x_ptr, q_ptr, sc_ptr, z_ptr, out_ptr, N, K, KP, G, reps
         zcs = (s,)
     else:
         s = s * (2.0 ** BITS)  # lanes are (q − z)·2^−bits
-        zcs = int_zero_consts(tl.load(z_ptr + offs_n, mask=mask_n, other=0).to(tl.int32), BITS)
+        zcs = int_zero_consts(tl.load(z_ptr + offs_n, mask=mask_n, other=0).to(tl.int32), BITS, BITS, USE_ASM)
     acc = tl.zeros([BLOCK_N], dtype=tl.float32)
     for rep in range(reps):
         for r in tl.static_range(RUNS):

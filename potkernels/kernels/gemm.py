@@ -19,12 +19,12 @@ import triton
 import triton.language as tl
 
 from .launch import dot_f32, join_tree, launch_opts, mma_tiles, scale_free, use_asm, word_loads
-from .mma_tile import group_value, tile_nk
+from .mma_tile import group_scale, tile_nk
 from .packed import Packed
 
 
 @triton.jit
-def gemm_kernel(x_ptr, q_ptr, lut_ptr, sc_ptr, z_ptr, b_ptr, y_ptr,
+def gemm_kernel(x_ptr, q_ptr, lut_ptr, sc_ptr, b_ptr, y_ptr,
                 M, N, K, KP, stride_xm,
                 IS_POT: tl.constexpr, BITS: tl.constexpr, IS_BF16: tl.constexpr, GROUP_RUNS: tl.constexpr,
                 HAS_BIAS: tl.constexpr, SCALE_FREE: tl.constexpr, DOT_F32: tl.constexpr, JOIN_TREE: tl.constexpr,
@@ -54,14 +54,14 @@ def gemm_kernel(x_ptr, q_ptr, lut_ptr, sc_ptr, z_ptr, b_ptr, y_ptr,
             xt = tl.load(x_ptrs)
         else:
             xt = tl.load(x_ptrs, mask=mask_m[:, None] & (offs_k < K)[None, :], other=0.0)
-        z_tile = group_value(z_ptr, k0 // 32, offs_n, mask_n & SCALE_FREE & (not IS_POT), N, GROUP_RUNS, 1)
-        w = tile_nk(q_ptr, lut_ptr, sc_ptr, z_ptr, z_tile, k0, offs_n, mask_n, N, K, KP, GROUP_RUNS,
+        w = tile_nk(q_ptr, lut_ptr, sc_ptr, k0, offs_n, mask_n, N, K, KP, GROUP_RUNS,
                     IS_POT, BITS, IS_BF16, SCALE_FREE, JOIN_TREE, BLOCK_K, USE_ASM, WORDS=WORD_LOADS)
         if DOT_F32:  # interpreter only (launch.dot_f32): exact upcast
             w = w.to(tl.float32)
             xt = xt.to(tl.float32)
         if SCALE_FREE:
-            acc += tl.dot(xt, tl.trans(w)) * group_value(sc_ptr, k0 // 32, offs_n, mask_n, N, GROUP_RUNS, 2)[None, :]
+            s = group_scale(sc_ptr, k0 // 32, offs_n, mask_n, N, GROUP_RUNS, 2 if IS_POT else 4)
+            acc += tl.dot(xt, tl.trans(w)) * s[None, :]
         else:
             acc = tl.dot(xt, tl.trans(w), acc)
     if HAS_BIAS:
@@ -77,7 +77,7 @@ def launch(x: torch.Tensor, w: Packed, bias: Optional[torch.Tensor], y: torch.Te
     m = x.shape[0]
     bm, bn, bk = mma_tiles("gemm", cfg)
     grid = (triton.cdiv(m, bm) * triton.cdiv(w.N, bn),)
-    gemm_kernel[grid](x, w.q, w.lut, w.scales, w.zeros, bias if bias is not None else w.scales, y,
+    gemm_kernel[grid](x, w.q, w.lut, w.tile_scales, bias if bias is not None else w.scales, y,
                       m, w.N, w.K, w.KP, x.stride(0), GROUP_RUNS=w.group_runs(), IS_POT=w.is_pot, BITS=w.bits,
                       IS_BF16=x.dtype == torch.bfloat16, HAS_BIAS=bias is not None,
                       SCALE_FREE=scale_free(cfg, w, bk, "weight"), DOT_F32=dot_f32(), JOIN_TREE=join_tree(cfg),

@@ -31,8 +31,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .decode import (group_of_run, hfma2, hi_half, int3_spare_magic, int_pair_magic, lo_half, pot3_spare_pair, pot_pair,
-                     rotr)
+from .decode import (group_of_run, hfma2, hi_half, int3_spare_pair, int_pair, int_zero_consts, lo_half, pot3_spare_pair,
+                     pot_pair, rotr)
 from .launch import counters, reduce_partials, use_asm
 from .launch import n_split as launch_n_split
 from .packed import Packed
@@ -170,36 +170,6 @@ def _use_pair(acc2, acc32, v2, xr, P: tl.constexpr, x_ptr, k0, K, X_F16: tl.cons
 
 
 @triton.jit
-def _int_fix(h, O: tl.constexpr, zc, BITS: tl.constexpr, USE_ASM: tl.constexpr):
-    """``1024 + q·2^O`` lanes → ``(q − z)·2^−BITS`` lanes with one HFMA2 (exact):
-    ``h · 2^−(O+BITS) + zc``, ``zc`` = −(1024·2^−O + z)·2^−BITS from :func:`int_zero_consts`."""
-    MUL: tl.constexpr = ((15 - O - BITS) << 10) * 0x10001  # fp16x2 2^−(O+BITS)
-    return hfma2(h, tl.full(h.shape, MUL, tl.uint32), zc, USE_ASM)
-
-
-@triton.jit
-def _int_zero(z, O: tl.constexpr, BITS: tl.constexpr):
-    """fp16x2 bits of −(1024·2^−O + z)·2^−BITS in both lanes (z: int32 zero points [BN]); exact."""
-    c = (-(1024.0 / (2 ** O) + z.to(tl.float32)) / (2 ** BITS)).to(tl.float16)
-    b = c.to(tl.int16, bitcast=True).to(tl.int32) & 0xFFFF
-    return (b | (b << 16)).to(tl.uint32, bitcast=True)
-
-
-@triton.jit
-def int_zero_consts(z, BITS: tl.constexpr):
-    """The per-offset constants of :func:`_int_fix` for one group (offsets BITS·i, i < SPLIT_J)."""
-    if BITS == 2:
-        r = (_int_zero(z, 0, 2), _int_zero(z, 2, 2), _int_zero(z, 4, 2), _int_zero(z, 6, 2), _int_zero(z, 8, 2))
-    elif BITS == 3:
-        r = (_int_zero(z, 0, 3), _int_zero(z, 3, 3), _int_zero(z, 6, 3))
-    elif BITS == 4:
-        r = (_int_zero(z, 0, 4), _int_zero(z, 4, 4))
-    else:
-        r = (_int_zero(z, 0, 8),)
-    return r
-
-
-@triton.jit
 def _load_words(q_ptr, row, N, offs_n, m):
     return tl.load(q_ptr + row * N + offs_n, mask=m, other=0, eviction_policy="evict_first").to(tl.uint32, bitcast=True)
 
@@ -231,9 +201,6 @@ def run_dot(q_ptr, x_ptr, zcs, unit0, offs_n, mask_n, N, K,
         xr = x_run_pairs(x_ptr, k0, K, EVEN_K, FULL, ONE_X_LOAD)
     else:
         xr = (k0,)  # unused
-    # int pair J of a word: source word >> SHIFT_UNIT·(J // SPLIT_J), lane offset BITS·(J % SPLIT_J)
-    SPLIT_J: tl.constexpr = (BITS == 2) * 5 + (BITS == 3) * 3 + (BITS == 4) * 2 + (BITS == 8) * 1
-    SHIFT_UNIT: tl.constexpr = (BITS == 2) * 10 + (BITS == 3) * 9 + (BITS == 4) * 8 + (BITS == 8) * 8
     LEFT: tl.constexpr = LEFT_PAIRS * IS_POT
     if BITS == 3:
         w0 = _load_words(q_ptr, unit0 * 3, N, offs_n, mask_n)
@@ -248,14 +215,13 @@ def run_dot(q_ptr, x_ptr, zcs, unit0, offs_n, mask_n, N, K,
                 if IS_POT:
                     v = pairs[j]
                 else:
-                    h = int_pair_magic(w, SHIFT_UNIT * (j // SPLIT_J), BITS * (j % SPLIT_J), 3)
-                    v = _int_fix(h, BITS * (j % SPLIT_J), zcs[j % SPLIT_J], 3, USE_ASM)
+                    v = int_pair(w, 3, j, zcs, 3, USE_ASM)
                 acc2, acc32 = _use_pair(acc2, acc32, v, xr, 5 * wi + j, x_ptr, k0, K, X_F16, USE_ASM,
                                         (LEFT >> j) % 2 == 1)
         if IS_POT:
             v = pot3_spare_pair(w0, w1, w2)
         else:
-            v = _int_fix(int3_spare_magic(w0, w1, w2), 0, zcs[0], 3, USE_ASM)
+            v = int3_spare_pair(w0, w1, w2, zcs, 3, USE_ASM)
         acc2, acc32 = _use_pair(acc2, acc32, v, xr, 15, x_ptr, k0, K, X_F16, USE_ASM)
     else:
         PAIRS: tl.constexpr = 16 // BITS
@@ -267,8 +233,7 @@ def run_dot(q_ptr, x_ptr, zcs, unit0, offs_n, mask_n, N, K,
                 if IS_POT:
                     v = pairs[j]
                 else:
-                    h = int_pair_magic(w, SHIFT_UNIT * (j // SPLIT_J), BITS * (j % SPLIT_J), BITS)
-                    v = _int_fix(h, BITS * (j % SPLIT_J), zcs[j % SPLIT_J], BITS, USE_ASM)
+                    v = int_pair(w, BITS, j, zcs, BITS, USE_ASM)
                 acc2, acc32 = _use_pair(acc2, acc32, v, xr, u * PAIRS + j, x_ptr, k0, K, X_F16, USE_ASM,
                                         (LEFT >> j) % 2 == 1)
     return acc2, acc32
@@ -318,7 +283,8 @@ def gemv_kernel(x_ptr, q_ptr, sc_ptr, z_ptr, b_ptr, y_ptr, part_ptr, cnt_ptr,
             zcs = (s,)  # unused
         else:
             s = s * (2.0 ** BITS)  # lanes are (q − z)·2^−bits
-            zcs = int_zero_consts(tl.load(z_ptr + grp * N + offs_n[None, :], mask=m2, other=0).to(tl.int32), BITS)
+            z = tl.load(z_ptr + grp * N + offs_n[None, :], mask=m2, other=0).to(tl.int32)
+            zcs = int_zero_consts(z, BITS, BITS, USE_ASM)
         if ROWS == 0:
             k_live = tl.where(live, K, 0)  # x of a dead run reads as 0
         else:

@@ -129,24 +129,12 @@ def scale_free(cfg: dict[str, Any], w: Packed, block_k: int, default: str) -> bo
     return mode == "acc" and (w.G % block_k == 0 or w.G >= w.K)
 
 
-_TRITON_3_7 = tuple(int(v) for v in triton.__version__.split(".")[:2]) >= (3, 7)  # read once, not per launch
-
-
-def zero_ahead(block_n: int, num_warps: int) -> bool:
-    """Whether the swap-AB kernel loads each K step's int zero points one step ahead, like the scales (no load
-    waited on in the loop): triton >= 3.7 and at least four rows of the tile per thread (``BLOCK_N >= 32 ·
-    num_warps``). Otherwise the compiler cannot keep that loop-carried value in the decoded tile's register layout
-    and sends the whole tile through shared memory instead (triton 3.6: 1.4× the instructions at M = 16; two rows
-    per thread, even as whole words (:func:`word_loads`): STSM + LDSM, 4.95 → 5.23 instructions per weight for
-    int4 at M = 16 and 1-2 % slower by the speed model), so there the zero points are loaded in their own step."""
-    return _TRITON_3_7 and block_n >= 32 * num_warps
-
-
 def word_loads(w: Packed) -> bool:
-    """Whether the tensor-core kernels load per-row group values (scales, zero points) as the aligned 32-bit words
-    that hold them (``mma_tile.tile_word``): ``N`` a multiple of 4, so no word reaches past a tensor's end, and both
-    tensors 4-byte aligned (a view into a larger buffer may not be: a misaligned 32-bit load faults on a GPU)."""
-    return w.N % 4 == 0 and w.scales.data_ptr() % 4 == 0 and w.zeros.data_ptr() % 4 == 0
+    """Whether the tensor-core kernels load PoT fp16 scales as the aligned 32-bit words that hold them
+    (``mma_tile.tile_word``; int ``[scale | zero]`` words always are): ``N`` even, so no word reaches past the
+    tensor's end, and the scales 4-byte aligned (a view into a larger buffer may not be: a misaligned 32-bit load
+    faults on a GPU)."""
+    return w.N % 2 == 0 and w.scales.data_ptr() % 4 == 0
 
 
 def join_tree(cfg: dict[str, Any]) -> bool:

@@ -7,9 +7,10 @@ product ``yᵀ = W · xᵀ``, and (``tl.trans``) the B operand of ``y = x · W�
 A run of 32 k of one column is ``BITS`` packed words (FORMAT.md §4). With ``JOIN_TREE`` (the
 compiled kernels) the thread that loads a run's words decodes all of it: the pair decoders of
 ``decode.py`` give 16 fp16x2 registers (one rotate + one LOP3 per pair for PoT — inline PTX on the GPU
-(``USE_ASM``), the pure-Triton twin otherwise; Marlin's magic number then one exact HFMA2 to ``q`` for
-int; every shift a compile-time constant), a ``tl.join`` tree puts them in k order in that thread's
-registers, and the two fp16 lanes are split off — so ``tl.reshape`` is free. As the swap-AB A operand
+(``USE_ASM``), the pure-Triton twin otherwise; Marlin's magic number then one exact HFMA2 to ``q − z`` for
+int, the zero point folded into its addend; every shift a compile-time constant), a ``tl.join`` tree puts
+them in k order in that thread's registers, and the two fp16 lanes are split off — so ``tl.reshape`` is
+free. As the swap-AB A operand
 with ``FRAG_K`` the columns are then permuted into the MMA operand's order (:func:`tile_k`): each
 thread's run lands where the wgmma reads it from registers, with no shared-memory round trip; as the
 gemm's B operand the tile reaches shared memory with 128-bit stores, once per weight per K step.
@@ -19,7 +20,7 @@ which is what the interpreter pays for; a test checks both give identical bits.
 
 ``SCALE_FREE``: the tile holds the scale-free values — PoT ``±2^(E − qmax)`` (the v2 OR decode),
 int ``q − z`` — both exact in fp16 and bf16, and the caller multiplies the fp32 MMA result of the
-tile by its group scale (:func:`group_value`: the stored ``S_top`` / ``s``): one multiply per output per K step
+tile by its group scale (:func:`group_scale`: the stored ``S_top`` / ``s``): one multiply per output per K step
 instead of one per weight. It needs the K tile inside one group (``G % BLOCK_K == 0`` or per-channel). Group
 indices come from ``GROUP_RUNS`` (runs of 32 k per group, compile-time: :func:`decode.group_of_run`).
 Otherwise each weight is scaled: PoT ``v · S_top``, int ``(q − z)·s``, each the exact product
@@ -30,8 +31,8 @@ Rows ``k ≥ K`` decode to finite values (zero codes or masked words): callers m
 import triton
 import triton.language as tl
 
-from .decode import (gather_codes, group_of_run, hfma2, int3_spare_magic, int_pair_magic, pot3_spare_pair, pot_pair,
-                     to_bf16_rne)
+from .decode import (gather_codes, group_of_run, hfma2, int3_spare_pair, int_pair, int_zero_consts, pot3_spare_pair,
+                     pot_pair, to_bf16_rne)
 
 
 @triton.jit
@@ -57,56 +58,45 @@ def _word(w0, w1, w2, w3, w4, w5, w6, w7, U: tl.constexpr):
 
 
 @triton.jit
-def _pair(w0, w1, w2, w3, w4, w5, w6, w7, P: tl.constexpr, IS_POT: tl.constexpr, BITS: tl.constexpr,
+def _pair(w0, w1, w2, w3, w4, w5, w6, w7, zcs, P: tl.constexpr, IS_POT: tl.constexpr, BITS: tl.constexpr,
           USE_ASM: tl.constexpr):
-    """fp16x2 bits (uint32) of codes 2P, 2P + 1 of every run: PoT ±2^(E − qmax); int ``q`` (the magic
-    ``1024 + q·2^O`` times ``2^−O`` minus ``1024·2^−O``: one exact HFMA2)."""
+    """fp16x2 bits (uint32) of codes 2P, 2P + 1 of every run: PoT ±2^(E − qmax); int ``q − z`` (``zcs``:
+    ``decode.int_zero_consts`` of the zero points, folded into the magic number's HFMA2)."""
     if BITS == 3:
         if P == 15:
             if IS_POT:
                 p = pot3_spare_pair(w0, w1, w2)
             else:
-                p = _int_q(int3_spare_magic(w0, w1, w2), 0, USE_ASM)
+                p = int3_spare_pair(w0, w1, w2, zcs, 0, USE_ASM)
         else:
             w = _word(w0, w1, w2, w3, w4, w5, w6, w7, P // 5)
             if IS_POT:
                 p = pot_pair(w, 3, P % 5, USE_ASM)
             else:
-                p = _int_q(int_pair_magic(w, 9 * ((P % 5) // 3), 3 * ((P % 5) % 3), 3), 3 * ((P % 5) % 3), USE_ASM)
+                p = int_pair(w, 3, P % 5, zcs, 0, USE_ASM)
     else:
         PAIRS: tl.constexpr = 16 // BITS
         w = _word(w0, w1, w2, w3, w4, w5, w6, w7, P // PAIRS)
-        J: tl.constexpr = P % PAIRS
         if IS_POT:
-            p = pot_pair(w, BITS, J, USE_ASM)
+            p = pot_pair(w, BITS, P % PAIRS, USE_ASM)
         else:
-            # pair J of a word: source word >> SHIFT·(J // SPLIT), lane offset BITS·(J % SPLIT) (gemv.run_dot)
-            SPLIT: tl.constexpr = (BITS == 2) * 5 + (BITS == 4) * 2 + (BITS == 8) * 1
-            SHIFT: tl.constexpr = (BITS == 2) * 10 + (BITS == 4) * 8 + (BITS == 8) * 8
-            p = _int_q(int_pair_magic(w, SHIFT * (J // SPLIT), BITS * (J % SPLIT), BITS), BITS * (J % SPLIT), USE_ASM)
+            p = int_pair(w, BITS, P % PAIRS, zcs, 0, USE_ASM)
     return p
 
 
 @triton.jit
-def _run_pairs(w0, w1, w2, w3, w4, w5, w6, w7, START: tl.constexpr, STEP: tl.constexpr, COUNT: tl.constexpr,
+def _run_pairs(w0, w1, w2, w3, w4, w5, w6, w7, zcs, START: tl.constexpr, STEP: tl.constexpr, COUNT: tl.constexpr,
                IS_POT: tl.constexpr, BITS: tl.constexpr, USE_ASM: tl.constexpr):
     """Pairs START, START + STEP, … (COUNT of them) of every run, stacked on log2(COUNT) trailing
     in-thread axes of size 2 in natural order: ``join(evens, odds)`` recursively."""
     if COUNT == 1:
-        r = _pair(w0, w1, w2, w3, w4, w5, w6, w7, START, IS_POT, BITS, USE_ASM)
+        r = _pair(w0, w1, w2, w3, w4, w5, w6, w7, zcs, START, IS_POT, BITS, USE_ASM)
     else:
-        r = tl.join(_run_pairs(w0, w1, w2, w3, w4, w5, w6, w7, START, 2 * STEP, COUNT // 2, IS_POT, BITS, USE_ASM),
-                    _run_pairs(w0, w1, w2, w3, w4, w5, w6, w7, START + STEP, 2 * STEP, COUNT // 2, IS_POT, BITS,
+        r = tl.join(_run_pairs(w0, w1, w2, w3, w4, w5, w6, w7, zcs, START, 2 * STEP, COUNT // 2, IS_POT, BITS,
+                               USE_ASM),
+                    _run_pairs(w0, w1, w2, w3, w4, w5, w6, w7, zcs, START + STEP, 2 * STEP, COUNT // 2, IS_POT, BITS,
                                USE_ASM))
     return r
-
-
-@triton.jit
-def _int_q(h, O: tl.constexpr, USE_ASM: tl.constexpr):
-    """Magic ``1024 + q·2^O`` lanes → exactly ``q``: ``h · 2^−O − 1024·2^−O`` in one HFMA2."""
-    MUL: tl.constexpr = ((15 - O) << 10) * 0x10001  # fp16x2 2^−O
-    NEG: tl.constexpr = (0x8000 | ((25 - O) << 10)) * 0x10001  # fp16x2 −2^(10 − O)
-    return hfma2(h, tl.full(h.shape, MUL, tl.uint32), tl.full(h.shape, NEG, tl.uint32), USE_ASM)
 
 
 @triton.jit
@@ -123,10 +113,11 @@ def _load_word(q_ptr, offs_r, offs_n, mask_nr, N, U: tl.constexpr, BITS: tl.cons
 
 
 @triton.jit
-def _joined_values(q_ptr, offs_r, offs_n, mask_nr, N, IS_POT: tl.constexpr, BITS: tl.constexpr, USE_ASM: tl.constexpr,
-                   EVEN: tl.constexpr):
-    """Scale-free fp16 ``[BN, R, 16, 2]`` (pair, lane) of the runs by the join tree: PoT
-    ±2^(E − qmax); int ``q``."""
+def _joined_values(q_ptr, offs_r, offs_n, mask_nr, N, zcs, s2, IS_POT: tl.constexpr, BITS: tl.constexpr,
+                   USE_ASM: tl.constexpr, EVEN: tl.constexpr, PAIR_SCALE: tl.constexpr):
+    """fp16 ``[BN, R, 16, 2]`` (pair, lane) of the runs by the join tree: PoT ±2^(E − qmax); int ``q − z``
+    (``zcs``: see :func:`_pair`); with ``PAIR_SCALE`` times the run's scale (``s2`` ``[BN, R]`` fp16x2 bits,
+    :func:`word_scale_pair`): ``pair · s + (−0)``, exactly the product rounded once."""
     w0 = _load_word(q_ptr, offs_r, offs_n, mask_nr, N, 0, BITS, EVEN)
     w1 = w0
     w2 = w0
@@ -146,40 +137,52 @@ def _joined_values(q_ptr, offs_r, offs_n, mask_nr, N, IS_POT: tl.constexpr, BITS
         w5 = _load_word(q_ptr, offs_r, offs_n, mask_nr, N, 5, BITS, EVEN)
         w6 = _load_word(q_ptr, offs_r, offs_n, mask_nr, N, 6, BITS, EVEN)
         w7 = _load_word(q_ptr, offs_r, offs_n, mask_nr, N, 7, BITS, EVEN)
-    pairs = _run_pairs(w0, w1, w2, w3, w4, w5, w6, w7, 0, 1, 16, IS_POT, BITS, USE_ASM)
+    pairs = _run_pairs(w0, w1, w2, w3, w4, w5, w6, w7, zcs, 0, 1, 16, IS_POT, BITS, USE_ASM)
     pairs = tl.reshape(pairs, [offs_n.shape[0], offs_r.shape[0], 16])
+    if PAIR_SCALE:
+        pairs = hfma2(pairs, tl.broadcast_to(s2[:, :, None], pairs.shape),
+                      tl.full(pairs.shape, 0x80008000, tl.uint32), USE_ASM)
     lo = (pairs & 0xFFFF).to(tl.uint16).to(tl.float16, bitcast=True)
     hi = (pairs >> 16).to(tl.uint16).to(tl.float16, bitcast=True)
     return tl.join(lo, hi)
 
 
 @triton.jit
-def _run_values(ptr, offs_r, offs_n, mask_nr, N, GROUP_RUNS: tl.constexpr, BYTES: tl.constexpr, WORDS: tl.constexpr):
-    """Per-run group values ``[BN, R, 1, 1]`` of rows ``offs_n``, runs ``offs_r`` (:func:`group_value`): with
-    ``WORDS`` 4-byte copies, which cp.async can pipeline."""
-    return group_value(ptr, offs_r[None, :], offs_n[:, None], mask_nr, N, GROUP_RUNS, BYTES, WORDS)[:, :, None, None]
-
-
-@triton.jit
-def tile_nk(q_ptr, lut_ptr, sc_ptr, z_ptr, z_tile, k0, offs_n, mask_n, N, K, KP, GROUP_RUNS: tl.constexpr,
+def tile_nk(q_ptr, lut_ptr, sc_ptr, k0, offs_n, mask_n, N, K, KP, GROUP_RUNS: tl.constexpr,
             IS_POT: tl.constexpr, BITS: tl.constexpr, IS_BF16: tl.constexpr,
             SCALE_FREE: tl.constexpr, JOIN_TREE: tl.constexpr, BLOCK_K: tl.constexpr, USE_ASM: tl.constexpr,
             FRAG_K: tl.constexpr = False, EVEN: tl.constexpr = False, WORDS: tl.constexpr = False):
-    """Decoded ``W[offs_n, k0 : k0 + BLOCK_K]`` as fp16/bf16 ``[BN, BLOCK_K]`` (see module doc). ``z_tile``:
-    the tile's int zero points ``[BN]`` (:func:`group_value`, the caller may load them a step ahead) when
-    ``SCALE_FREE`` and int; unused otherwise. ``FRAG_K``: the columns come in the order of
-    :func:`tile_k` (the MMA operand's, see there) instead of natural k order. ``EVEN``: the caller clamped
-    ``offs_n`` into ``[0, N)`` and the tile's runs all exist (``KP % BLOCK_K == 0``), so the packed words
-    load without predicates (rows past N decode to garbage the caller never stores). ``WORDS``: the per-run group
-    values (scales, int zero points; not ``SCALE_FREE``) load as whole words (:func:`tile_word`), so they ride the
-    cp.async pipeline."""
+    """Decoded ``W[offs_n, k0 : k0 + BLOCK_K]`` as fp16/bf16 ``[BN, BLOCK_K]`` (see module doc). ``sc_ptr``: the
+    group values, PoT fp16 ``S_top``, int ``[scale | zero]`` words (``Packed.tile_scales``). ``FRAG_K``: the
+    columns come in the order of :func:`tile_k` (the MMA operand's, see there) instead of natural k order.
+    ``EVEN``: the caller clamped ``offs_n`` into ``[0, N)`` and the tile's runs all exist
+    (``KP % BLOCK_K == 0``), so the packed words load without predicates (rows past N decode to garbage the
+    caller never stores). ``WORDS``: PoT scales load as the 32-bit words that hold them (:func:`tile_word`).
+
+    Int zero points load here, in the step that uses them, as whole words the pipeline copies with the packed
+    words, and fold into the decode's HFMA2 (``decode.int_pair``): no load waited on, no subtraction."""
     R: tl.constexpr = BLOCK_K // 32
     BN: tl.constexpr = offs_n.shape[0]
     QMAX: tl.constexpr = 2 ** (BITS - 1) - 1
     offs_r = k0 // 32 + tl.arange(0, R)
     mask_nr = mask_n[:, None] & (offs_r < KP // 32)[None, :]
+    SC_BYTES: tl.constexpr = 2 if IS_POT else 4  # fp16 S_top, or int [scale | zero] words
+    # with the join tree in fp16, the run's scale multiplies the fp16x2 pairs in place (one HFMA2 a pair: multiplying
+    # the split lanes made the compiler swap every pair's halves there and back, two PRMT a pair)
+    PAIR_SCALE: tl.constexpr = JOIN_TREE and not SCALE_FREE and not IS_BF16
+    if SCALE_FREE:  # int: the tile's words [BN, 1] (a [BN] load: its layout follows the decoded tile's)
+        sw = tile_word(sc_ptr, k0 // 32, offs_n, (mask_n | EVEN) & (not IS_POT), N, GROUP_RUNS, 4, True)[:, None]
+    else:  # per run [BN, R]
+        sw = tile_word(sc_ptr, offs_r[None, :], offs_n[:, None], mask_nr, N, GROUP_RUNS, SC_BYTES, WORDS)
+    if IS_POT:
+        z = tl.zeros([1, 1], tl.int32)  # unused
+    else:
+        z = word_zero(sw)
     if JOIN_TREE:
-        v = _joined_values(q_ptr, offs_r, offs_n, mask_nr, N, IS_POT, BITS, USE_ASM, EVEN)  # [BN, R, 16, 2]
+        zcs = int_zero_consts(z, BITS, 0, False)  # unused for PoT
+        s2 = word_scale_pair(sw, offs_n[:, None], SC_BYTES, WORDS)  # unused without PAIR_SCALE
+        v = _joined_values(q_ptr, offs_r, offs_n, mask_nr, N, zcs, s2, IS_POT, BITS, USE_ASM, EVEN,
+                           PAIR_SCALE)  # [BN, R, 16, 2]
     else:
         UNIT_WORDS: tl.constexpr = 3 if BITS == 3 else 1
         UNIT_CODES: tl.constexpr = 32 if BITS == 3 else 32 // BITS
@@ -191,36 +194,18 @@ def tile_nk(q_ptr, lut_ptr, sc_ptr, z_ptr, z_tile, k0, offs_n, mask_n, N, K, KP,
             bits = ((c >> (BITS - 1)) << 15) | ((15 - QMAX) << 10) | ((c & QMAX) << 10)
             v = bits.to(tl.int16).to(tl.float16, bitcast=True)
         else:
-            v = c.to(tl.float16)  # q, exact
-    if IS_POT:
-        if SCALE_FREE:
-            if IS_BF16:
-                w = v.to(tl.bfloat16)  # a power of two: exact
-            else:
-                w = v
+            v = c.to(tl.float16) - z[:, :, None, None].to(tl.float16)  # exactly q − z (integers below 2^9)
+    if SCALE_FREE or PAIR_SCALE:
+        if IS_BF16:
+            w = v.to(tl.bfloat16)  # scale-free: a power of two or |q − z| ≤ 255, exact
         else:
-            s = _run_values(sc_ptr, offs_r, offs_n, mask_nr, N, GROUP_RUNS, 2, WORDS)  # S_top
-            if IS_BF16:
-                w = to_bf16_rne(v.to(tl.float32) * s)
-            else:
-                w = v * s.to(tl.float16)  # the exact product rounded once (only subnormal results round)
+            w = v
     else:
-        if SCALE_FREE:
-            z = z_tile[:, None, None, None]
+        s = word_scale(sw, offs_n[:, None], SC_BYTES, WORDS)[:, :, None, None]
+        if IS_BF16:
+            w = to_bf16_rne(v.to(tl.float32) * s)
         else:
-            z = _run_values(z_ptr, offs_r, offs_n, mask_nr, N, GROUP_RUNS, 1, WORDS)
-        qz = v - z.to(tl.float16)  # exactly q − z (integers below 2^9)
-        if SCALE_FREE:
-            if IS_BF16:
-                w = qz.to(tl.bfloat16)  # |q − z| ≤ 255: exact
-            else:
-                w = qz
-        else:
-            s = _run_values(sc_ptr, offs_r, offs_n, mask_nr, N, GROUP_RUNS, 2, WORDS)
-            if IS_BF16:
-                w = to_bf16_rne(qz.to(tl.float32) * s)
-            else:
-                w = qz * s.to(tl.float16)  # one rounding of the exact product
+            w = v * s.to(tl.float16)  # the exact product rounded once (PoT: only subnormal results round)
     if FRAG_K:  # [BN, R, 16, 2] = (n, run, pair, lane) → columns (a, c, h, t, lane) of tile_k
         w = tl.permute(tl.reshape(w, [BN, R // 4, 4, 8, 2, 2]), [0, 1, 3, 4, 2, 5])
     return tl.reshape(w, [BN, BLOCK_K])
@@ -246,45 +231,59 @@ def tile_k(k0, BLOCK_K: tl.constexpr, FRAG_K: tl.constexpr):
 
 @triton.jit
 def tile_word(ptr, run, offs_n, mask_n, N, GROUP_RUNS: tl.constexpr, BYTES: tl.constexpr, WORDS: tl.constexpr):
-    """The aligned 32-bit word that holds the group value of rows ``offs_n`` at runs ``run`` (fp16 scales:
-    ``BYTES`` 2, uint8 zero points: 1), uint32, ``offs_n`` and ``run`` broadcast (``[BN]`` and a scalar:
-    one tile's; ``[BN, 1]`` and ``[1, R]``: per run); :func:`word_value` takes the value out.
+    """The aligned 32-bit word that holds the group values of rows ``offs_n`` at runs ``run``, uint32, ``offs_n``
+    and ``run`` broadcast (``[BN]`` and a scalar: one tile's; ``[BN, 1]`` and ``[1, R]``: per run). ``BYTES`` 2:
+    PoT fp16 scales, two rows to a word (``WORDS``; else the row's 16 bits alone, zero-extended); 4: int
+    ``[scale | zero]`` words (``Packed.tile_scales``), one per row. :func:`word_scale` / :func:`word_zero`
+    take the values out.
 
-    For a value loaded one K step ahead: a whole register per row can be carried into the next step untouched,
-    while two 16-bit values in one thread are packed into one register at the end of the loading step,
-    which waits for the load right there. And 4-byte copies can ride cp.async, where a thread's one or two
-    zero points (1-2 bytes) cannot. ``WORDS`` needs ``N`` a multiple of ``4 // BYTES``
-    (:func:`launch.word_loads`: no word reaches past the tensor's end); neighbouring rows load the same word.
-    Without it, the value alone, zero-extended."""
+    Why words: a whole register per row can be carried into the next K step untouched (a value loaded one step
+    ahead), where two 16-bit values in one thread are packed into one register at the end of the loading step,
+    which waits for the load right there; and 4-byte copies can ride cp.async. ``WORDS`` needs ``N`` even
+    (:func:`launch.word_loads`: no word reaches past the tensor's end); neighbouring rows load the same word."""
     g = group_of_run(run, GROUP_RUNS)
-    if WORDS:  # row g starts a word: N is a multiple of 4
-        PER_WORD: tl.constexpr = 4 // BYTES
-        w = tl.load(ptr.to(tl.pointer_type(tl.uint32)) + g * (N // PER_WORD) + offs_n // PER_WORD, mask=mask_n,
-                    other=0)
-    elif BYTES == 2:
-        w = tl.load(ptr.to(tl.pointer_type(tl.uint16)) + g * N + offs_n, mask=mask_n, other=0).to(tl.uint32)
+    if BYTES == 4:
+        w = tl.load(ptr.to(tl.pointer_type(tl.uint32)) + g * N + offs_n, mask=mask_n, other=0)
+    elif WORDS:  # row g starts a word: N is even
+        w = tl.load(ptr.to(tl.pointer_type(tl.uint32)) + g * (N // 2) + offs_n // 2, mask=mask_n, other=0)
     else:
-        w = tl.load(ptr.to(tl.pointer_type(tl.uint8)) + g * N + offs_n, mask=mask_n, other=0).to(tl.uint32)
+        w = tl.load(ptr.to(tl.pointer_type(tl.uint16)) + g * N + offs_n, mask=mask_n, other=0).to(tl.uint32)
     return w
 
 
 @triton.jit
-def group_value(ptr, run, offs_n, mask_n, N, GROUP_RUNS: tl.constexpr, BYTES: tl.constexpr,
+def group_scale(ptr, run, offs_n, mask_n, N, GROUP_RUNS: tl.constexpr, BYTES: tl.constexpr,
                 WORDS: tl.constexpr = False):
-    """The group value of rows ``offs_n`` at runs ``run`` (shapes as in :func:`tile_word`): fp32 scale
-    (``BYTES`` 2: PoT the stored top level ``S_top``, int ``s``) or int32 zero point (1); masked: 0."""
-    return word_value(tile_word(ptr, run, offs_n, mask_n, N, GROUP_RUNS, BYTES, WORDS), offs_n, BYTES, WORDS)
+    """The fp32 group scale of rows ``offs_n`` at runs ``run`` (shapes and ``BYTES`` as in :func:`tile_word`;
+    PoT the stored top level ``S_top``, int ``s``); masked: 0."""
+    return word_scale(tile_word(ptr, run, offs_n, mask_n, N, GROUP_RUNS, BYTES, WORDS), offs_n, BYTES, WORDS)
 
 
 @triton.jit
-def word_value(word, offs_n, BYTES: tl.constexpr, WORDS: tl.constexpr):
-    """Row ``offs_n``'s value in its :func:`tile_word`: the fp32 scale (``BYTES`` 2) or int32 zero point (1)."""
-    if WORDS:
-        v = word >> ((offs_n % (4 // BYTES)) * (8 * BYTES)).to(tl.uint32)
-    else:
+def _scale_bits(word, offs_n, BYTES: tl.constexpr, WORDS: tl.constexpr):
+    """Row ``offs_n``'s scale bits in its :func:`tile_word`, in the low half (the high half: the word's rest)."""
+    if BYTES == 2 and WORDS:
+        v = word >> ((offs_n % 2) * 16).to(tl.uint32)
+    else:  # the row's own word: the scale in its low half
         v = word
-    if BYTES == 2:  # the truncating casts drop the word's other values
-        r = v.to(tl.uint16).to(tl.float16, bitcast=True).to(tl.float32)
-    else:
-        r = v.to(tl.uint8).to(tl.int32)
-    return r
+    return v
+
+
+@triton.jit
+def word_scale(word, offs_n, BYTES: tl.constexpr, WORDS: tl.constexpr):
+    """Row ``offs_n``'s fp32 scale in its :func:`tile_word`."""
+    return _scale_bits(word, offs_n, BYTES, WORDS).to(tl.uint16).to(tl.float16, bitcast=True).to(tl.float32)
+
+
+@triton.jit
+def word_scale_pair(word, offs_n, BYTES: tl.constexpr, WORDS: tl.constexpr):
+    """Row ``offs_n``'s scale in both lanes of an fp16x2 register (uint32 bits), from its :func:`tile_word`."""
+    return (_scale_bits(word, offs_n, BYTES, WORDS) & 0xFFFF) * 0x10001
+
+
+@triton.jit
+def word_zero(word):
+    """The int32 zero point in an int ``[scale | zero]`` word (bits 16–23): a compile-time shift. (A byte of a
+    word of four uint8 zero points needs a per-row shift, and triton then lays the decoded tile out through
+    shared memory.)"""
+    return ((word >> 16) & 0xFF).to(tl.int32)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import functools
+import weakref
 from typing import Optional
 
 import torch
@@ -20,11 +21,29 @@ def layout_lut(kind: str, bits: int, device: torch.device) -> torch.Tensor:
     return _LUTS[key]
 
 
+def scale_zero_words(scales: torch.Tensor, zeros: torch.Tensor) -> torch.Tensor:
+    """An int weight's group values as the tensor-core kernels read them: int32 ``[n_groups, N]``, the fp16
+    scale's bits in bits 0–15 and the uint8 zero point in bits 16–23 (``mma_tile.word_scale`` / ``word_zero``).
+
+    One aligned 4-byte word per group and row: a copy cp.async pipelines with the packed words (a thread's one
+    or two bytes of a uint8 tensor cannot ride it, and a byte of a word of four needs a per-row shift, which makes
+    triton send the decoded tile through shared memory), taken apart by compile-time shifts."""
+    return (scales.view(torch.int16).to(torch.int32) & 0xFFFF) | (zeros.to(torch.int32) << 16)
+
+
+def _version(t: torch.Tensor) -> int:
+    try:
+        return t._version
+    except RuntimeError:  # an inference tensor tracks no versions (and cannot change outside inference mode)
+        return -1
+
+
 class Packed:
     """v2-layout ``qweight`` words, fp16 scales (PoT: the v3 top levels S_top; int: s) and (int)
     uint8 zero points of one ``[N, K]`` weight. The checks depend only on the tensors' dtypes, shapes and
     devices and the code parameters, so they run once per distinct layer geometry (:func:`_check`, cached):
-    a model's forward passes re-check nothing."""
+    a model's forward passes re-check nothing. Int weights also give the tensor-core kernels'
+    :func:`scale_zero_words` (:attr:`tile_scales`), repacked once per weight."""
 
     def __init__(self, kind: str, q: torch.Tensor, scales: torch.Tensor, zeros: Optional[torch.Tensor],
                  bits: int, group_size: int, in_features: int):
@@ -34,12 +53,29 @@ class Packed:
         self.q, self.scales = q.contiguous(), scales.contiguous()
         # Unused pointer slots get a real tensor of the right device (never dereferenced).
         self.zeros = zeros.contiguous() if zeros is not None else self.scales
+        self._sources = (scales, zeros)
         self.device = q.device
         self.lut = layout_lut(kind, self.bits, self.device)
 
     @property
     def is_pot(self) -> bool:
         return self.kind == "pot"
+
+    @property
+    def tile_scales(self) -> torch.Tensor:
+        """The group values the tensor-core kernels (``small_batch``, ``gemm``) read: PoT the fp16 scales, int
+        :func:`scale_zero_words`. The int words are built on first use and kept on the zero-point tensor the
+        caller passed (so a model's forward passes launch nothing extra; 4 bytes per group and row), and rebuilt
+        when either source tensor is replaced or changed in place."""
+        if self.is_pot:
+            return self.scales
+        scales, zeros = self._sources
+        key = (weakref.ref(scales), _version(scales), _version(zeros))
+        cached = getattr(zeros, "_potkernels_scale_zero", None)
+        if cached is None or cached[0][0]() is not scales or cached[0][1:] != key[1:]:
+            cached = (key, scale_zero_words(self.scales, self.zeros))
+            zeros._potkernels_scale_zero = cached
+        return cached[1]
 
     def code_constexprs(self) -> dict[str, int]:
         """The constexprs that select this code in every kernel."""

@@ -16,7 +16,8 @@ masked, so the cp.async copies need no predicates (those rows are never stored).
 in one group (``SCALE_FREE``), the tile holds the scale-free values ``±2^E`` / ``q − z`` and the group
 scale multiplies the fp32 MMA result, one multiply per output per step instead of one per weight; it is loaded one
 step ahead as the 32-bit word that holds it (:func:`mma_tile.tile_word`, read first in the next step: never waited
-on), and so is the int zero point where :func:`launch.zero_ahead` allows.
+on). The int zero point comes in the step that uses it, copied by the pipeline with the packed words
+(:func:`mma_tile.tile_nk`).
 Splitting K keeps every SM streaming weights when ``N / BLOCK_N`` alone is too few programs;
 partial sums go to an fp32 ``[n_split, M, N]`` buffer reduced in split order
 (:func:`splitk.splitk_finish`, deterministic, ``REDUCE_CHUNK`` splits per load). With one program per SM
@@ -35,8 +36,8 @@ import triton.language as tl
 from . import configs
 from .launch import counters, dot_f32, frag_k, join_tree, launch_opts, mma_tiles, reduce_partials
 from .launch import n_split as launch_n_split
-from .launch import scale_free, stream_geometry, stream_k, use_asm, word_loads, zero_ahead
-from .mma_tile import group_value, tile_k, tile_nk, tile_word, word_value
+from .launch import scale_free, stream_geometry, stream_k, use_asm, word_loads
+from .mma_tile import tile_k, tile_nk, tile_word, word_scale
 from .packed import Packed
 from .splitk import splitk_finish
 
@@ -50,38 +51,29 @@ def reduce_chunk(block_m: int, block_n: int, num_warps: int) -> int:
 
 
 @triton.jit
-def _k_range_dot(x_ptr, q_ptr, lut_ptr, sc_ptr, z_ptr, offs_n, offs_nl, mask_n, offs_ml, mask_m, k_lo, k_hi,
+def _k_range_dot(x_ptr, q_ptr, lut_ptr, sc_ptr, offs_n, offs_nl, mask_n, offs_ml, mask_m, k_lo, k_hi,
                  N, K, KP, stride_xm, IS_POT: tl.constexpr, BITS: tl.constexpr, IS_BF16: tl.constexpr,
                  GROUP_RUNS: tl.constexpr, SCALE_FREE: tl.constexpr, DOT_F32: tl.constexpr,
                  JOIN_TREE: tl.constexpr, USE_ASM: tl.constexpr, FRAG_K: tl.constexpr, EVEN_K: tl.constexpr,
-                 ZERO_AHEAD: tl.constexpr, WORD_LOADS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                 BLOCK_K: tl.constexpr):
+                 WORD_LOADS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     """``yᵀ[offs_n, offs_m]`` summed over ``k_lo ≤ k < k_hi`` (whole K tiles): fp32 ``[BLOCK_N, BLOCK_M]``."""
+    SC_BYTES: tl.constexpr = 2 if IS_POT else 4  # fp16 S_top, or int [scale | zero] words (Packed.tile_scales)
     acc = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)
-    # the scale of step k0 is loaded one step ahead (a 2-byte load per thread cannot ride cp.async), and so is the
-    # int zero point with ZERO_AHEAD (launch.zero_ahead), each as the 32-bit word that holds it (mma_tile.tile_word)
-    s_cur = tile_word(sc_ptr, k_lo // 32, offs_n, mask_n & SCALE_FREE, N, GROUP_RUNS, 2, WORD_LOADS)
-    z_cur = tile_word(z_ptr, k_lo // 32, offs_n, mask_n & SCALE_FREE & (not IS_POT) & ZERO_AHEAD, N, GROUP_RUNS, 1,
-                      WORD_LOADS)
+    # the scale of step k0 is loaded one step ahead (a 2-byte load per thread cannot ride cp.async), as the
+    # 32-bit word that holds it (mma_tile.tile_word)
+    s_cur = tile_word(sc_ptr, k_lo // 32, offs_n, mask_n & SCALE_FREE, N, GROUP_RUNS, SC_BYTES, WORD_LOADS)
     for k0 in range(k_lo, k_hi, BLOCK_K):
-        # the carried words are read first, before their registers are loaded again
-        s_tile = word_value(s_cur, offs_n, 2, WORD_LOADS)
-        if ZERO_AHEAD:
-            z_tile = word_value(z_cur, offs_n, 1, WORD_LOADS)
-        else:
-            z_tile = group_value(z_ptr, k0 // 32, offs_n, mask_n & SCALE_FREE & (not IS_POT), N, GROUP_RUNS, 1)
+        s_tile = word_scale(s_cur, offs_n, SC_BYTES, WORD_LOADS)  # read first, before the register is loaded again
         ahead = mask_n & SCALE_FREE & (k0 + BLOCK_K < k_hi)
-        s_next = tile_word(sc_ptr, (k0 + BLOCK_K) // 32, offs_n, ahead, N, GROUP_RUNS, 2, WORD_LOADS)
-        z_next = tile_word(z_ptr, (k0 + BLOCK_K) // 32, offs_n, ahead & (not IS_POT) & ZERO_AHEAD, N, GROUP_RUNS, 1,
-                           WORD_LOADS)
+        s_next = tile_word(sc_ptr, (k0 + BLOCK_K) // 32, offs_n, ahead, N, GROUP_RUNS, SC_BYTES, WORD_LOADS)
         offs_k = tile_k(k0, BLOCK_K, FRAG_K)
         x_ptrs = x_ptr + offs_ml[None, :] * stride_xm + offs_k[:, None]  # [BK, BM], K contiguous
         if EVEN_K:
             xt = tl.load(x_ptrs)
         else:
             xt = tl.load(x_ptrs, mask=mask_m[None, :] & (offs_k < K)[:, None], other=0.0)
-        w = tile_nk(q_ptr, lut_ptr, sc_ptr, z_ptr, z_tile, k0, offs_nl, mask_n, N, K, KP, GROUP_RUNS,
-                    IS_POT, BITS, IS_BF16, SCALE_FREE, JOIN_TREE, BLOCK_K, USE_ASM, FRAG_K, EVEN_K, WORD_LOADS)
+        w = tile_nk(q_ptr, lut_ptr, sc_ptr, k0, offs_nl, mask_n, N, K, KP, GROUP_RUNS, IS_POT, BITS, IS_BF16,
+                    SCALE_FREE, JOIN_TREE, BLOCK_K, USE_ASM, FRAG_K, EVEN_K, WORD_LOADS)
         if DOT_F32:  # interpreter only (launch.dot_f32): exact upcast
             w = w.to(tl.float32)
             xt = xt.to(tl.float32)
@@ -90,7 +82,6 @@ def _k_range_dot(x_ptr, q_ptr, lut_ptr, sc_ptr, z_ptr, offs_n, offs_nl, mask_n, 
         else:
             acc = tl.dot(w, xt, acc)
         s_cur = s_next
-        z_cur = z_next
     return acc
 
 
@@ -117,12 +108,12 @@ def _store_y(acc, b_ptr, y_ptr, offs_y, offs_n, mask_n, mask, HAS_BIAS: tl.const
 
 
 @triton.jit
-def small_batch_kernel(x_ptr, q_ptr, lut_ptr, sc_ptr, z_ptr, b_ptr, y_ptr, part_ptr, cnt_ptr,
+def small_batch_kernel(x_ptr, q_ptr, lut_ptr, sc_ptr, b_ptr, y_ptr, part_ptr, cnt_ptr,
                        M, N, K, KP, stride_xm, k_per_split, n_split, k_steps, tiles_n, units, units_per_program,
                        IS_POT: tl.constexpr, BITS: tl.constexpr, IS_BF16: tl.constexpr, GROUP_RUNS: tl.constexpr,
                        HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr, FUSED_REDUCE: tl.constexpr, STREAM: tl.constexpr,
                        SCALE_FREE: tl.constexpr, DOT_F32: tl.constexpr, JOIN_TREE: tl.constexpr, USE_ASM: tl.constexpr,
-                       FRAG_K: tl.constexpr, EVEN_K: tl.constexpr, ZERO_AHEAD: tl.constexpr, WORD_LOADS: tl.constexpr,
+                       FRAG_K: tl.constexpr, EVEN_K: tl.constexpr, WORD_LOADS: tl.constexpr,
                        REDUCE_CHUNK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     """Split-K: program (n, k, m) computes output tile (n, m) over the K range ``[k·k_per_split, …)``.
     ``STREAM`` (stream-K): program p takes the work units ``[p·units_per_program, …)`` of all
@@ -142,10 +133,10 @@ def small_batch_kernel(x_ptr, q_ptr, lut_ptr, sc_ptr, z_ptr, b_ptr, y_ptr, part_
             n_parts = ((t + 1) * k_steps - 1) // units_per_program - first + 1
             offs_m, offs_n, mask_m, mask_n, offs_ml, offs_nl = _tile_rows(t % tiles_n, t // tiles_n, M, N, EVEN_K,
                                                                           BLOCK_M, BLOCK_N)
-            acc = _k_range_dot(x_ptr, q_ptr, lut_ptr, sc_ptr, z_ptr, offs_n, offs_nl, mask_n, offs_ml, mask_m,
+            acc = _k_range_dot(x_ptr, q_ptr, lut_ptr, sc_ptr, offs_n, offs_nl, mask_n, offs_ml, mask_m,
                                (u - t * k_steps) * BLOCK_K, tl.minimum((seg_end - t * k_steps) * BLOCK_K, KP),
                                N, K, KP, stride_xm, IS_POT, BITS, IS_BF16, GROUP_RUNS, SCALE_FREE, DOT_F32,
-                               JOIN_TREE, USE_ASM, FRAG_K, EVEN_K, ZERO_AHEAD, WORD_LOADS, BLOCK_M, BLOCK_N, BLOCK_K)
+                               JOIN_TREE, USE_ASM, FRAG_K, EVEN_K, WORD_LOADS, BLOCK_M, BLOCK_N, BLOCK_K)
             mask = mask_n[:, None] & mask_m[None, :]
             offs_y = offs_m[None, :] * N + offs_n[:, None]
             if n_parts == 1:
@@ -161,10 +152,10 @@ def small_batch_kernel(x_ptr, q_ptr, lut_ptr, sc_ptr, z_ptr, b_ptr, y_ptr, part_
         pid_m = tl.program_id(2)
         offs_m, offs_n, mask_m, mask_n, offs_ml, offs_nl = _tile_rows(pid_n, pid_m, M, N, EVEN_K, BLOCK_M, BLOCK_N)
         k_lo = pid_k * k_per_split
-        acc = _k_range_dot(x_ptr, q_ptr, lut_ptr, sc_ptr, z_ptr, offs_n, offs_nl, mask_n, offs_ml, mask_m,
+        acc = _k_range_dot(x_ptr, q_ptr, lut_ptr, sc_ptr, offs_n, offs_nl, mask_n, offs_ml, mask_m,
                            k_lo, tl.minimum(k_lo + k_per_split, KP), N, K, KP, stride_xm, IS_POT, BITS, IS_BF16,
-                           GROUP_RUNS, SCALE_FREE, DOT_F32, JOIN_TREE, USE_ASM, FRAG_K, EVEN_K, ZERO_AHEAD,
-                           WORD_LOADS, BLOCK_M, BLOCK_N, BLOCK_K)
+                           GROUP_RUNS, SCALE_FREE, DOT_F32, JOIN_TREE, USE_ASM, FRAG_K, EVEN_K, WORD_LOADS,
+                           BLOCK_M, BLOCK_N, BLOCK_K)
         mask = mask_n[:, None] & mask_m[None, :]
         offs_y = offs_m[None, :] * N + offs_n[:, None]
         if SPLIT:
@@ -203,16 +194,16 @@ def launch(x: torch.Tensor, w: Packed, bias: Optional[torch.Tensor], y: torch.Te
     part = torch.empty((n_split, m, w.N), dtype=torch.float32, device=w.device) if split else y
     fused = split and cfg.get("reduce", "fused") == "fused"  # stream-K: always (launch.stream_k checks)
     cnt = counters(w.device, tiles) if fused else part
-    small_batch_kernel[grid](x, w.q, w.lut, w.scales, w.zeros, bias if bias is not None else w.scales, y, part, cnt,
+    small_batch_kernel[grid](x, w.q, w.lut, w.tile_scales, bias if bias is not None else w.scales, y, part, cnt,
                              m, w.N, w.K, w.KP, x.stride(0), k_per_split, n_split, k_steps, tiles_n, units,
                              units_per_program, GROUP_RUNS=w.group_runs(),
                              IS_POT=w.is_pot, BITS=w.bits, IS_BF16=x.dtype == torch.bfloat16,
                              HAS_BIAS=bias is not None, SPLIT=split, FUSED_REDUCE=fused, STREAM=stream,
                              SCALE_FREE=scale_free(cfg, w, bk, "acc"), DOT_F32=dot_f32(),
                              JOIN_TREE=join_tree(cfg), USE_ASM=use_asm(x.device), FRAG_K=frag_k(cfg, bk),
-                             EVEN_K=w.K % bk == 0, ZERO_AHEAD=zero_ahead(bn, opts["num_warps"]),
-                             WORD_LOADS=word_loads(w), REDUCE_CHUNK=reduce_chunk(bm, bn, opts["num_warps"]),
-                             BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, **opts)
+                             EVEN_K=w.K % bk == 0, WORD_LOADS=word_loads(w),
+                             REDUCE_CHUNK=reduce_chunk(bm, bn, opts["num_warps"]), BLOCK_M=bm, BLOCK_N=bn,
+                             BLOCK_K=bk, **opts)
     if split and not fused:
         reduce_partials(part, bias, y, n_split, w.N)
     return y
