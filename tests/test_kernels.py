@@ -7,11 +7,14 @@ Outputs are poisoned with NaN before each launch so an unwritten element cannot 
 """
 import pytest
 import torch
+import triton
+import triton.language as tl
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from potkernels.format import IntConfig, PoTConfig, quantize_int, quantize_pot
 from potkernels.kernels import api, configs, launch
+from potkernels.kernels.decode import int_zero_consts
 from potkernels.kernels import int_dequantize_triton, int_matmul_triton, pot_dequantize_triton, pot_matmul_triton
 
 ON_GPU = torch.cuda.is_available() and not configs.interpreting()
@@ -291,6 +294,30 @@ def test_bf16_dot_regimes_under_interpreter_are_correct():
     for regime in ("small_batch", "gemm"):
         out = matmul(x, packed, None, regime=regime)
         assert out.dtype == BF16 and rel_err(out, ref) <= 1e-2
+
+
+@triton.jit
+def _zero_consts(out_ptr, BITS: tl.constexpr, SCALE_BITS: tl.constexpr, PAIRED: tl.constexpr, OFFSETS: tl.constexpr):
+    z = tl.arange(0, 256)
+    zcs = int_zero_consts(z, BITS, SCALE_BITS, PAIRED, False)
+    for i in tl.static_range(OFFSETS):
+        tl.store(out_ptr + i * 256 + z, zcs[i].to(tl.int32, bitcast=True))
+
+
+@pytest.mark.parametrize("bits,offsets", [(2, 5), (3, 3), (4, 2), (8, 1)])
+def test_int_zero_consts_exact_in_both_forms(bits, offsets):
+    """``decode.int_zero_consts`` for every zero point 0 … 255 and lane offset: −(1024·2^−O + z)·2^−S exactly, in
+    both fp16 lanes, from the paired HFMA2 (the GEMV's) and from the fp16 FMA (the tensor-core tile's)."""
+    z = torch.arange(256, dtype=torch.float64)
+    for scale_bits in (0, bits):
+        expect = torch.stack([-(1024.0 / 2 ** (bits * i) + z) / 2 ** scale_bits for i in range(offsets)])
+        lane = expect.to(torch.float16).view(torch.int16).long() & 0xFFFF
+        assert torch.equal(expect.to(torch.float16).double(), expect)  # representable: the FMAs round nothing
+        for paired in (True, False):
+            out = torch.zeros(offsets, 256, dtype=torch.int32, device=DEVICE)
+            _zero_consts[(1,)](out, BITS=bits, SCALE_BITS=scale_bits, PAIRED=paired, OFFSETS=offsets)
+            got = out.cpu().long() & 0xFFFFFFFF
+            assert torch.equal(got, lane | (lane << 16)), (scale_bits, paired)
 
 
 @gpu_only

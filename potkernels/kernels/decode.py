@@ -196,12 +196,12 @@ def int_fix(h, O: tl.constexpr, zc, SCALE_BITS: tl.constexpr, USE_ASM: tl.conste
 
 
 @triton.jit
-def _int_zero(m, O: tl.constexpr, SCALE_BITS: tl.constexpr, USE_ASM: tl.constexpr):
+def _int_zero(m, O: tl.constexpr, SCALE_BITS: tl.constexpr, PAIRED: tl.constexpr, USE_ASM: tl.constexpr):
     """fp16x2 bits of −(1024·2^−O + z)·2^−SCALE_BITS in both lanes from ``m`` = fp16 1024 + z:
-    ``m · (−2^−S) + (1024 − 1024·2^−O)·2^−S``, every term and the result exact — so the inline-PTX HFMA2 on
-    ``m`` in both lanes and the fp16 FMA then one lane copy give the same bits."""
+    ``m · (−2^−S) + (1024 − 1024·2^−O)·2^−S``, every term and the result exact — so the HFMA2 on ``m`` in both
+    lanes (``PAIRED``) and the fp16 FMA then one lane copy give the same bits."""
     C: tl.constexpr = (1024.0 - 1024.0 / (2 ** O)) / (2 ** SCALE_BITS)
-    if USE_ASM:
+    if PAIRED:
         NEG: tl.constexpr = (0x8000 | ((15 - SCALE_BITS) << 10)) * 0x10001  # fp16x2 −2^−S
         m2 = m.to(tl.uint16, bitcast=True).to(tl.uint32) * 0x10001
         c2 = tl.full(m.shape, C, tl.float16).to(tl.uint16, bitcast=True).to(tl.uint32) * 0x10001
@@ -212,24 +212,25 @@ def _int_zero(m, O: tl.constexpr, SCALE_BITS: tl.constexpr, USE_ASM: tl.constexp
 
 
 @triton.jit
-def int_zero_consts(z, BITS: tl.constexpr, SCALE_BITS: tl.constexpr, USE_ASM: tl.constexpr):
+def int_zero_consts(z, BITS: tl.constexpr, SCALE_BITS: tl.constexpr, PAIRED: tl.constexpr, USE_ASM: tl.constexpr):
     """The per-offset addends of :func:`int_fix` for one group's integer zero points ``z`` (lane offsets BITS·i,
     i < the pairs per source word of :func:`int_pair`), uint32 fp16x2, each ``z``'s shape: the magic number
-    ``1024 + z`` as fp16, then one FMA per offset (no int → float conversion). ``USE_ASM``: one inline-PTX HFMA2
-    per offset (the GEMV); the tensor-core tile passes False: there an inline-asm op on its per-row constants makes
-    triton 3.6 send the decoded tile through shared memory."""
+    ``1024 + z`` as fp16, then one FMA per offset (no int → float conversion). ``PAIRED``: one HFMA2 per offset
+    (``hfma2``: inline PTX with ``USE_ASM``), the GEMV's choice; the tensor-core tile takes the fp16 FMA and one
+    lane copy: there an inline-asm op on its per-row constants makes triton 3.6 send the decoded tile through
+    shared memory."""
     m = ((z.to(tl.uint32) & 0xFF) | 0x6400).to(tl.uint16).to(tl.float16, bitcast=True)  # 1024 + z, exact
     if BITS == 2:
-        r = (_int_zero(m, 0, SCALE_BITS, USE_ASM), _int_zero(m, 2, SCALE_BITS, USE_ASM),
-             _int_zero(m, 4, SCALE_BITS, USE_ASM), _int_zero(m, 6, SCALE_BITS, USE_ASM),
-             _int_zero(m, 8, SCALE_BITS, USE_ASM))
+        r = (_int_zero(m, 0, SCALE_BITS, PAIRED, USE_ASM), _int_zero(m, 2, SCALE_BITS, PAIRED, USE_ASM),
+             _int_zero(m, 4, SCALE_BITS, PAIRED, USE_ASM), _int_zero(m, 6, SCALE_BITS, PAIRED, USE_ASM),
+             _int_zero(m, 8, SCALE_BITS, PAIRED, USE_ASM))
     elif BITS == 3:
-        r = (_int_zero(m, 0, SCALE_BITS, USE_ASM), _int_zero(m, 3, SCALE_BITS, USE_ASM),
-             _int_zero(m, 6, SCALE_BITS, USE_ASM))
+        r = (_int_zero(m, 0, SCALE_BITS, PAIRED, USE_ASM), _int_zero(m, 3, SCALE_BITS, PAIRED, USE_ASM),
+             _int_zero(m, 6, SCALE_BITS, PAIRED, USE_ASM))
     elif BITS == 4:
-        r = (_int_zero(m, 0, SCALE_BITS, USE_ASM), _int_zero(m, 4, SCALE_BITS, USE_ASM))
+        r = (_int_zero(m, 0, SCALE_BITS, PAIRED, USE_ASM), _int_zero(m, 4, SCALE_BITS, PAIRED, USE_ASM))
     else:
-        r = (_int_zero(m, 0, SCALE_BITS, USE_ASM),)
+        r = (_int_zero(m, 0, SCALE_BITS, PAIRED, USE_ASM),)
     return r
 
 

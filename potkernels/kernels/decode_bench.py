@@ -33,7 +33,7 @@ def decode_reduce_kernel(x_ptr, q_ptr, sc_ptr, z_ptr, out_ptr, N, K, KP, G, reps
         zcs = (s,)
     else:
         s = s * (2.0 ** BITS)  # lanes are (q − z)·2^−bits
-        zcs = int_zero_consts(tl.load(z_ptr + offs_n, mask=mask_n, other=0).to(tl.int32), BITS, BITS, USE_ASM)
+        zcs = int_zero_consts(tl.load(z_ptr + offs_n, mask=mask_n, other=0).to(tl.int32), BITS, BITS, True, USE_ASM)
     acc = tl.zeros([BLOCK_N], dtype=tl.float32)
     for rep in range(reps):
         for r in tl.static_range(RUNS):

@@ -284,7 +284,7 @@ def gemv_kernel(x_ptr, q_ptr, sc_ptr, z_ptr, b_ptr, y_ptr, part_ptr, cnt_ptr,
         else:
             s = s * (2.0 ** BITS)  # lanes are (q − z)·2^−bits
             z = tl.load(z_ptr + grp * N + offs_n[None, :], mask=m2, other=0).to(tl.int32)
-            zcs = int_zero_consts(z, BITS, BITS, USE_ASM)
+            zcs = int_zero_consts(z, BITS, BITS, True, USE_ASM)
         if ROWS == 0:
             k_live = tl.where(live, K, 0)  # x of a dead run reads as 0
         else:

@@ -179,7 +179,7 @@ def tile_nk(q_ptr, lut_ptr, sc_ptr, k0, offs_n, mask_n, N, K, KP, GROUP_RUNS: tl
     else:
         z = word_zero(sw)
     if JOIN_TREE:
-        zcs = int_zero_consts(z, BITS, 0, False)  # unused for PoT
+        zcs = int_zero_consts(z, BITS, 0, False, USE_ASM)  # unused for PoT
         s2 = word_scale_pair(sw, offs_n[:, None], SC_BYTES, WORDS)  # unused without PAIR_SCALE
         v = _joined_values(q_ptr, offs_r, offs_n, mask_nr, N, zcs, s2, IS_POT, BITS, USE_ASM, EVEN,
                            PAIR_SCALE)  # [BN, R, 16, 2]
