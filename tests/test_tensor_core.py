@@ -156,7 +156,7 @@ def test_group_values_from_words_are_the_stored_values(n, words):
 def test_scale_zero_words_layout_and_cache():
     """``scale_zero_words``: scale bits in bits 0–15, the zero point in 16–23, nothing above. ``Packed.tile_scales``
     builds them once per weight (a second call, through a new ``Packed``, returns the same tensor) and again when
-    the zero points change in place or the scales are replaced."""
+    the zero points change in place or the scales are replaced; inference tensors (no version counter) work too."""
     packed = make_weight("int", 4, 64, 40, 256)
     w = scale_zero_words(packed.scales, packed.zeros).long() & 0xFFFFFFFF
     assert torch.equal(w & 0xFFFF, packed.scales.view(torch.int16).long() & 0xFFFF)
@@ -174,6 +174,10 @@ def test_scale_zero_words_layout_and_cache():
     scales = packed.scales.clone()
     scales[1, 2] = 7.0
     assert torch.equal(tile_scales(scales, zeros), scale_zero_words(scales, zeros))
+    with torch.inference_mode():  # inference tensors track no versions: built once, kept
+        frozen = packed.zeros.clone()
+    first = tile_scales(packed.scales, frozen)
+    assert tile_scales(packed.scales, frozen) is first and torch.equal(first, scale_zero_words(packed.scales, frozen))
     assert Packed("pot", packed.qweight, packed.scales, None, 4, 64, 256).tile_scales is packed.scales
 
 

@@ -70,12 +70,12 @@ class Packed:
         if self.is_pot:
             return self.scales
         scales, zeros = self._sources
-        key = (weakref.ref(scales), _version(scales), _version(zeros))
-        cached = getattr(zeros, "_potkernels_scale_zero", None)
-        if cached is None or cached[0][0]() is not scales or cached[0][1:] != key[1:]:
-            cached = (key, scale_zero_words(self.scales, self.zeros))
+        versions = (_version(scales), _version(zeros))
+        cached = getattr(zeros, "_potkernels_scale_zero", None)  # (weakref to the scales, versions, words)
+        if cached is None or cached[0]() is not scales or cached[1] != versions:
+            cached = (weakref.ref(scales), versions, scale_zero_words(self.scales, self.zeros))
             zeros._potkernels_scale_zero = cached
-        return cached[1]
+        return cached[2]
 
     def code_constexprs(self) -> dict[str, int]:
         """The constexprs that select this code in every kernel."""
