@@ -131,10 +131,10 @@ def _group_values(sc_ptr, sz_ptr, s_out, s4_out, z_out, k0, N, GROUP_RUNS: tl.co
                   BN: tl.constexpr):
     offs = tl.arange(0, BN)
     mask = offs < N
-    s = word_scale(tile_word(sc_ptr, k0 // 32, offs, mask, N, GROUP_RUNS, 2, WORDS), offs, 2, WORDS)
-    sz = tile_word(sz_ptr, k0 // 32, offs, mask, N, GROUP_RUNS, 4, True)
+    s = word_scale(tile_word(sc_ptr, k0 // 32, offs, mask, N, GROUP_RUNS, True, WORDS), offs, True, WORDS)
+    sz = tile_word(sz_ptr, k0 // 32, offs, mask, N, GROUP_RUNS, False, True)
     tl.store(s_out + offs, s, mask=mask)
-    tl.store(s4_out + offs, word_scale(sz, offs, 4, True), mask=mask)
+    tl.store(s4_out + offs, word_scale(sz, offs, False, True), mask=mask)
     tl.store(z_out + offs, word_zero(sz), mask=mask)
 
 

@@ -60,7 +60,7 @@ def gemm_kernel(x_ptr, q_ptr, lut_ptr, sc_ptr, b_ptr, y_ptr,
             w = w.to(tl.float32)
             xt = xt.to(tl.float32)
         if SCALE_FREE:
-            s = group_scale(sc_ptr, k0 // 32, offs_n, mask_n, N, GROUP_RUNS, 2 if IS_POT else 4)
+            s = group_scale(sc_ptr, k0 // 32, offs_n, mask_n, N, GROUP_RUNS, IS_POT)
             acc += tl.dot(xt, tl.trans(w)) * s[None, :]
         else:
             acc = tl.dot(xt, tl.trans(w), acc)

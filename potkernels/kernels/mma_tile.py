@@ -166,21 +166,24 @@ def tile_nk(q_ptr, lut_ptr, sc_ptr, k0, offs_n, mask_n, N, K, KP, GROUP_RUNS: tl
     QMAX: tl.constexpr = 2 ** (BITS - 1) - 1
     offs_r = k0 // 32 + tl.arange(0, R)
     mask_nr = mask_n[:, None] & (offs_r < KP // 32)[None, :]
-    SC_BYTES: tl.constexpr = 2 if IS_POT else 4  # fp16 S_top, or int [scale | zero] words
     # with the join tree in fp16, the run's scale multiplies the fp16x2 pairs in place (one HFMA2 a pair: multiplying
     # the split lanes made the compiler swap every pair's halves there and back, two PRMT a pair)
     PAIR_SCALE: tl.constexpr = JOIN_TREE and not SCALE_FREE and not IS_BF16
-    if SCALE_FREE:  # int: the tile's words [BN, 1] (a [BN] load: its layout follows the decoded tile's)
-        sw = tile_word(sc_ptr, k0 // 32, offs_n, (mask_n | EVEN) & (not IS_POT), N, GROUP_RUNS, 4, True)[:, None]
-    else:  # per run [BN, R]
-        sw = tile_word(sc_ptr, offs_r[None, :], offs_n[:, None], mask_nr, N, GROUP_RUNS, SC_BYTES, WORDS)
+    if not SCALE_FREE:  # the per-run group words [BN, R]
+        sw = tile_word(sc_ptr, offs_r[None, :], offs_n[:, None], mask_nr, N, GROUP_RUNS, IS_POT, WORDS)
+    elif IS_POT:
+        sw = tl.zeros([1, 1], tl.uint32)  # unused: the caller scales the MMA result
+    else:  # the tile's int words [BN, 1], loaded again here although the caller loaded them a step ahead for the
+        # scale: carried into the next step, the zero point would have to live in the decoded tile's layout, and
+        # triton 3.6 (and 3.7 with two tile rows per thread) then sends that whole tile through shared memory
+        sw = tile_word(sc_ptr, k0 // 32, offs_n, mask_n | EVEN, N, GROUP_RUNS, False, True)[:, None]
     if IS_POT:
         z = tl.zeros([1, 1], tl.int32)  # unused
     else:
         z = word_zero(sw)
     if JOIN_TREE:
         zcs = int_zero_consts(z, BITS, 0, False, USE_ASM)  # unused for PoT
-        s2 = word_scale_pair(sw, offs_n[:, None], SC_BYTES, WORDS)  # unused without PAIR_SCALE
+        s2 = word_scale_pair(sw, offs_n[:, None], IS_POT, WORDS)  # unused without PAIR_SCALE
         v = _joined_values(q_ptr, offs_r, offs_n, mask_nr, N, zcs, s2, IS_POT, BITS, USE_ASM, EVEN,
                            PAIR_SCALE)  # [BN, R, 16, 2]
     else:
@@ -201,7 +204,7 @@ def tile_nk(q_ptr, lut_ptr, sc_ptr, k0, offs_n, mask_n, N, K, KP, GROUP_RUNS: tl
         else:
             w = v
     else:
-        s = word_scale(sw, offs_n[:, None], SC_BYTES, WORDS)[:, :, None, None]
+        s = word_scale(sw, offs_n[:, None], IS_POT, WORDS)[:, :, None, None]
         if IS_BF16:
             w = to_bf16_rne(v.to(tl.float32) * s)
         else:
@@ -230,19 +233,18 @@ def tile_k(k0, BLOCK_K: tl.constexpr, FRAG_K: tl.constexpr):
 
 
 @triton.jit
-def tile_word(ptr, run, offs_n, mask_n, N, GROUP_RUNS: tl.constexpr, BYTES: tl.constexpr, WORDS: tl.constexpr):
+def tile_word(ptr, run, offs_n, mask_n, N, GROUP_RUNS: tl.constexpr, IS_POT: tl.constexpr, WORDS: tl.constexpr):
     """The aligned 32-bit word that holds the group values of rows ``offs_n`` at runs ``run``, uint32, ``offs_n``
-    and ``run`` broadcast (``[BN]`` and a scalar: one tile's; ``[BN, 1]`` and ``[1, R]``: per run). ``BYTES`` 2:
-    PoT fp16 scales, two rows to a word (``WORDS``; else the row's 16 bits alone, zero-extended); 4: int
-    ``[scale | zero]`` words (``Packed.tile_scales``), one per row. :func:`word_scale` / :func:`word_zero`
-    take the values out.
+    and ``run`` broadcast (``[BN]`` and a scalar: one tile's; ``[BN, 1]`` and ``[1, R]``: per run). PoT: fp16
+    scales, two rows to a word (``WORDS``; else the row's 16 bits alone, zero-extended); int: the ``[scale | zero]``
+    words of ``Packed.tile_scales``, one per row. :func:`word_scale` / :func:`word_zero` take the values out.
 
     Why words: a whole register per row can be carried into the next K step untouched (a value loaded one step
     ahead), where two 16-bit values in one thread are packed into one register at the end of the loading step,
     which waits for the load right there; and 4-byte copies can ride cp.async. ``WORDS`` needs ``N`` even
     (:func:`launch.word_loads`: no word reaches past the tensor's end); neighbouring rows load the same word."""
     g = group_of_run(run, GROUP_RUNS)
-    if BYTES == 4:
+    if not IS_POT:
         w = tl.load(ptr.to(tl.pointer_type(tl.uint32)) + g * N + offs_n, mask=mask_n, other=0)
     elif WORDS:  # row g starts a word: N is even
         w = tl.load(ptr.to(tl.pointer_type(tl.uint32)) + g * (N // 2) + offs_n // 2, mask=mask_n, other=0)
@@ -252,17 +254,17 @@ def tile_word(ptr, run, offs_n, mask_n, N, GROUP_RUNS: tl.constexpr, BYTES: tl.c
 
 
 @triton.jit
-def group_scale(ptr, run, offs_n, mask_n, N, GROUP_RUNS: tl.constexpr, BYTES: tl.constexpr,
+def group_scale(ptr, run, offs_n, mask_n, N, GROUP_RUNS: tl.constexpr, IS_POT: tl.constexpr,
                 WORDS: tl.constexpr = False):
-    """The fp32 group scale of rows ``offs_n`` at runs ``run`` (shapes and ``BYTES`` as in :func:`tile_word`;
-    PoT the stored top level ``S_top``, int ``s``); masked: 0."""
-    return word_scale(tile_word(ptr, run, offs_n, mask_n, N, GROUP_RUNS, BYTES, WORDS), offs_n, BYTES, WORDS)
+    """The fp32 group scale of rows ``offs_n`` at runs ``run`` (as in :func:`tile_word`; PoT the stored top level
+    ``S_top``, int ``s``); masked: 0."""
+    return word_scale(tile_word(ptr, run, offs_n, mask_n, N, GROUP_RUNS, IS_POT, WORDS), offs_n, IS_POT, WORDS)
 
 
 @triton.jit
-def _scale_bits(word, offs_n, BYTES: tl.constexpr, WORDS: tl.constexpr):
+def _scale_bits(word, offs_n, IS_POT: tl.constexpr, WORDS: tl.constexpr):
     """Row ``offs_n``'s scale bits in its :func:`tile_word`, in the low half (the high half: the word's rest)."""
-    if BYTES == 2 and WORDS:
+    if IS_POT and WORDS:
         v = word >> ((offs_n % 2) * 16).to(tl.uint32)
     else:  # the row's own word: the scale in its low half
         v = word
@@ -270,15 +272,15 @@ def _scale_bits(word, offs_n, BYTES: tl.constexpr, WORDS: tl.constexpr):
 
 
 @triton.jit
-def word_scale(word, offs_n, BYTES: tl.constexpr, WORDS: tl.constexpr):
+def word_scale(word, offs_n, IS_POT: tl.constexpr, WORDS: tl.constexpr):
     """Row ``offs_n``'s fp32 scale in its :func:`tile_word`."""
-    return _scale_bits(word, offs_n, BYTES, WORDS).to(tl.uint16).to(tl.float16, bitcast=True).to(tl.float32)
+    return _scale_bits(word, offs_n, IS_POT, WORDS).to(tl.uint16).to(tl.float16, bitcast=True).to(tl.float32)
 
 
 @triton.jit
-def word_scale_pair(word, offs_n, BYTES: tl.constexpr, WORDS: tl.constexpr):
+def word_scale_pair(word, offs_n, IS_POT: tl.constexpr, WORDS: tl.constexpr):
     """Row ``offs_n``'s scale in both lanes of an fp16x2 register (uint32 bits), from its :func:`tile_word`."""
-    return (_scale_bits(word, offs_n, BYTES, WORDS) & 0xFFFF) * 0x10001
+    return (_scale_bits(word, offs_n, IS_POT, WORDS) & 0xFFFF) * 0x10001
 
 
 @triton.jit

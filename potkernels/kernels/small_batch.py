@@ -57,15 +57,14 @@ def _k_range_dot(x_ptr, q_ptr, lut_ptr, sc_ptr, offs_n, offs_nl, mask_n, offs_ml
                  JOIN_TREE: tl.constexpr, USE_ASM: tl.constexpr, FRAG_K: tl.constexpr, EVEN_K: tl.constexpr,
                  WORD_LOADS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     """``yᵀ[offs_n, offs_m]`` summed over ``k_lo ≤ k < k_hi`` (whole K tiles): fp32 ``[BLOCK_N, BLOCK_M]``."""
-    SC_BYTES: tl.constexpr = 2 if IS_POT else 4  # fp16 S_top, or int [scale | zero] words (Packed.tile_scales)
     acc = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)
     # the scale of step k0 is loaded one step ahead (a 2-byte load per thread cannot ride cp.async), as the
-    # 32-bit word that holds it (mma_tile.tile_word)
-    s_cur = tile_word(sc_ptr, k_lo // 32, offs_n, mask_n & SCALE_FREE, N, GROUP_RUNS, SC_BYTES, WORD_LOADS)
+    # 32-bit word that holds it (mma_tile.tile_word: PoT fp16 S_top, int [scale | zero] words)
+    s_cur = tile_word(sc_ptr, k_lo // 32, offs_n, mask_n & SCALE_FREE, N, GROUP_RUNS, IS_POT, WORD_LOADS)
     for k0 in range(k_lo, k_hi, BLOCK_K):
-        s_tile = word_scale(s_cur, offs_n, SC_BYTES, WORD_LOADS)  # read first, before the register is loaded again
+        s_tile = word_scale(s_cur, offs_n, IS_POT, WORD_LOADS)  # read first, before the register is loaded again
         ahead = mask_n & SCALE_FREE & (k0 + BLOCK_K < k_hi)
-        s_next = tile_word(sc_ptr, (k0 + BLOCK_K) // 32, offs_n, ahead, N, GROUP_RUNS, SC_BYTES, WORD_LOADS)
+        s_next = tile_word(sc_ptr, (k0 + BLOCK_K) // 32, offs_n, ahead, N, GROUP_RUNS, IS_POT, WORD_LOADS)
         offs_k = tile_k(k0, BLOCK_K, FRAG_K)
         x_ptrs = x_ptr + offs_ml[None, :] * stride_xm + offs_k[:, None]  # [BK, BM], K contiguous
         if EVEN_K:
