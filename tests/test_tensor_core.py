@@ -4,6 +4,8 @@ Interpreter on CPU (conftest) or compiled on a GPU (``TRITON_INTERPRET=0``). Sha
 K not a multiple of the group (partial last group) or of 32, and M on both sides of every tile
 and dispatch boundary. Outputs are poisoned with NaN so an unwritten element cannot pass.
 """
+import gc
+import io
 import json
 
 import pytest
@@ -13,6 +15,7 @@ import triton.language as tl
 
 from potkernels.format import IntConfig, PoTConfig, quantize_int, quantize_pot
 from potkernels.kernels import api, configs, gemv, int_matmul_triton, launch, pot_matmul_triton
+from potkernels.kernels import packed as packed_module
 from potkernels.kernels.mma_tile import tile_k, tile_word, word_scale, word_zero
 from potkernels.kernels.packed import Packed, scale_zero_words
 
@@ -156,7 +159,8 @@ def test_group_values_from_words_are_the_stored_values(n, words):
 def test_scale_zero_words_layout_and_cache():
     """``scale_zero_words``: scale bits in bits 0–15, the zero point in 16–23, nothing above. ``Packed.tile_scales``
     builds them once per weight (a second call, through a new ``Packed``, returns the same tensor) and again when
-    the zero points change in place or the scales are replaced; inference tensors (no version counter) work too."""
+    the zero points change in place or the scales are replaced; inference tensors (no version counter) work too.
+    The cache attaches nothing to the caller's tensors (they still pickle) and forgets a weight with its tensor."""
     packed = make_weight("int", 4, 64, 40, 256)
     w = scale_zero_words(packed.scales, packed.zeros).long() & 0xFFFFFFFF
     assert torch.equal(w & 0xFFFF, packed.scales.view(torch.int16).long() & 0xFFFF)
@@ -179,6 +183,11 @@ def test_scale_zero_words_layout_and_cache():
     first = tile_scales(packed.scales, frozen)
     assert tile_scales(packed.scales, frozen) is first and torch.equal(first, scale_zero_words(packed.scales, frozen))
     assert Packed("pot", packed.qweight, packed.scales, None, 4, 64, 256).tile_scales is packed.scales
+    torch.save(zeros, io.BytesIO())  # nothing unpicklable attached to the caller's tensor
+    held = len(packed_module._SCALE_ZERO)
+    del zeros, frozen
+    gc.collect()
+    assert len(packed_module._SCALE_ZERO) == held - 2  # dropped with their zero-point tensors
 
 
 def test_word_loads_only_for_whole_aligned_words():

@@ -6,11 +6,15 @@ import weakref
 from typing import Optional
 
 import torch
+from torch.utils.weak import WeakIdKeyDictionary
 
 from ..format.layout import layout
 from ..format.packing import packed_rows, padded_k
 
 _LUTS: dict[tuple[str, int, torch.device], torch.Tensor] = {}
+# int zero-point tensor -> (weakref to its scales, both version counters, scale_zero_words): by identity, dropped
+# with the tensor, and nothing attached to the caller's tensors (an attribute would be pickled by torch.save)
+_SCALE_ZERO: WeakIdKeyDictionary = WeakIdKeyDictionary()
 
 
 def layout_lut(kind: str, bits: int, device: torch.device) -> torch.Tensor:
@@ -64,17 +68,17 @@ class Packed:
     @property
     def tile_scales(self) -> torch.Tensor:
         """The group values the tensor-core kernels (``small_batch``, ``gemm``) read: PoT the fp16 scales, int
-        :func:`scale_zero_words`. The int words are built on first use and kept on the zero-point tensor the
-        caller passed (so a model's forward passes launch nothing extra; 4 bytes per group and row), and rebuilt
-        when either source tensor is replaced or changed in place."""
+        :func:`scale_zero_words`. The int words are built on first use and kept for as long as the zero-point
+        tensor the caller passed lives (so a model's forward passes launch nothing extra; 4 bytes per group and row),
+        and rebuilt when either source tensor is replaced or changed in place."""
         if self.is_pot:
             return self.scales
         scales, zeros = self._sources
         versions = (_version(scales), _version(zeros))
-        cached = getattr(zeros, "_potkernels_scale_zero", None)  # (weakref to the scales, versions, words)
+        cached = _SCALE_ZERO.get(zeros)
         if cached is None or cached[0]() is not scales or cached[1] != versions:
             cached = (weakref.ref(scales), versions, scale_zero_words(self.scales, self.zeros))
-            zeros._potkernels_scale_zero = cached
+            _SCALE_ZERO[zeros] = cached
         return cached[2]
 
     def code_constexprs(self) -> dict[str, int]:
